@@ -1,0 +1,2 @@
+"""lamplighter."""
+__version__ = "0.1.0"

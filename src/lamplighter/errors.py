@@ -1,0 +1,113 @@
+"""The one error tree of lamplighter.
+
+Every failure a user can cause or meet is one of these; the CLI turns each into a single line and
+an exit status, with no traceback unless ``--debug``::
+
+    LamplighterError
+    ├── ConfigError            a setting, flag, file or argument is wrong          (exit 2)
+    ├── RemoteError            talking to a Jupyter server went wrong               (exit 3)
+    │   ├── ConnectFailed      nothing answered at the URL
+    │   ├── AuthRejected       the server refused our token or cookies
+    │   ├── RemoteTimeout      a named time budget ran out
+    │   ├── MalformedAnswer    the server answered something we cannot read
+    │   ├── KernelDied         the kernel died or restarted under a run
+    │   ├── CellFailed         a notebook cell raised
+    │   └── CommandFailed      a remote shell command exited non-zero
+    ├── PlatformError          the platform could not do what we asked
+    │   ├── StopFailed         stopping an app failed or did not take effect
+    │   └── Unsupported        the platform cannot do this at all
+    └── JournalError           the journal database cannot be read or written
+
+Messages never contain tokens, cookies or presigned URLs: callers pass display URLs only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthRejected",
+    "CellFailed",
+    "CommandFailed",
+    "ConfigError",
+    "ConnectFailed",
+    "JournalError",
+    "KernelDied",
+    "LamplighterError",
+    "MalformedAnswer",
+    "PlatformError",
+    "RemoteError",
+    "RemoteTimeout",
+    "StopFailed",
+    "Unsupported",
+]
+
+
+class LamplighterError(Exception):
+    """Base of every error lamplighter raises on purpose."""
+
+
+class ConfigError(LamplighterError):
+    """Raised when a setting, flag, config file or command argument is invalid."""
+
+
+class RemoteError(LamplighterError):
+    """Raised when a request to a Jupyter server fails; ``status`` is the HTTP status if there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConnectFailed(RemoteError):
+    """Raised when nothing answers at the server's URL (refused, DNS, TLS handshake)."""
+
+
+class AuthRejected(RemoteError):
+    """Raised when the server answers 401/403: the token or cookies are wrong or lack permission."""
+
+
+class RemoteTimeout(RemoteError):
+    """Raised when a named budget (connect, request, kernel start, cell, whole run) runs out."""
+
+
+class MalformedAnswer(RemoteError):
+    """Raised when the server answers with something that is not the documented shape."""
+
+
+class KernelDied(RemoteError):
+    """Raised when the kernel running our code dies or is restarted under us."""
+
+
+class CellFailed(RemoteError):
+    """Raised when a notebook cell raises; carries the kernel's error and the cell's index."""
+
+    def __init__(self, message: str, *, ename: str, evalue: str, traceback: list[str], cell_index: int) -> None:
+        super().__init__(message)
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback
+        self.cell_index = cell_index
+
+
+class CommandFailed(RemoteError):
+    """Raised when a remote shell command exits non-zero; carries the status and the end of its output."""
+
+    def __init__(self, message: str, *, exit_code: int, output_tail: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.output_tail = output_tail
+
+
+class PlatformError(LamplighterError):
+    """Raised when a platform (Jupyter, JupyterHub, SageMaker) cannot carry out an action."""
+
+
+class StopFailed(PlatformError):
+    """Raised when stopping an app failed, or was accepted but the app is still running."""
+
+
+class Unsupported(PlatformError):
+    """Raised when a platform has no way to do what was asked (for example culling a kernel on Code Editor)."""
+
+
+class JournalError(LamplighterError):
+    """Raised when the SQLite journal cannot be opened, read or written."""

@@ -1,0 +1,238 @@
+"""One authenticated connection to a Jupyter server: URLs, auth, XSRF, and error translation.
+
+Every command that talks to a Jupyter server (the probe, the stop action, the kernel, notebook and
+terminal runners, on-start) goes through :class:`Connection`, so auth and the mapping of httpx
+failures onto lamplighter's error tree live here and nowhere else.
+
+Auth is either a token (``Authorization: token T``, which skips XSRF checks) or a cookie jar (a
+browser login, a JupyterHub OAuth cookie, a SageMaker presigned login). With cookies, Tornado wants the
+``_xsrf`` cookie echoed as ``X-XSRFToken`` on every POST/PUT/PATCH/DELETE; the cookie is only set when
+an HTML page is rendered, so we ``GET {base}tree`` once before the first mutating request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from lamplighter.errors import (
+    AuthRejected,
+    ConfigError,
+    ConnectFailed,
+    MalformedAnswer,
+    RemoteError,
+    RemoteTimeout,
+)
+
+__all__ = ["Connection", "split_server_url"]
+
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_USER_AGENT = "lamplighter"
+
+
+def split_server_url(url: str) -> tuple[str, str | None]:
+    """Return ``(base_url, token)``: the URL normalised to end in ``/``, and a ``?token=`` lifted out of it.
+
+    A token pasted as part of the URL (as Jupyter prints it) must never reach a log line, so it is
+    moved into the Authorization header here, where the URL first enters.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"url: expected http(s)://host[:port]/base/, got {_display(url)!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(f"url: malformed port in {_display(url)!r}") from None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    token = next((v for k, v in query if k == "token"), None)
+    rest = [(k, v) for k, v in query if k != "token"]
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    base = urlunsplit((parts.scheme, parts.netloc, path, urlencode(rest), ""))
+    return base, token or None
+
+
+def _display(url: str) -> str:
+    """The URL without query, fragment or user info: safe to print."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class Connection:
+    """An authenticated HTTP client bound to one Jupyter server's base URL.
+
+    Use as ``async with Connection(url, token=...) as conn``. Paths are relative to the base URL
+    (``"api/status"``). Every request is untracked (``no_track_activity=1``) unless asked otherwise,
+    so watching a server never makes it look used.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        cookies: Mapping[str, str] | None = None,
+        verify_tls: bool = True,
+        timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        base, url_token = split_server_url(url)
+        self.base_url = base
+        self.display_url = _display(base)
+        self._token = token or url_token
+        self.verify_tls = verify_tls
+        headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"token {self._token}"
+        self._client = httpx.AsyncClient(
+            base_url=base,
+            headers=headers,
+            cookies=dict(cookies or {}),
+            verify=verify_tls,
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._xsrf_checked = self._token is not None
+
+    def __repr__(self) -> str:
+        auth = "token" if self._token else ("cookies" if self._client.cookies else "none")
+        return f"Connection({self.display_url!r}, auth={auth})"
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    @property
+    def uses_token(self) -> bool:
+        return self._token is not None
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def get(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:
+        """GET a JSON document, untracked."""
+        return await self.request("GET", path, params=params)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        track_activity: bool = False,
+    ) -> Any:
+        """Send one request and return the decoded JSON answer (``None`` for an empty body).
+
+        Raises the matching :class:`RemoteError` subclass; never an httpx exception.
+        """
+        method = method.upper()
+        if method in _MUTATING:
+            await self._ensure_xsrf()
+        query = dict(params or {})
+        if not track_activity:
+            query["no_track_activity"] = "1"
+        response = await self._send(method, path, json_body=json_body, params=query)
+        return self._decode(response, method, path)
+
+    async def _send(
+        self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        headers = {}
+        xsrf = self._client.cookies.get("_xsrf")
+        if method in _MUTATING and xsrf and not self._token:
+            headers["X-XSRFToken"] = xsrf
+        where = f"{method} {self.display_url}{path}"
+        try:
+            return await self._client.request(method, path, json=json_body, params=params, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise RemoteTimeout(f"{where}: no answer in time ({type(exc).__name__})") from exc
+        except httpx.RemoteProtocolError as exc:
+            raise ConnectFailed(f"{where}: the server closed the connection without answering") from exc
+        except httpx.ConnectError as exc:
+            raise ConnectFailed(f"{where}: cannot connect ({_reason(exc)})") from exc
+        except httpx.TransportError as exc:
+            raise ConnectFailed(f"{where}: {type(exc).__name__} ({_reason(exc)})") from exc
+
+    def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
+        where = f"{method} {self.display_url}{path}"
+        status = response.status_code
+        if status in (401, 403):
+            raise AuthRejected(
+                f"{where}: the server refused our credentials (HTTP {status}); check the token or cookies",
+                status=status,
+            )
+        if 300 <= status < 400:
+            # An API call that redirects is usually a login page: the auth did not take.
+            raise AuthRejected(f"{where}: redirected to a login page (HTTP {status}); not authenticated", status=status)
+        if status == 404:
+            raise RemoteError(f"{where}: not found (HTTP 404); is the base URL right?", status=status)
+        if status >= 400:
+            raise RemoteError(f"{where}: HTTP {status} {_server_message(response)}".rstrip(), status=status)
+        if status == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MalformedAnswer(f"{where}: the answer is not JSON (HTTP {status})", status=status) from exc
+
+    async def _ensure_xsrf(self) -> None:
+        """Fetch the ``_xsrf`` cookie once, for cookie-authenticated mutating requests."""
+        if self._xsrf_checked:
+            return
+        self._xsrf_checked = True
+        if self._client.cookies.get("_xsrf"):
+            return
+        try:
+            # The page is rendered (and the cookie set) even when it redirects to a login form.
+            await self._client.get("tree", follow_redirects=True, headers={"Accept": "text/html"})
+        except httpx.HTTPError as exc:
+            raise ConnectFailed(f"GET {self.display_url}tree: cannot fetch the _xsrf cookie ({_reason(exc)})") from exc
+
+    # -- Websockets ---------------------------------------------------------------------------
+
+    def ws_url(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        """The ``ws(s)://`` URL of a websocket endpoint below the base URL."""
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        query = urlencode(dict(params or {}))
+        return urlunsplit((scheme, parts.netloc, parts.path + path.lstrip("/"), query, ""))
+
+    def ws_headers(self) -> dict[str, str]:
+        """Headers that authenticate a websocket handshake (token header, or the cookie jar)."""
+        headers = {"User-Agent": _USER_AGENT}
+        if self._token:
+            headers["Authorization"] = f"token {self._token}"
+        jar = "; ".join(f"{c.name}={c.value}" for c in self._client.cookies.jar)
+        if jar:
+            headers["Cookie"] = jar
+        return headers
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The short ``message`` Jupyter puts in error bodies, if any (never the whole body)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"][:200]
+    return ""
