@@ -1,2 +1,3 @@
 """lamplighter."""
+
 __version__ = "0.1.0"

@@ -80,7 +80,9 @@ class KernelDied(RemoteError):
 class CellFailed(RemoteError):
     """Raised when a notebook cell raises; carries the kernel's error and the cell's index."""
 
-    def __init__(self, message: str, *, ename: str, evalue: str, traceback: list[str], cell_index: int) -> None:
+    def __init__(
+        self, message: str, *, ename: str, evalue: str, traceback: list[str], cell_index: int
+    ) -> None:
         super().__init__(message)
         self.ename = ename
         self.evalue = evalue

@@ -80,7 +80,9 @@ def start_local_server(
     try:
         import jupyter_server  # noqa: F401
     except ImportError:
-        raise ConfigError("the local Jupyter server needs the demo extra: pip install 'lamplighter[demo]'") from None
+        raise ConfigError(
+            "the local Jupyter server needs the demo extra: pip install 'lamplighter[demo]'"
+        ) from None
     token = token or secrets.token_hex(16)
     port = port or free_port()
     root = workdir / "root"
@@ -125,7 +127,9 @@ def start_local_server(
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-2000:]
-                raise RemoteTimeout(f"the local Jupyter server exited with status {process.returncode}:\n{tail}")
+                raise RemoteTimeout(
+                    f"the local Jupyter server exited with status {process.returncode}:\n{tail}"
+                )
             try:
                 answer = client.get(url + "api/status", headers={"Authorization": f"token {token}"})
                 if answer.status_code == 200:

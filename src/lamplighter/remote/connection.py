@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -29,7 +29,10 @@ from lamplighter.errors import (
     RemoteTimeout,
 )
 
-__all__ = ["Connection", "split_server_url"]
+if TYPE_CHECKING:
+    from lamplighter.settings import Settings
+
+__all__ = ["Connection", "connection_from_settings", "parse_cookie_header", "split_server_url"]
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _USER_AGENT = "lamplighter"
@@ -178,7 +181,9 @@ class Connection:
             )
         if 300 <= status < 400:
             # An API call that redirects is usually a login page: the auth did not take.
-            raise AuthRejected(f"{where}: redirected to a login page (HTTP {status}); not authenticated", status=status)
+            raise AuthRejected(
+                f"{where}: redirected to a login page (HTTP {status}); not authenticated", status=status
+            )
         if status == 404:
             raise RemoteError(f"{where}: not found (HTTP 404); is the base URL right?", status=status)
         if status >= 400:
@@ -201,7 +206,9 @@ class Connection:
             # The page is rendered (and the cookie set) even when it redirects to a login form.
             await self._client.get("tree", follow_redirects=True, headers={"Accept": "text/html"})
         except httpx.HTTPError as exc:
-            raise ConnectFailed(f"GET {self.display_url}tree: cannot fetch the _xsrf cookie ({_reason(exc)})") from exc
+            raise ConnectFailed(
+                f"GET {self.display_url}tree: cannot fetch the _xsrf cookie ({_reason(exc)})"
+            ) from exc
 
     # -- Websockets ---------------------------------------------------------------------------
 
@@ -233,6 +240,33 @@ def _server_message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return ""
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"][:200]
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(message, str):
+        return message[:200]
     return ""
+
+
+def parse_cookie_header(text: str) -> dict[str, str]:
+    """``"a=1; b=2"`` → ``{"a": "1", "b": "2"}``; raises ``ConfigError`` without echoing values."""
+    jar: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        name, sep, value = part.strip().partition("=")
+        if not sep or not name:
+            raise ConfigError("cookies: expected 'name=value; name2=value2'")
+        jar[name.strip()] = value.strip()
+    return jar
+
+
+def connection_from_settings(settings: Settings) -> Connection:
+    """The connection every command builds from the one settings object."""
+    if not settings.url:
+        raise ConfigError("url: no server given; pass --url or set LAMPLIGHTER_URL (or JL_HOSTNAME/JL_PORT)")
+    return Connection(
+        settings.url,
+        token=settings.token,
+        cookies=parse_cookie_header(settings.cookies) if settings.cookies else None,
+        verify_tls=settings.verify_tls,
+        timeout_s=settings.request_timeout.total_seconds(),
+    )

@@ -1,0 +1,282 @@
+"""The watch loop: probe → decide → act → journal → sleep until the verdict could change.
+
+Activity can only move a deadline later, so while an app is idle the agent needs one probe at the
+deadline, not one per fixed interval; it wakes at ``Decision.next_check_at``, probes, and acts on
+that fresh probe. That is how the stop lands within a second of its deadline with O(1) probes.
+``now`` is read here, once per pass, after the probe and right before acting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lamplighter.errors import AuthRejected, LamplighterError, RemoteError
+from lamplighter.journal import Journal
+from lamplighter.model import Action, Decision, Observation, ProbeFailure, StopOutcome, StopResult
+from lamplighter.platforms.base import Probe, Stopper
+from lamplighter.policy import decide
+from lamplighter.settings import Settings
+from lamplighter.signals import Signal
+
+__all__ = ["Agent", "WatchResult", "exit_on_signals", "utcnow"]
+
+logger = logging.getLogger(__name__)
+
+_MIN_SLEEP_S = 0.001
+
+
+def utcnow() -> datetime:
+    """The agent's clock; tests replace it on the Agent."""
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    """How a watch ended: the last decision and, if a stop was attempted, its result."""
+
+    decision: Decision
+    stop: StopResult | None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.outcome is StopOutcome.STOPPED
+
+
+class Agent:
+    """Watches one target until it is stopped, or until asked to exit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        probe: Probe,
+        stopper: Stopper,
+        journal: Journal,
+        *,
+        signals: Sequence[Signal] = (),
+        clock: Callable[[], datetime] = utcnow,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.probe = probe
+        self.stopper = stopper
+        self.journal = journal
+        self.signals = tuple(signals)
+        self.clock = clock
+        self.on_decision = on_decision
+        self.probes = 0
+        self._exit = asyncio.Event()
+        self._last: Decision | None = None
+        self._memory = journal.load_memory(probe.target)
+        self._heartbeat_at: datetime | None = None
+
+    @property
+    def target(self) -> str:
+        return self.probe.target
+
+    def request_exit(self) -> None:
+        """Finish the current pass, then return from :meth:`run` (SIGTERM / first Ctrl-C)."""
+        self._exit.set()
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    async def observe(self) -> Observation:
+        """Probe once; a failure becomes a :class:`ProbeFailure` observation, never an exception."""
+        self.probes += 1
+        try:
+            snapshot = await self.probe.snapshot()
+        except RemoteError as exc:
+            # A wrong token or base URL on the very first probe is a configuration error, not an
+            # outage; a server that does not answer yet (an app still starting) is waited for.
+            if self._last is None and (isinstance(exc, AuthRejected) or exc.status == 404):
+                raise
+            return ProbeFailure(self.target, str(exc), unreachable=exc.status is None)
+        if self.signals:
+            now = self.clock()
+            snapshot = replace(
+                snapshot, readings=snapshot.readings + tuple(s.reading(now) for s in self.signals)
+            )
+        return snapshot
+
+    async def check(self) -> tuple[Decision, StopResult | None]:
+        """Probe, decide, journal and act once."""
+        observation = await self.observe()
+        now = self.clock()
+        decision = decide(observation, self._memory, self.settings, now)
+        self._remember(decision, now)
+        await self._cull(decision, now)
+        stop = await self._stop(decision, now) if decision.action is Action.STOP else None
+        self._last = decision
+        self._write_heartbeat(decision, now)
+        return decision, stop
+
+    def _remember(self, decision: Decision, now: datetime) -> None:
+        if decision.memory != self._memory:
+            self.journal.save_memory(self.target, decision.memory, at=now)
+            self._memory = decision.memory
+        if self.on_decision is not None:
+            self.on_decision(decision)
+        if decision.changed_from(self._last):
+            self.journal.record_decision(self.target, decision, at=now)
+            log = logger.warning if decision.action is Action.SKIP else logger.info
+            log("%s: %s: %s", self.target, decision.action.value, decision.reason)
+            for line in decision.reasons[1:]:
+                logger.debug("  %s", line)
+        else:
+            logger.debug("%s: %s (unchanged)", self.target, decision.reason)
+
+    async def _cull(self, decision: Decision, now: datetime) -> None:
+        parts: list[tuple[str, str, Callable[[str], Awaitable[None]]]] = [
+            ("kernel", k, self.probe.cull_kernel) for k in decision.cull_kernels
+        ]
+        parts += [("terminal", t, self.probe.cull_terminal) for t in decision.cull_terminals]
+        for kind, name, cull in parts:
+            if self.settings.dry_run or self.settings.action == "none":
+                outcome, detail = "skipped", f"would shut down {kind} {name}"
+            else:
+                try:
+                    await cull(name)
+                    outcome, detail = "done", f"shut down {kind} {name}"
+                except LamplighterError as exc:
+                    logger.exception("%s: cannot shut down %s %s", self.target, kind, name)
+                    outcome, detail = "failed", f"cannot shut down {kind} {name}: {exc}"
+            logger.info("%s: %s", self.target, detail)
+            self.journal.record(self.target, "action", detail, at=now, verdict=outcome, detail={"cull": kind})
+
+    async def _stop(self, decision: Decision, now: datetime) -> StopResult:
+        logger.info("%s: stopping with %s: %s", self.target, self.stopper.description, decision.reason)
+        result = await self.stopper.stop(decision)
+        done = self.clock()
+        overshoot = (done - decision.stop_at).total_seconds() if decision.stop_at else None
+        log = logger.error if result.outcome is StopOutcome.FAILED else logger.info
+        log("%s: stop %s: %s", self.target, result.outcome.value, result.detail)
+        self.journal.record(
+            self.target,
+            "action",
+            f"stop {result.outcome.value}: {result.detail}",
+            at=done,
+            verdict=result.outcome.value,
+            idle_since=decision.idle_since,
+            stop_at=decision.stop_at,
+            detail={
+                "stopper": self.stopper.description,
+                "reasons": list(decision.reasons),
+                "decided_at": now.isoformat(),
+                "overshoot_s": overshoot,
+            },
+        )
+        return result
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self, *, once: bool = False) -> WatchResult:
+        """Watch until the app is stopped (or ``once``, or :meth:`request_exit`)."""
+        self.journal.record(
+            self.target,
+            "agent",
+            f"watching with {self.stopper.description}",
+            at=self.clock(),
+            detail={"pid": os.getpid(), "settings": self.settings.redacted()},
+        )
+        tasks = [asyncio.create_task(s.run(), name=f"signal {s.name}") for s in self.signals]
+        try:
+            return await self._loop(once)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, once: bool) -> WatchResult:
+        while True:
+            decision, stop = await self.check()
+            if once or (stop is not None and stop.outcome is StopOutcome.STOPPED):
+                return WatchResult(decision, stop)
+            wake_at = decision.next_check_at
+            if stop is not None:
+                # Stop skipped (dry run / none), failed, or still stopping: look again later, not in a loop.
+                wake_at = self.clock() + self.settings.busy_recheck
+            if await self._sleep_until(wake_at):
+                self.journal.record(self.target, "agent", "exiting on request", at=self.clock())
+                return WatchResult(decision, stop)
+
+    async def _sleep_until(self, wake_at: datetime) -> bool:
+        """Sleep until ``wake_at`` (rewriting the heartbeat on the way); True if asked to exit."""
+        while True:
+            now = self.clock()
+            target = wake_at
+            if self.settings.heartbeat is not None and self._heartbeat_at is not None:
+                target = min(target, self._heartbeat_at + self.settings.heartbeat_interval)
+            delay = max((target - now).total_seconds(), _MIN_SLEEP_S)
+            try:
+                await asyncio.wait_for(self._exit.wait(), timeout=delay)
+                return True
+            except asyncio.TimeoutError:
+                pass
+            if self.clock() >= wake_at:
+                return False
+            if self._last is not None:
+                self._write_heartbeat(self._last, self.clock())
+
+    def _write_heartbeat(self, decision: Decision, now: datetime) -> None:
+        path = self.settings.heartbeat
+        if path is None:
+            return
+        self._heartbeat_at = now
+        record = {
+            "version": 1,
+            "target": self.target,
+            "pid": os.getpid(),
+            "updated_at": now.isoformat(),
+            "verdict": decision.action.value,
+            "idle_since": decision.idle_since.isoformat() if decision.idle_since else None,
+            "stop_at": decision.stop_at.isoformat() if decision.stop_at else None,
+            "reason": decision.reason,
+        }
+        try:
+            _write_atomically(path, json.dumps(record, indent=1))
+        except OSError as exc:
+            logger.warning("cannot write the heartbeat %s: %s", path, exc.strerror)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def exit_on_signals(agent: Agent) -> Iterator[None]:
+    """SIGTERM and the first SIGINT let the current pass finish; a second SIGINT forces the exit."""
+    loop = asyncio.get_running_loop()
+    hits = {"int": 0}
+
+    def on_term() -> None:
+        logger.info("SIGTERM: finishing the current pass")
+        agent.request_exit()
+
+    def on_int() -> None:
+        hits["int"] += 1
+        if hits["int"] > 1:
+            raise KeyboardInterrupt
+        logger.info("interrupted: finishing the current pass (Ctrl-C again to force)")
+        agent.request_exit()
+
+    installed = []
+    for signum, handler in ((signal.SIGTERM, on_term), (signal.SIGINT, on_int)):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, handler)
+            installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

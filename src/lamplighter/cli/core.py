@@ -1,0 +1,191 @@
+"""The core commands: ``watch``, ``status``, ``journal`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from lamplighter.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    add_settings_options,
+    configure_logging,
+    settings_from_args,
+)
+from lamplighter.errors import ConfigError
+from lamplighter.journal import Journal, JournalEvent
+from lamplighter.model import Decision, Memory, StopOutcome, format_time, parse_timestamp
+from lamplighter.settings import Settings, parse_duration
+
+__all__ = ["add_core_parsers"]
+
+_TARGET_GROUPS = ("target", "policy", "action", "journal", "sagemaker")
+
+
+def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    watch = commands.add_parser(
+        "watch",
+        help="Watch a server and stop it once nobody has used it for the idle timeout.",
+        description="Watch a Jupyter server without creating activity; stop it within a second of its "
+        "idle deadline; journal every verdict with its reasons.",
+    )
+    add_settings_options(watch, groups=_TARGET_GROUPS)
+    watch.add_argument("--once", action="store_true", help="Decide once, act, and exit (for cron).")
+    watch.set_defaults(handler=_watch)
+
+    status = commands.add_parser("status", help="Print the verdict and its reasons now; act on nothing.")
+    add_settings_options(status, groups=_TARGET_GROUPS)
+    status.add_argument("--json", action="store_true", help="Print JSON.")
+    status.set_defaults(handler=_status)
+
+    journal = commands.add_parser("journal", help="Print the journal of decisions and actions.")
+    add_settings_options(journal, names=("journal",))
+    journal.add_argument("--json", action="store_true", help="Print JSON lines.")
+    journal.add_argument(
+        "--since", metavar="WHEN", help="Only events newer than a duration ago (2h) or a time (ISO)."
+    )
+    journal.add_argument("--target", metavar="URL", help="Only events of this target.")
+    journal.add_argument(
+        "--limit", type=int, default=200, help="At most this many events, newest kept [200]."
+    )
+    journal.set_defaults(handler=_journal)
+
+    demo = commands.add_parser(
+        "demo", help="Start a throwaway Jupyter server, use it, and watch it go idle and stop."
+    )
+    demo.add_argument("--idle-timeout", default="8s", help="Idle timeout for the demo [8s].")
+    demo.set_defaults(handler=_demo)
+
+
+# -- watch --------------------------------------------------------------------------------------
+
+
+def _watch(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    return asyncio.run(_watch_async(settings, once=args.once))
+
+
+async def _watch_async(settings: Settings, *, once: bool) -> int:
+    from lamplighter.agent import Agent, exit_on_signals
+    from lamplighter.targets import open_target
+
+    async with open_target(settings) as target:
+        with Journal(settings.journal) as journal:
+            agent = Agent(settings, target.probe, target.stopper, journal, signals=target.signals)
+            with exit_on_signals(agent):
+                result = await agent.run(once=once)
+    if result.stop is not None and result.stop.outcome is StopOutcome.FAILED:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, dry_run=True)
+    configure_logging("warning")
+    decision = asyncio.run(_status_async(settings))
+    if args.json:
+        print(json.dumps(decision_to_dict(decision, settings), indent=2))
+    else:
+        print(f"{decision.action.value.upper()}: {decision.reason}")
+        if decision.idle_since:
+            print(f"  idle since   {format_time(decision.idle_since)}")
+        if decision.stop_at:
+            print(f"  stop at      {format_time(decision.stop_at)}")
+        print(f"  next check   {format_time(decision.next_check_at)}")
+        for line in decision.reasons[1:]:
+            print(f"  - {line}")
+    return EXIT_OK
+
+
+async def _status_async(settings: Settings) -> Decision:
+    from lamplighter.policy import decide
+    from lamplighter.targets import open_target
+
+    async with open_target(settings) as target:
+        snapshot = await target.probe.snapshot()  # a failing probe is an error here, not a verdict
+        memory = _read_memory(settings, target.probe.target)
+        return decide(snapshot, memory, settings, datetime.now(timezone.utc))
+
+
+def _read_memory(settings: Settings, target: str) -> Memory:
+    """The watching agent's memory, if a journal exists; status never creates one."""
+    if not settings.journal.exists():
+        return Memory()
+    with Journal(settings.journal) as journal:
+        return journal.load_memory(target)
+
+
+def decision_to_dict(decision: Decision, settings: Settings) -> dict[str, Any]:
+    def iso(moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment else None
+
+    return {
+        "verdict": decision.action.value,
+        "reason": decision.reason,
+        "reasons": list(decision.reasons),
+        "idle_since": iso(decision.idle_since),
+        "stop_at": iso(decision.stop_at),
+        "next_check_at": iso(decision.next_check_at),
+        "cull_kernels": list(decision.cull_kernels),
+        "cull_terminals": list(decision.cull_terminals),
+        "settings": settings.redacted(),
+    }
+
+
+# -- journal ------------------------------------------------------------------------------------
+
+
+def _journal(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    since = _parse_since(args.since) if args.since else None
+    if not settings.journal.exists():
+        print(f"lamplighter: no journal at {settings.journal} yet", file=sys.stderr)
+        return EXIT_OK
+    with Journal(settings.journal) as journal:
+        events = journal.events(since=since, target=args.target, limit=max(1, args.limit))
+    for event in events:
+        print(json.dumps(event.to_dict()) if args.json else format_event(event))
+    return EXIT_OK
+
+
+def _parse_since(text: str) -> datetime:
+    try:
+        return datetime.now(timezone.utc) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise ConfigError(f"--since: expected a duration (2h) or an ISO time, got {text!r}") from None
+
+
+def format_event(event: JournalEvent) -> str:
+    when = event.at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    verdict = (event.verdict or "").ljust(8)
+    return f"{when}  {event.kind:<8} {verdict} {event.summary}"
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lamplighter.demo import run_demo
+
+    try:
+        idle = parse_duration(args.idle_timeout)
+    except ValueError:
+        print(
+            f"lamplighter: --idle-timeout: expected a duration like 8s, got {args.idle_timeout!r}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    return run_demo(idle)

@@ -1,0 +1,229 @@
+"""The SQLite journal: every decision that changed, every action and its outcome, and the agent's memory.
+
+All SQL of the project lives here, parameterised. The database runs in WAL mode so ``lamplighter
+journal`` can read while an agent writes. Timestamps are stored as UTC ISO-8601 text. sqlite3
+errors are translated to :class:`JournalError` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lamplighter.errors import JournalError
+from lamplighter.model import Decision, Memory, parse_timestamp
+
+__all__ = ["Journal", "JournalEvent"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    verdict TEXT,
+    summary TEXT NOT NULL,
+    idle_since TEXT,
+    stop_at TEXT,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE TABLE IF NOT EXISTS memory (
+    target TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class JournalEvent:
+    """One journal row. ``kind`` is decision, action, agent, snooze or onstart."""
+
+    id: int
+    at: datetime
+    target: str
+    kind: str
+    verdict: str | None
+    summary: str
+    idle_since: datetime | None
+    stop_at: datetime | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "target": self.target,
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "summary": self.summary,
+            "idle_since": self.idle_since.isoformat() if self.idle_since else None,
+            "stop_at": self.stop_at.isoformat() if self.stop_at else None,
+            "detail": self.detail,
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+class Journal:
+    """An open journal database. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise JournalError(f"journal {path}: written by a newer lamplighter (schema {row[0]})")
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {path}: cannot open ({exc})") from exc
+        except OSError as exc:
+            raise JournalError(f"journal {path}: cannot create ({exc.strerror})") from exc
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _sql(self, what: str) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: cannot {what} ({exc})") from exc
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def record(
+        self,
+        target: str,
+        kind: str,
+        summary: str,
+        *,
+        at: datetime,
+        verdict: str | None = None,
+        idle_since: datetime | None = None,
+        stop_at: datetime | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        with self._sql("record an event") as db:
+            db.execute(
+                "INSERT INTO events (at, target, kind, verdict, summary, idle_since, stop_at, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    at.isoformat(),
+                    target,
+                    kind,
+                    verdict,
+                    summary,
+                    _iso(idle_since),
+                    _iso(stop_at),
+                    json.dumps(detail or {}, sort_keys=True, default=str),
+                ),
+            )
+
+    def record_decision(self, target: str, decision: Decision, *, at: datetime) -> None:
+        self.record(
+            target,
+            "decision",
+            decision.reason,
+            at=at,
+            verdict=decision.action.value,
+            idle_since=decision.idle_since,
+            stop_at=decision.stop_at,
+            detail={
+                "reasons": list(decision.reasons),
+                "cull_kernels": list(decision.cull_kernels),
+                "cull_terminals": list(decision.cull_terminals),
+                "next_check_at": decision.next_check_at.isoformat(),
+            },
+        )
+
+    def save_memory(self, target: str, memory: Memory, *, at: datetime) -> None:
+        with self._sql("save the agent's memory") as db:
+            db.execute(
+                "INSERT INTO memory (target, data, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(target) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+                (target, memory.to_json(), at.isoformat()),
+            )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def load_memory(self, target: str) -> Memory:
+        with self._sql("read the agent's memory") as db:
+            row = db.execute("SELECT data FROM memory WHERE target = ?", (target,)).fetchone()
+        return Memory.from_json(row[0]) if row else Memory()
+
+    def events(
+        self,
+        *,
+        since: datetime | None = None,
+        target: str | None = None,
+        kind: str | None = None,
+        limit: int = 1000,
+    ) -> list[JournalEvent]:
+        """Events oldest first; ``limit`` keeps the newest ones."""
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("at >= ?")
+            params.append(since.isoformat())
+        if target is not None:
+            clauses.append("target = ?")
+            params.append(target)
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._sql("read events") as db:
+            rows = db.execute(
+                "SELECT id, at, target, kind, verdict, summary, idle_since, stop_at, detail FROM "
+                f"(SELECT * FROM events {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+                (*params, limit),
+            ).fetchall()
+        return [
+            JournalEvent(
+                id=row[0],
+                at=parse_timestamp(row[1]),
+                target=row[2],
+                kind=row[3],
+                verdict=row[4],
+                summary=row[5],
+                idle_since=parse_timestamp(row[6]) if row[6] else None,
+                stop_at=parse_timestamp(row[7]) if row[7] else None,
+                detail=_load_detail(row[8]),
+            )
+            for row in rows
+        ]
+
+
+def _load_detail(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,262 @@
+"""What lamplighter knows and decides: observations, remembered state and decisions. No I/O here.
+
+Timestamps are tz-aware UTC everywhere; they are converted once, where data enters
+(:func:`parse_timestamp`), so nothing downstream compares naive and aware datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+__all__ = [
+    "Action",
+    "ActivityReading",
+    "Clock",
+    "Decision",
+    "KernelInfo",
+    "Memory",
+    "Observation",
+    "ProbeFailure",
+    "ServerSnapshot",
+    "StopOutcome",
+    "StopResult",
+    "TerminalInfo",
+    "format_duration",
+    "format_time",
+    "parse_timestamp",
+]
+
+UTC = timezone.utc
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Parse a Jupyter/ISO-8601 timestamp into an aware UTC datetime.
+
+    Jupyter writes ``...Z`` and drops the fraction when microseconds are 0, so no fixed format is
+    used. A naive timestamp is taken as UTC (that is what Jupyter means). Raises ``ValueError``.
+    """
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and value:
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        parsed = datetime.fromisoformat(text)
+    else:
+        raise ValueError(f"not a timestamp: {value!r}")
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_time(moment: datetime | None) -> str:
+    """``13:02:05 UTC`` style, for reasons a person reads."""
+    if moment is None:
+        return "never"
+    return moment.astimezone(UTC).strftime("%H:%M:%S UTC")
+
+
+def format_duration(delta: timedelta | float) -> str:
+    """``1h02m``, ``4m05s``, ``12s``: short and exact enough for a reason line."""
+    seconds = delta.total_seconds() if isinstance(delta, timedelta) else float(delta)
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds < 60:
+        return (
+            f"{sign}{seconds:.0f}s" if seconds >= 10 or seconds == int(seconds) else f"{sign}{seconds:.1f}s"
+        )
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{sign}{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{sign}{hours}h{minutes:02d}m"
+
+
+class Clock(enum.Enum):
+    """Which idleness clock a piece of activity moves."""
+
+    INTERACTION = "interaction"  # somebody did something: ran a cell, typed in a terminal, saved a file
+    WORK = "work"  # something is computing: a busy kernel, a busy process tree, a busy GPU
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    """One kernel as the server reports it; ``path`` comes from the session that owns it, if any."""
+
+    id: str
+    name: str
+    execution_state: str
+    last_activity: datetime
+    connections: int
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        where = f", {self.path}" if self.path else ""
+        return f"kernel {self.id[:4]} ({self.name}{where})"
+
+
+@dataclass(frozen=True)
+class TerminalInfo:
+    """One terminal; the server only knows its name and when its pty last moved."""
+
+    name: str
+    last_activity: datetime
+
+    @property
+    def label(self) -> str:
+        return f"terminal {self.name}"
+
+
+@dataclass(frozen=True)
+class ActivityReading:
+    """A signal's reading: when it last saw activity on one clock, and why (never a verdict).
+
+    ``active_now`` means the signal sees activity at this very moment (a busy process tree); ``at``
+    is then the time of the reading.
+    """
+
+    source: str
+    clock: Clock
+    at: datetime | None
+    detail: str
+    active_now: bool = False
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """Everything one probe saw of a server, read without creating activity."""
+
+    target: str
+    started: datetime
+    last_activity: datetime
+    connections: int
+    kernels: tuple[KernelInfo, ...] = ()
+    terminals: tuple[TerminalInfo, ...] = ()
+    readings: tuple[ActivityReading, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeFailure:
+    """A probe that could not read the server: never evidence of idleness."""
+
+    target: str
+    error: str
+    unreachable: bool = True
+
+
+Observation = ServerSnapshot | ProbeFailure
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the agent remembers between probes and across restarts (persisted in the journal).
+
+    ``last_interaction`` and ``last_work`` only ever move forward; ``busy_since`` and
+    ``pending_since`` let the policy cap busy or stuck kernels; ``failing_since`` times an outage.
+    """
+
+    last_interaction: datetime | None = None
+    last_work: datetime | None = None
+    busy_since: Mapping[str, datetime] = field(default_factory=dict)
+    pending_since: Mapping[str, datetime] = field(default_factory=dict)
+    failing_since: datetime | None = None
+    snooze_until: datetime | None = None
+
+    def to_json(self) -> str:
+        def iso(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment else None
+
+        return json.dumps(
+            {
+                "last_interaction": iso(self.last_interaction),
+                "last_work": iso(self.last_work),
+                "busy_since": {k: v.isoformat() for k, v in self.busy_since.items()},
+                "pending_since": {k: v.isoformat() for k, v in self.pending_since.items()},
+                "failing_since": iso(self.failing_since),
+                "snooze_until": iso(self.snooze_until),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Memory:
+        """Rebuild from :meth:`to_json`; a damaged record gives an empty memory rather than a crash."""
+        try:
+            data: dict[str, Any] = json.loads(text)
+
+            def opt(key: str) -> datetime | None:
+                return parse_timestamp(data[key]) if data.get(key) else None
+
+            return cls(
+                last_interaction=opt("last_interaction"),
+                last_work=opt("last_work"),
+                busy_since={k: parse_timestamp(v) for k, v in (data.get("busy_since") or {}).items()},
+                pending_since={k: parse_timestamp(v) for k, v in (data.get("pending_since") or {}).items()},
+                failing_since=opt("failing_since"),
+                snooze_until=opt("snooze_until"),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+    def evolve(self, **changes: Any) -> Memory:
+        return replace(self, **changes)
+
+
+class Action(enum.Enum):
+    """What the policy wants done now."""
+
+    KEEP = "keep"  # in use, or idle but not yet past the deadline
+    STOP = "stop"  # idle past the deadline: stop the app
+    SKIP = "skip"  # cannot tell (probe failed): do nothing, look again soon
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's verdict with its evidence; the agent logs and journals ``reasons`` word for word."""
+
+    action: Action
+    reason: str
+    reasons: tuple[str, ...]
+    idle_since: datetime | None
+    stop_at: datetime | None
+    next_check_at: datetime
+    cull_kernels: tuple[str, ...] = ()
+    cull_terminals: tuple[str, ...] = ()
+    memory: Memory = field(default_factory=Memory, compare=False, repr=False)
+
+    def changed_from(self, other: Decision | None) -> bool:
+        """A verdict worth journaling: a new action, a new deadline or new things to cull."""
+        if other is None:
+            return True
+        return (
+            self.action != other.action
+            or _second(self.stop_at) != _second(other.stop_at)
+            or self.cull_kernels != other.cull_kernels
+            or self.cull_terminals != other.cull_terminals
+            or (self.action is Action.SKIP and self.reason != other.reason)
+        )
+
+
+def _second(moment: datetime | None) -> datetime | None:
+    return moment.replace(microsecond=0) if moment else None
+
+
+class StopOutcome(enum.Enum):
+    """How a stop went; only STOPPED counts as stopped (jupyterhub-idle-culler's rule for 202)."""
+
+    STOPPED = "stopped"  # verified gone
+    STOPPING = "stopping"  # accepted but still running: look again next pass
+    FAILED = "failed"
+    SKIPPED = "skipped"  # dry run, or the action is none
+
+
+@dataclass(frozen=True)
+class StopResult:
+    outcome: StopOutcome
+    detail: str

@@ -1,0 +1,474 @@
+"""The one settings object: every option declared once, with its type, default, unit and help.
+
+Precedence: defaults < TOML file < environment variables < command-line flags. Environment variables
+use the prefix ``LAMPLIGHTER_``; the AWS auto-stop sample's names (``IDLE_TIME_IN_SECONDS``,
+``IGNORE_CONNECTIONS``, ``SKIP_TERMINALS``, ``JL_HOSTNAME``, ``JL_PORT``, ``JL_BASE_URL``) are read
+too, so an existing lifecycle script switches over unchanged. CLI flags and the README's table are
+generated from the declarations below. Derived defaults are computed in :func:`_derive` only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from lamplighter.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ACTIONS",
+    "PLATFORMS",
+    "Settings",
+    "default_journal_path",
+    "load_settings",
+    "option_specs",
+    "parse_bool",
+    "parse_duration",
+]
+
+ACTIONS = ("shutdown", "command", "none")
+PLATFORMS = ("jupyter", "sagemaker")
+UNREACHABLE_ACTIONS = ("report", "stop")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_OFF = {"off", "none", "never", "0", "false", "no", ""}
+
+
+def parse_duration(text: object) -> timedelta:
+    """Plain seconds or ``90s``/``15m``/``2h``/``1d``; raises ``ValueError``."""
+    if isinstance(text, bool):
+        raise ValueError("a duration, not a boolean")
+    if isinstance(text, int | float):
+        value = float(text)
+        if value < 0:
+            raise ValueError("negative")
+        return timedelta(seconds=value)
+    if isinstance(text, timedelta):
+        return text
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError("not a duration")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()])
+
+
+def _parse_optional_duration(text: object) -> timedelta | None:
+    if text is None or (isinstance(text, str) and text.strip().lower() in _OFF) or text == 0:
+        return None
+    return parse_duration(text)
+
+
+def parse_bool(text: object) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` in any case (the AWS scripts write ``True``)."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not a boolean")
+
+
+def _parse_str(text: object) -> str:
+    if not isinstance(text, str | int | float) or isinstance(text, bool):
+        raise ValueError("not a string")
+    return str(text)
+
+
+def _parse_optional_str(text: object) -> str | None:
+    value = _parse_str(text)
+    return value or None
+
+
+def _parse_path(text: object) -> Path:
+    return Path(os.path.expanduser(_parse_str(text)))
+
+
+def _parse_optional_path(text: object) -> Path | None:
+    value = _parse_str(text)
+    return Path(os.path.expanduser(value)) if value.strip().lower() not in _OFF else None
+
+
+def _choice(*allowed: str) -> Callable[[object], str]:
+    def parse(text: object) -> str:
+        value = _parse_str(text).strip().lower()
+        if value not in allowed:
+            raise ValueError("not one of the choices")
+        return value
+
+    parse.choices = allowed  # type: ignore[attr-defined]
+    return parse
+
+
+_EXPECTED: dict[Callable[[object], Any], str] = {
+    parse_duration: "a duration like 90, 90s, 15m or 2h",
+    _parse_optional_duration: "a duration like 90, 90s, 15m or 2h, or 'off'",
+    parse_bool: "true or false",
+    _parse_str: "a string",
+    _parse_optional_str: "a string",
+    _parse_path: "a path",
+    _parse_optional_path: "a path, or 'off'",
+}
+
+
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[object], Any],
+    group: str,
+    env: tuple[str, ...] = (),
+    secret: bool = False,
+    flag: bool = True,
+    negative: str | None = None,
+) -> Any:
+    # A callable default is a factory (the journal path depends on the environment at load time).
+    kind = {"default_factory": default} if callable(default) else {"default": default}
+    return field(
+        **kind,
+        metadata={
+            "help": help,
+            "parse": parse,
+            "group": group,
+            "env": env,
+            "secret": secret,
+            "flag": flag,
+            "negative": negative,
+        },
+    )
+
+
+def default_journal_path() -> Path:
+    """``$XDG_STATE_HOME/lamplighter/journal.sqlite3`` (``~/.local/state/...`` when unset)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "lamplighter" / "journal.sqlite3"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option lamplighter has. Build it with :func:`load_settings`, never by hand in commands."""
+
+    # -- the target ---------------------------------------------------------------------------
+    url: str | None = _opt(
+        None,
+        "URL of the Jupyter server, base path included, e.g. http://127.0.0.1:8888/jupyterlab/default/.",
+        parse=_parse_optional_str,
+        group="target",
+    )
+    token: str | None = _opt(
+        None,
+        "API token of the server. Visible in process lists: prefer LAMPLIGHTER_TOKEN or --token-file.",
+        parse=_parse_optional_str,
+        group="target",
+        env=("LAMPLIGHTER_TOKEN", "JUPYTER_TOKEN"),
+        secret=True,
+    )
+    token_file: Path | None = _opt(
+        None, "File holding the API token (first line).", parse=_parse_optional_path, group="target"
+    )
+    cookies: str | None = _opt(
+        None,
+        "Login cookies instead of a token, as 'name=value; name2=value2' (a browser or hub login).",
+        parse=_parse_optional_str,
+        group="target",
+        secret=True,
+    )
+    verify_tls: bool = _opt(
+        True,
+        "Verify the server's TLS certificate; turn off only for a self-signed test server.",
+        parse=parse_bool,
+        group="target",
+        negative="insecure",
+    )
+    request_timeout: timedelta = _opt(
+        timedelta(seconds=10),
+        "Time budget for one HTTP request to the server.",
+        parse=parse_duration,
+        group="target",
+    )
+    platform: str = _opt(
+        "jupyter",
+        "Kind of app: 'jupyter' (stop with POST /api/shutdown) or 'sagemaker' (stop with DeleteApp).",
+        parse=_choice(*PLATFORMS),
+        group="target",
+    )
+    sagemaker_metadata: Path = _opt(
+        Path("/opt/ml/metadata/resource-metadata.json"),
+        "SageMaker app metadata file that names the domain, space and app.",
+        parse=_parse_path,
+        group="sagemaker",
+    )
+    sagemaker_endpoint_url: str | None = _opt(
+        None,
+        "SageMaker API endpoint override (a VPC endpoint, or a test emulator).",
+        parse=_parse_optional_str,
+        group="sagemaker",
+    )
+    region: str | None = _opt(
+        None,
+        "AWS region; default from the app metadata or the AWS config.",
+        parse=_parse_optional_str,
+        group="sagemaker",
+        env=("LAMPLIGHTER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
+
+    # -- the policy ---------------------------------------------------------------------------
+    idle_timeout: timedelta = _opt(
+        timedelta(hours=1),
+        "Stop the app after this long with nobody interacting and nothing working.",
+        parse=parse_duration,
+        group="policy",
+        env=("LAMPLIGHTER_IDLE_TIMEOUT", "IDLE_TIME_IN_SECONDS"),
+    )
+    startup_grace: timedelta | None = _opt(
+        None,
+        "A freshly started app is never stopped before this long after its start (default: the idle timeout).",
+        parse=_parse_optional_duration,
+        group="policy",
+    )
+    ignore_connections: bool = _opt(
+        True,
+        "Treat open browser connections to an idle kernel as idle (off: an open notebook tab keeps the app).",
+        parse=parse_bool,
+        group="policy",
+        env=("LAMPLIGHTER_IGNORE_CONNECTIONS", "IGNORE_CONNECTIONS"),
+        negative="count-connections",
+    )
+    skip_terminals: bool = _opt(
+        False,
+        "Leave terminal activity out of the verdict.",
+        parse=parse_bool,
+        group="policy",
+        env=("LAMPLIGHTER_SKIP_TERMINALS", "SKIP_TERMINALS"),
+    )
+    max_busy: timedelta | None = _opt(
+        None,
+        "A kernel busy longer than this stops counting as work (default off: a busy kernel always keeps the app).",
+        parse=_parse_optional_duration,
+        group="policy",
+    )
+    stuck_after: timedelta = _opt(
+        timedelta(minutes=10),
+        "A kernel stuck starting, restarting or in an unknown state this long stops counting as work.",
+        parse=parse_duration,
+        group="policy",
+    )
+    busy_recheck: timedelta = _opt(
+        timedelta(seconds=30),
+        "While work is running, look again after this long (idle apps are only looked at on their deadline).",
+        parse=parse_duration,
+        group="policy",
+    )
+    kernel_timeout: timedelta | None = _opt(
+        None,
+        "Shut down single kernels idle this long (default off).",
+        parse=_parse_optional_duration,
+        group="policy",
+    )
+    terminal_timeout: timedelta | None = _opt(
+        None,
+        "Close single terminals idle this long (default off).",
+        parse=_parse_optional_duration,
+        group="policy",
+    )
+    keep_terminals: bool = _opt(
+        False, "Never close terminals, even past terminal_timeout.", parse=parse_bool, group="policy"
+    )
+    unreachable_timeout: timedelta | None = _opt(
+        None,
+        "After the server has been unreachable this long, apply unreachable_action (default off: only report).",
+        parse=_parse_optional_duration,
+        group="policy",
+    )
+    unreachable_action: str = _opt(
+        "report",
+        "What to do once unreachable_timeout has passed: 'report' (journal it) or 'stop' (run the stop action).",
+        parse=_choice(*UNREACHABLE_ACTIONS),
+        group="policy",
+    )
+
+    # -- the action ---------------------------------------------------------------------------
+    action: str = _opt(
+        "shutdown",
+        "How to stop an idle app: 'shutdown' (the platform's stop), 'command' (run --command), 'none' (report).",
+        parse=_choice(*ACTIONS),
+        group="action",
+    )
+    command: str | None = _opt(
+        None,
+        "Shell command run by --action command; gets LAMPLIGHTER_TARGET, _REASON, _IDLE_SINCE, _STOP_AT.",
+        parse=_parse_optional_str,
+        group="action",
+    )
+    dry_run: bool = _opt(
+        False, "Log and journal what would be done; do nothing.", parse=parse_bool, group="action"
+    )
+    stop_verify_timeout: timedelta = _opt(
+        timedelta(seconds=30),
+        "How long to wait for a stopped app to go away before counting it as 'still stopping'.",
+        parse=parse_duration,
+        group="action",
+    )
+
+    # -- the journal --------------------------------------------------------------------------
+    journal: Path = _opt(
+        default_journal_path,
+        "SQLite journal of decisions and actions (default in the user's state dir).",
+        parse=_parse_path,
+        group="journal",
+    )
+    heartbeat: Path | None = _opt(
+        None,
+        "JSON file the agent rewrites with its verdict, for fleet checks (default off; on for SageMaker).",
+        parse=_parse_optional_path,
+        group="journal",
+    )
+    heartbeat_interval: timedelta = _opt(
+        timedelta(seconds=60),
+        "Rewrite the heartbeat at least this often.",
+        parse=parse_duration,
+        group="journal",
+    )
+    log_level: str = _opt("info", "Log level.", parse=_choice(*LOG_LEVELS), group="journal")
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def effective_startup_grace(self) -> timedelta:
+        return self.idle_timeout if self.startup_grace is None else self.startup_grace
+
+    def redacted(self) -> dict[str, str]:
+        """Every setting as text, secrets replaced: for ``status --json`` and the extension."""
+        out: dict[str, str] = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.metadata.get("secret") and value:
+                out[spec.name] = "***"
+            elif isinstance(value, timedelta):
+                out[spec.name] = f"{value.total_seconds():g}s"
+            else:
+                out[spec.name] = "" if value is None else str(value)
+        return out
+
+
+def option_specs() -> list[Any]:
+    """The dataclass fields of :class:`Settings` with their metadata, in declaration order."""
+    return list(fields(Settings))
+
+
+def _env_names(spec: Any) -> tuple[str, ...]:
+    return spec.metadata.get("env") or (f"LAMPLIGHTER_{spec.name.upper()}",)
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_value(spec: Any, raw: object, source: str) -> Any:
+    parse: Callable[[object], Any] = spec.metadata["parse"]
+    try:
+        return parse(raw)
+    except (ValueError, TypeError):
+        choices = getattr(parse, "choices", None)
+        expected = "one of " + ", ".join(choices) if choices else _EXPECTED.get(parse, "a valid value")
+        shown = "***" if spec.metadata.get("secret") else repr(raw)
+        raise ConfigError(f"{spec.name} ({source}): expected {expected}, got {shown}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
+    # Accept either top-level keys or a [lamplighter] table.
+    table = data.get("lamplighter", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [lamplighter] must be a table")
+    return {str(k).replace("-", "_"): v for k, v in table.items()}
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    """Build validated settings from defaults < TOML < env < flags; raises ``ConfigError`` with one line.
+
+    ``flags`` maps field names to raw values (strings from argparse, or typed values from Python).
+    ``config_path`` defaults to ``LAMPLIGHTER_CONFIG``, then ``~/.config/lamplighter/config.toml`` if present.
+    """
+    env = os.environ if env is None else env
+    flags = dict(flags or {})
+    specs = {spec.name: spec for spec in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    path = config_path or (Path(env["LAMPLIGHTER_CONFIG"]) if env.get("LAMPLIGHTER_CONFIG") else None)
+    if path is None:
+        home_config = Path(os.path.expanduser("~/.config/lamplighter/config.toml"))
+        path = home_config if home_config.is_file() else None
+    if path is not None:
+        for key, raw in _read_toml(path).items():
+            if key not in specs:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _parse_value(specs[key], raw, f"in {path.name}")
+
+    for name, spec in specs.items():
+        # The first name listed wins when several are set (LAMPLIGHTER_* before the AWS sample's names).
+        for env_name in _env_names(spec):
+            if env_name in env and env[env_name] != "":
+                values[name] = _parse_value(spec, env[env_name], env_name)
+                break
+
+    for name, raw in flags.items():
+        if name not in specs:
+            raise ConfigError(f"unknown setting {name!r}")
+        if raw is not None:
+            values[name] = _parse_value(specs[name], raw, _flag_name(name))
+
+    settings = Settings(**values)
+    return _derive(settings, env)
+
+
+def _derive(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Fill derived values and check combinations; the only place defaults depend on other settings."""
+    changes: dict[str, Any] = {}
+    if settings.url is None and any(env.get(k) for k in ("JL_HOSTNAME", "JL_PORT", "JL_BASE_URL")):
+        host = env.get("JL_HOSTNAME") or "127.0.0.1"
+        # 0.0.0.0 is where the sample's server listens, not an address to connect to.
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        port = env.get("JL_PORT") or "8888"
+        if not port.isdigit():
+            raise ConfigError(f"url (JL_PORT): expected a port number, got {port!r}")
+        base = "/".join(("", *filter(None, (env.get("JL_BASE_URL") or "").split("/")), ""))
+        changes["url"] = f"http://{host}:{port}{base}"
+    if settings.token is None and settings.token_file is not None:
+        try:
+            changes["token"] = settings.token_file.read_text().strip().splitlines()[0].strip()
+        except (OSError, IndexError):
+            raise ConfigError(f"token_file: cannot read a token from {settings.token_file}") from None
+    if settings.platform == "sagemaker" and settings.heartbeat is None:
+        changes["heartbeat"] = Path(os.path.expanduser("~/.lamplighter/heartbeat.json"))
+    if settings.idle_timeout <= timedelta(0):
+        raise ConfigError("idle_timeout: must be more than 0 seconds")
+    if settings.action == "command" and not settings.command:
+        raise ConfigError("command: --action command needs --command 'shell command'")
+    if settings.busy_recheck <= timedelta(0):
+        raise ConfigError("busy_recheck: must be more than 0 seconds")
+    return replace(settings, **changes) if changes else settings

@@ -1,0 +1,131 @@
+"""Signals: background samplers that turn what a machine is doing into readings, never into decisions.
+
+A signal owns one source of evidence: the app's process tree (:mod:`.processes`), its GPUs
+(:mod:`.gpu`) or its workspace files (:mod:`.files`). The agent runs :meth:`Signal.run` in a task for
+as long as it watches, and cancels it at exit. The agent sleeps until a deadline and only then asks for
+:meth:`Signal.reading`, so a signal samples on its own cadence and remembers *when* it last saw
+activity: a job that ended while the agent slept is reported with the time it ended and
+``active_now=False``.
+
+This module also holds :class:`BusyWindow`, the hysteresis the two work signals (processes, GPU)
+share, so a short blip never counts as sustained work.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from lamplighter.model import ActivityReading
+
+__all__ = ["BusyWindow", "Signal", "UsageSummary", "format_seconds", "format_share"]
+
+
+class Signal(Protocol):
+    """A source of activity readings that samples in the background."""
+
+    name: str
+
+    async def run(self) -> None:
+        """Sample until cancelled (the agent runs this in a task and cancels it at exit)."""
+        ...
+
+    def reading(self, now: datetime) -> ActivityReading:
+        """The latest reading, from memory only (no I/O); ``now`` is the agent's clock."""
+        ...
+
+
+def format_share(share: float) -> str:
+    """``97 %``: a share of one core or one device, as a reason line shows it."""
+    return f"{share * 100:.0f} %"
+
+
+def format_seconds(seconds: float) -> str:
+    """``60 s``, ``2.5 s``: a window length, as a reason line shows it."""
+    if seconds >= 10 or seconds == int(seconds):
+        return f"{seconds:.0f} s"
+    return f"{seconds:.1f} s"
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """Who used a resource over a window: the heaviest user and the total, as average shares.
+
+    A share is a fraction of one CPU core or of one GPU (1.0 = one core or device fully busy).
+    """
+
+    top_label: str
+    top_share: float
+    total_share: float
+    users: int
+    span_s: float
+
+
+@dataclass(frozen=True)
+class _Sample:
+    mono: float
+    wall: float
+    dt: float
+    busy: bool
+    usage: Mapping[str, float]  # label -> usage seconds (share x seconds) during this sample
+
+
+class BusyWindow:
+    """Hysteresis for a work signal: use of at least ``threshold`` for ``min_busy_s`` out of ``window_s``.
+
+    Each sample covers ``dt`` seconds and reports usage seconds per user (a process, a device): one
+    core fully busy for 5 s is 5.0. A sample is *busy* when the total usage divided by ``dt`` reaches
+    ``threshold``. The window is *active* while the newest sample is busy and busy samples cover at
+    least ``min_busy_s`` of the window, so a single short spike never counts. ``last_busy_wall`` is
+    the end of the last sample that was busy while the window was active: the time work was last
+    seen, which stays right after the work ends.
+    """
+
+    def __init__(self, *, window_s: float, min_busy_s: float, threshold: float) -> None:
+        self.window_s = window_s
+        self.min_busy_s = min_busy_s
+        self.threshold = threshold
+        self._samples: deque[_Sample] = deque()
+        self.active = False
+        self.last_sample_wall: float | None = None
+        self.last_busy_wall: float | None = None
+        self.last_busy_summary: UsageSummary | None = None
+
+    def add(self, *, mono: float, wall: float, dt: float, usage: Mapping[str, float]) -> None:
+        """Record one sample that ended at ``mono`` / ``wall`` and covered ``dt`` seconds."""
+        if dt <= 0:
+            return
+        kept = {label: used for label, used in usage.items() if used > 0}
+        busy = sum(kept.values()) / dt >= self.threshold
+        self._samples.append(_Sample(mono=mono, wall=wall, dt=dt, busy=busy, usage=kept))
+        while self._samples and self._samples[0].mono <= mono - self.window_s:
+            self._samples.popleft()
+        self.last_sample_wall = wall
+        busy_s = sum(sample.dt for sample in self._samples if sample.busy)
+        # A tiny tolerance: five 0.2 s samples must make 1.0 s despite float sums.
+        self.active = busy and busy_s >= self.min_busy_s - 1e-6
+        if self.active:
+            self.last_busy_wall = wall
+            self.last_busy_summary = self.summary()
+
+    def summary(self) -> UsageSummary | None:
+        """The heaviest user and the total over the samples now in the window; None when nothing was used."""
+        span = sum(sample.dt for sample in self._samples)
+        totals: dict[str, float] = {}
+        for sample in self._samples:
+            for label, used in sample.usage.items():
+                totals[label] = totals.get(label, 0.0) + used
+        if not totals or span <= 0:
+            return None
+        top = max(totals, key=lambda label: totals[label])
+        return UsageSummary(
+            top_label=top,
+            top_share=totals[top] / span,
+            total_share=sum(totals.values()) / span,
+            # Pollers that used a fraction of a percent are not worth naming as "users".
+            users=max(1, sum(1 for used in totals.values() if used / span >= 0.005)),
+            span_s=span,
+        )

@@ -1,0 +1,90 @@
+"""The agent with the fake platform and a controlled clock: journaling, memory, culls, stop outcomes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from lamplighter.agent import Agent
+from lamplighter.journal import Journal
+from lamplighter.model import Action, KernelInfo, ServerSnapshot, StopOutcome
+from lamplighter.platforms.fake import FakeServer
+from lamplighter.settings import load_settings
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make(
+    tmp_path: Path, kernels: list[KernelInfo], **flags: object
+) -> tuple[Agent, FakeServer, Clock, Journal]:
+    clock = Clock()
+    server = FakeServer(lambda: ServerSnapshot("fake://server/", T0, T0, 0, tuple(kernels)))
+    journal = Journal(tmp_path / "j.sqlite3")
+    agent = Agent(load_settings(flags, env={}), server, server, journal, clock=clock)
+    return agent, server, clock, journal
+
+
+async def test_journals_only_changed_decisions_and_remembers(tmp_path: Path) -> None:
+    kernels = [KernelInfo("k1", "python3", "idle", T0 + timedelta(minutes=1), 0)]
+    agent, server, clock, journal = make(tmp_path, kernels, idle_timeout="10m")
+    clock.now = T0 + timedelta(minutes=2)
+    first, _ = await agent.check()
+    clock.now = T0 + timedelta(minutes=3)
+    second, _ = await agent.check()
+    assert first.stop_at == second.stop_at == T0 + timedelta(minutes=11)
+    assert [e.kind for e in journal.events()] == ["decision"]
+    # The kernel goes away; a new agent (a restart) still knows when it was last active.
+    kernels.clear()
+    restarted = Agent(load_settings({"idle_timeout": "10m"}, env={}), server, server, journal, clock=clock)
+    decision, _ = await restarted.check()
+    assert decision.stop_at == T0 + timedelta(minutes=11)
+
+
+async def test_stop_is_journaled_with_overshoot(tmp_path: Path) -> None:
+    agent, server, clock, journal = make(tmp_path, [], idle_timeout="10m")
+    clock.now = T0 + timedelta(minutes=10, seconds=1)
+    result = await agent.run()
+    assert result.stopped
+    assert len(server.stops) == 1
+    action = journal.events(kind="action")[-1]
+    assert action.verdict == "stopped"
+    assert action.detail["overshoot_s"] == 1.0
+
+
+async def test_first_probe_failure_is_skip_not_idle(tmp_path: Path) -> None:
+    agent, server, clock, journal = make(tmp_path, [], idle_timeout="10m")
+    server.up = False
+    clock.now = T0 + timedelta(hours=5)
+    decision, stop = await agent.check()
+    assert decision.action is Action.SKIP
+    assert stop is None
+    assert server.stops == []
+
+
+async def test_dry_run_culls_and_stops_nothing(tmp_path: Path) -> None:
+    kernels = [KernelInfo("k1", "python3", "idle", T0, 0)]
+    agent, server, clock, journal = make(
+        tmp_path, kernels, idle_timeout="1h", kernel_timeout="5m", dry_run=True
+    )
+    clock.now = T0 + timedelta(minutes=6)
+    decision, _ = await agent.check()
+    assert decision.cull_kernels == ("k1",)
+    assert server.culled_kernels == []
+    assert "would shut down kernel k1" in journal.events(kind="action")[-1].summary
+
+
+async def test_still_stopping_is_not_stopped(tmp_path: Path) -> None:
+    agent, server, clock, journal = make(tmp_path, [], idle_timeout="10m")
+    server.stop_outcome = StopOutcome.STOPPING
+    clock.now = T0 + timedelta(minutes=11)
+    decision, stop = await agent.check()
+    assert stop is not None and stop.outcome is StopOutcome.STOPPING
+    assert journal.events(kind="action")[-1].verdict == "stopping"
