@@ -12,6 +12,24 @@ from lamplighter.localserver import LocalServer, start_local_server
 ServerFactory = Callable[..., LocalServer]
 
 
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test away from the developer's own journal, keep-alive file and config."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.setenv("LAMPLIGHTER_KEEP_ALIVE_FILE", str(state / "keep-alive"))
+    monkeypatch.setenv("LAMPLIGHTER_NOTICE_FILE", str(state / "notice.txt"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in (
+        "LAMPLIGHTER_CONFIG",
+        "LAMPLIGHTER_TOKEN",
+        "JUPYTER_TOKEN",
+        "IDLE_TIME_IN_SECONDS",
+        "JL_PORT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     """Start real ``jupyter server`` processes (``factory(base_url="/", extra_args=[...])``); all stopped after."""

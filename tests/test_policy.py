@@ -209,7 +209,10 @@ def test_file_edit_reading_moves_the_interaction_clock() -> None:
 
 
 def test_snooze_holds_the_deadline() -> None:
-    d = decide(snap(), Memory(snooze_until=NOW + HOUR), settings(), NOW)
+    hold = ActivityReading(
+        "keep-alive", Clock.INTERACTION, None, "snoozed until 15:00:00 UTC", hold_until=NOW + HOUR
+    )
+    d = decide(snap(readings=(hold,)), Memory(), settings(), NOW)
     assert d.action is Action.KEEP
     assert d.stop_at == NOW + HOUR
 
@@ -229,6 +232,6 @@ def test_parse_timestamp_any_form(text: str, expected: datetime) -> None:
 
 
 def test_memory_round_trips_and_survives_damage() -> None:
-    memory = Memory(last_interaction=ago(minutes=1), busy_since={"k": ago(minutes=2)}, snooze_until=NOW)
+    memory = Memory(last_interaction=ago(minutes=1), busy_since={"k": ago(minutes=2)}, failing_since=NOW)
     assert Memory.from_json(memory.to_json()) == memory
     assert Memory.from_json("{not json") == Memory()

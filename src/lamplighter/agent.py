@@ -22,6 +22,7 @@ from pathlib import Path
 from lamplighter.errors import AuthRejected, LamplighterError, RemoteError
 from lamplighter.journal import Journal
 from lamplighter.model import Action, Decision, Observation, ProbeFailure, StopOutcome, StopResult
+from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Probe, Stopper
 from lamplighter.policy import decide
 from lamplighter.settings import Settings
@@ -64,6 +65,7 @@ class Agent:
         signals: Sequence[Signal] = (),
         clock: Callable[[], datetime] = utcnow,
         on_decision: Callable[[Decision], None] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.probe = probe
@@ -72,6 +74,8 @@ class Agent:
         self.signals = tuple(signals)
         self.clock = clock
         self.on_decision = on_decision
+        self.notifier = notifier
+        self._warned_for: datetime | None = None
         self.probes = 0
         self._exit = asyncio.Event()
         self._last: Decision | None = None
@@ -112,6 +116,8 @@ class Agent:
         now = self.clock()
         decision = decide(observation, self._memory, self.settings, now)
         self._remember(decision, now)
+        if decision.warn and self.notifier is not None and self._warned_for != decision.stop_at:
+            await self._warn(self.notifier, decision, now)
         await self._cull(decision, now)
         stop = await self._stop(decision, now) if decision.action is Action.STOP else None
         self._last = decision
@@ -132,6 +138,16 @@ class Agent:
                 logger.debug("  %s", line)
         else:
             logger.debug("%s: %s (unchanged)", self.target, decision.reason)
+
+    async def _warn(self, notifier: Notifier, decision: Decision, now: datetime) -> None:
+        self._warned_for = decision.stop_at
+        detail = await notifier.warn(decision)
+        self._memory = self._memory.evolve(notice_at=now)
+        self.journal.save_memory(self.target, self._memory, at=now)
+        logger.info("%s: warned: %s", self.target, detail)
+        self.journal.record(
+            self.target, "warn", detail, at=now, stop_at=decision.stop_at, idle_since=decision.idle_since
+        )
 
     async def _cull(self, decision: Decision, now: datetime) -> None:
         parts: list[tuple[str, str, Callable[[str], Awaitable[None]]]] = [

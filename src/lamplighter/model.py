@@ -118,7 +118,8 @@ class ActivityReading:
     """A signal's reading: when it last saw activity on one clock, and why (never a verdict).
 
     ``active_now`` means the signal sees activity at this very moment (a busy process tree); ``at``
-    is then the time of the reading.
+    is then the time of the reading. ``hold_until`` asks the policy not to stop before that moment
+    (a snooze).
     """
 
     source: str
@@ -126,6 +127,7 @@ class ActivityReading:
     at: datetime | None
     detail: str
     active_now: bool = False
+    hold_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ class Memory:
     """What the agent remembers between probes and across restarts (persisted in the journal).
 
     ``last_interaction`` and ``last_work`` only ever move forward; ``busy_since`` and
-    ``pending_since`` let the policy cap busy or stuck kernels; ``failing_since`` times an outage.
+    ``pending_since`` let the policy cap busy or stuck kernels; ``failing_since`` times an outage;
+    ``notice_at`` is when lamplighter itself last wrote a warning into the terminals.
     """
 
     last_interaction: datetime | None = None
@@ -166,7 +169,7 @@ class Memory:
     busy_since: Mapping[str, datetime] = field(default_factory=dict)
     pending_since: Mapping[str, datetime] = field(default_factory=dict)
     failing_since: datetime | None = None
-    snooze_until: datetime | None = None
+    notice_at: datetime | None = None
 
     def to_json(self) -> str:
         def iso(moment: datetime | None) -> str | None:
@@ -179,7 +182,7 @@ class Memory:
                 "busy_since": {k: v.isoformat() for k, v in self.busy_since.items()},
                 "pending_since": {k: v.isoformat() for k, v in self.pending_since.items()},
                 "failing_since": iso(self.failing_since),
-                "snooze_until": iso(self.snooze_until),
+                "notice_at": iso(self.notice_at),
             },
             sort_keys=True,
         )
@@ -199,7 +202,7 @@ class Memory:
                 busy_since={k: parse_timestamp(v) for k, v in (data.get("busy_since") or {}).items()},
                 pending_since={k: parse_timestamp(v) for k, v in (data.get("pending_since") or {}).items()},
                 failing_since=opt("failing_since"),
-                snooze_until=opt("snooze_until"),
+                notice_at=opt("notice_at"),
             )
         except (ValueError, TypeError, AttributeError):
             return cls()
@@ -228,6 +231,7 @@ class Decision:
     next_check_at: datetime
     cull_kernels: tuple[str, ...] = ()
     cull_terminals: tuple[str, ...] = ()
+    warn: bool = False
     memory: Memory = field(default_factory=Memory, compare=False, repr=False)
 
     def changed_from(self, other: Decision | None) -> bool:

@@ -33,6 +33,7 @@ _BUSY = "busy"
 _SETTLED = frozenset({"idle", "dead"})
 _RETRY_MIN = timedelta(seconds=2)
 _RETRY_MAX = timedelta(seconds=60)
+_NOTICE_ECHO = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,11 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
     for terminal in snap.terminals:
         if settings.skip_terminals:
             continue
+        if _own_notice(terminal.last_activity, memory.notice_at):
+            reasons.append(
+                f"{terminal.label} output at {format_time(terminal.last_activity)} was our own warning"
+            )
+            continue
         moments.append(
             _Moment(
                 terminal.last_activity, f"{terminal.label} last active {format_time(terminal.last_activity)}"
@@ -175,7 +181,7 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
         busy_since=busy_since,
         pending_since=pending_since,
         failing_since=None,
-        snooze_until=memory.snooze_until if memory.snooze_until and memory.snooze_until > now else None,
+        notice_at=memory.notice_at,
     )
 
     # -- the one idle test --------------------------------------------------------------------
@@ -185,9 +191,10 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
     if grace_end > stop_at:
         stop_at = grace_end
         reasons.append(f"started {format_time(snap.started)}: startup grace until {format_time(grace_end)}")
-    if remembered.snooze_until is not None and remembered.snooze_until > stop_at:
-        stop_at = remembered.snooze_until
-        reasons.append(f"snoozed until {format_time(remembered.snooze_until)}")
+    for reading in snap.readings:
+        if reading.hold_until is not None and reading.hold_until > stop_at:
+            stop_at = reading.hold_until
+            reasons.append(reading.detail)
 
     if latest is not None and not interacting_now:
         reasons.insert(0, f"latest interaction: {latest.why}")
@@ -222,6 +229,13 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
             Action.STOP, summary, (summary, *reasons), idle_since, stop_at, now, memory=remembered
         )
     summary = f"idle for {format_duration(idle_for)} since {format_time(idle_since)}; stops at {format_time(stop_at)}"
+    warn = False
+    if settings.warn_before is not None:
+        warn_at = stop_at - settings.warn_before
+        if now >= warn_at:
+            warn = True
+        else:
+            next_checks.append(warn_at)
     return Decision(
         Action.KEEP,
         summary,
@@ -231,8 +245,14 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
         min([stop_at, *next_checks]),
         kernels_to_cull,
         terminals_to_cull,
+        warn=warn,
         memory=remembered,
     )
+
+
+def _own_notice(moment: datetime, notice_at: datetime | None) -> bool:
+    """Terminal output right after lamplighter wrote its warning into the terminals is not a person."""
+    return notice_at is not None and notice_at <= moment <= notice_at + _NOTICE_ECHO
 
 
 def _culls(

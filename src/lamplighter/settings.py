@@ -322,6 +322,32 @@ class Settings:
         group="action",
     )
 
+    warn_before: timedelta | None = _opt(
+        None,
+        "Warn this long before the stop (default off): runs --warn-command, or writes a notice to every open "
+        "terminal and to --notice-file.",
+        parse=_parse_optional_duration,
+        group="action",
+    )
+    warn_command: str | None = _opt(
+        None,
+        "Shell command run as the warning instead of the default notice; gets the same variables as --command.",
+        parse=_parse_optional_str,
+        group="action",
+    )
+    notice_file: Path = _opt(
+        Path(os.path.expanduser("~/lamplighter-notice.txt")),
+        "File the default warning writes its notice to.",
+        parse=_parse_path,
+        group="action",
+    )
+    keep_alive_file: Path = _opt(
+        Path(os.path.expanduser("~/.lamplighter/keep-alive")),
+        "Touching this file counts as activity; 'lamplighter snooze' writes a keep-until time into it.",
+        parse=_parse_path,
+        group="policy",
+    )
+
     # -- the journal --------------------------------------------------------------------------
     journal: Path = _opt(
         default_journal_path,

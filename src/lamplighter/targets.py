@@ -11,13 +11,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from lamplighter.actions import build_stopper
+from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Probe, Stopper
 from lamplighter.platforms.jupyter import JupyterServer
 from lamplighter.remote.connection import Connection, connection_from_settings
 from lamplighter.settings import Settings
 from lamplighter.signals import Signal
+from lamplighter.signals.keepalive import KeepAliveFile
 
-__all__ = ["Target", "open_target"]
+__all__ = ["Target", "build_signals", "open_target"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Target:
     probe: Probe
     stopper: Stopper
     signals: tuple[Signal, ...] = ()
+    notifier: Notifier | None = None
 
 
 def _resolve_url(settings: Settings) -> Settings:
@@ -39,8 +42,20 @@ def _resolve_url(settings: Settings) -> Settings:
     return replace(settings, url=local_jupyter_url(settings))
 
 
+def build_signals(settings: Settings) -> tuple[Signal, ...]:
+    """The extra signals the settings turn on; the keep-alive file is always read (one stat per check)."""
+    signals: list[Signal] = [KeepAliveFile(settings.keep_alive_file)]
+    return tuple(signals)
+
+
 @asynccontextmanager
 async def open_target(settings: Settings) -> AsyncIterator[Target]:
     settings = _resolve_url(settings)
     async with connection_from_settings(settings) as conn:
-        yield Target(conn=conn, probe=JupyterServer(conn), stopper=build_stopper(settings, conn))
+        yield Target(
+            conn=conn,
+            probe=JupyterServer(conn),
+            stopper=build_stopper(settings, conn),
+            signals=build_signals(settings),
+            notifier=Notifier(settings, conn.display_url) if settings.warn_before is not None else None,
+        )

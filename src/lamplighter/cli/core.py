@@ -55,6 +55,15 @@ def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     journal.set_defaults(handler=_journal)
 
+    snooze = commands.add_parser(
+        "snooze",
+        help="Keep the app up for a while (writes the keep-alive file the agent reads).",
+        description="Keep the app up until now + DURATION whatever the idle clock says; 'off' ends a snooze.",
+    )
+    snooze.add_argument("duration", metavar="DURATION", help="How long: 90m, 2h, ... or 'off'.")
+    add_settings_options(snooze, names=("keep_alive_file", "journal", "url"))
+    snooze.set_defaults(handler=_snooze)
+
     demo = commands.add_parser(
         "demo", help="Start a throwaway Jupyter server, use it, and watch it go idle and stop."
     )
@@ -77,7 +86,14 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
 
     async with open_target(settings) as target:
         with Journal(settings.journal) as journal:
-            agent = Agent(settings, target.probe, target.stopper, journal, signals=target.signals)
+            agent = Agent(
+                settings,
+                target.probe,
+                target.stopper,
+                journal,
+                signals=target.signals,
+                notifier=target.notifier,
+            )
             with exit_on_signals(agent):
                 result = await agent.run(once=once)
     if result.stop is not None and result.stop.outcome is StopOutcome.FAILED:
@@ -172,6 +188,35 @@ def format_event(event: JournalEvent) -> str:
     when = event.at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     verdict = (event.verdict or "").ljust(8)
     return f"{when}  {event.kind:<8} {verdict} {event.summary}"
+
+
+# -- snooze -------------------------------------------------------------------------------------
+
+
+def _snooze(args: argparse.Namespace) -> int:
+    from lamplighter.signals.keepalive import write_snooze
+
+    settings = settings_from_args(args)
+    now = datetime.now(timezone.utc)
+    if args.duration.strip().lower() in ("off", "0", "none"):
+        until, summary = None, "snooze ended"
+    else:
+        try:
+            until = now + parse_duration(args.duration)
+        except ValueError:
+            raise ConfigError(f"duration: expected 90m, 2h, ... or 'off', got {args.duration!r}") from None
+        summary = f"snoozed until {format_time(until)}"
+    try:
+        write_snooze(settings.keep_alive_file, until)
+    except OSError as exc:
+        raise ConfigError(
+            f"keep_alive_file: cannot write {settings.keep_alive_file} ({exc.strerror})"
+        ) from None
+    target = settings.url or f"keep-alive:{settings.keep_alive_file}"
+    with Journal(settings.journal) as journal:
+        journal.record(target, "snooze", summary, at=now, stop_at=until)
+    print(f"{summary} ({settings.keep_alive_file})")
+    return EXIT_OK
 
 
 # -- demo ---------------------------------------------------------------------------------------
