@@ -171,6 +171,8 @@ class Agent:
         logger.info("%s: stopping with %s: %s", self.target, self.stopper.description, decision.reason)
         result = await self.stopper.stop(decision)
         done = self.clock()
+        # Two figures: when we acted (decided) and when the app was verified gone (overshoot).
+        decided = (now - decision.stop_at).total_seconds() if decision.stop_at else None
         overshoot = (done - decision.stop_at).total_seconds() if decision.stop_at else None
         log = logger.error if result.outcome is StopOutcome.FAILED else logger.info
         log("%s: stop %s: %s", self.target, result.outcome.value, result.detail)
@@ -186,6 +188,7 @@ class Agent:
                 "stopper": self.stopper.description,
                 "reasons": list(decision.reasons),
                 "decided_at": now.isoformat(),
+                "decided_after_s": decided,
                 "overshoot_s": overshoot,
             },
         )

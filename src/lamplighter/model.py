@@ -243,7 +243,8 @@ class Decision:
             or _second(self.stop_at) != _second(other.stop_at)
             or self.cull_kernels != other.cull_kernels
             or self.cull_terminals != other.cull_terminals
-            or (self.action is Action.SKIP and self.reason != other.reason)
+            # Without a deadline (in use, or cannot tell) the reason is the news.
+            or (self.stop_at is None and self.reason != other.reason)
         )
 
 

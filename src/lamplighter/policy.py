@@ -213,7 +213,7 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
             summary,
             (*active, *reasons),
             None,
-            now + settings.idle_timeout,
+            None,  # no deadline while in use: it depends on when the work ends
             min([now + settings.busy_recheck, *next_checks]),
             kernels_to_cull,
             terminals_to_cull,
