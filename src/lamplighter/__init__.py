@@ -52,3 +52,8 @@ __all__ = [
     "decide",
     "load_settings",
 ]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """Lets ``jupyter server extension enable lamplighter`` find the in-server mode."""
+    return [{"module": "lamplighter.extension"}]

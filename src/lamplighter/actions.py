@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 
 from lamplighter.errors import ConfigError
 from lamplighter.model import Decision, StopOutcome, StopResult, format_time
@@ -16,7 +17,7 @@ from lamplighter.platforms.jupyter import JupyterShutdown
 from lamplighter.remote.connection import Connection
 from lamplighter.settings import Settings
 
-__all__ = ["CommandStopper", "DryRun", "NoStop", "build_stopper"]
+__all__ = ["CommandStopper", "DryRun", "NoStop", "ProcessStopper", "build_stopper"]
 
 _OUTPUT_TAIL = 500
 
@@ -97,19 +98,62 @@ class DryRun:
         return StopResult(StopOutcome.SKIPPED, f"dry run: would stop with {self._real.description}")
 
 
-def build_stopper(settings: Settings, conn: Connection) -> Stopper:
-    """The stopper for ``--action``/``--platform``, wrapped in :class:`DryRun` when asked."""
+class ProcessStopper:
+    """Stops a server that has no stop API (a plain code-server) by terminating the process on its port."""
+
+    def __init__(self, port: int, *, verify_timeout_s: float = 10.0) -> None:
+        self._port = port
+        self._verify_timeout_s = verify_timeout_s
+
+    @property
+    def description(self) -> str:
+        return f"SIGTERM to the process listening on port {self._port}"
+
+    async def stop(self, decision: Decision) -> StopResult:
+        import psutil
+
+        from lamplighter.signals.processes import find_listening_pid
+
+        pid = await asyncio.to_thread(find_listening_pid, self._port)
+        if pid is None:
+            return StopResult(StopOutcome.STOPPED, f"nothing listens on port {self._port}")
+        try:
+            process = psutil.Process(pid)
+            process.terminate()
+            await asyncio.to_thread(process.wait, self._verify_timeout_s)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            return StopResult(
+                StopOutcome.STOPPING, f"pid {pid} still runs {self._verify_timeout_s:g} s after SIGTERM"
+            )
+        except psutil.AccessDenied:
+            return StopResult(StopOutcome.FAILED, f"not allowed to stop pid {pid}")
+        return StopResult(StopOutcome.STOPPED, f"pid {pid} exited")
+
+
+def build_stopper(settings: Settings, conn: Connection | None, target: str) -> Stopper:
+    """The stopper for ``--action``/``--platform``/``--app-type``, wrapped in :class:`DryRun` when asked."""
     stopper: Stopper
     if settings.action == "none":
         return NoStop()
     if settings.action == "command":
         if not settings.command:
             raise ConfigError("command: --action command needs --command 'shell command'")
-        stopper = CommandStopper(settings.command, conn.display_url)
+        stopper = CommandStopper(settings.command, target)
     elif settings.platform == "sagemaker":
-        from lamplighter.platforms.sagemaker import sagemaker_stopper_from_settings
+        from lamplighter.platforms.sagemaker import AppIdentity, SageMakerStopper
 
-        stopper = sagemaker_stopper_from_settings(settings)
-    else:
+        identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
+        if settings.region:
+            identity = replace(identity, region=settings.region)
+        stopper = SageMakerStopper(identity, endpoint_url=settings.sagemaker_endpoint_url)
+    elif conn is not None:
         stopper = JupyterShutdown(conn, verify_timeout_s=settings.stop_verify_timeout.total_seconds())
+    elif settings.editor_port:
+        stopper = ProcessStopper(
+            settings.editor_port, verify_timeout_s=settings.stop_verify_timeout.total_seconds()
+        )
+    else:
+        raise ConfigError("action: nothing to stop with; give --url, --editor-port, or --action command")
     return DryRun(stopper) if settings.dry_run else stopper

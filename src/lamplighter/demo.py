@@ -21,6 +21,7 @@ from lamplighter.cli.common import EXIT_FAILED, EXIT_OK
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.model import Action, Decision, format_duration
+from lamplighter.remote.connection import connection_from_settings
 from lamplighter.remote.kernel import KernelSession, start_kernel
 from lamplighter.settings import load_settings
 from lamplighter.targets import open_target
@@ -56,12 +57,12 @@ async def _demo(server: LocalServer, workdir: Path, idle_timeout: timedelta, con
         env={},
     )
     long_cell_s = idle_timeout.total_seconds() + 4
-    async with open_target(settings) as target:
-        kernel_id = await start_kernel(target.conn, "python3")
+    async with open_target(settings) as target, connection_from_settings(settings) as conn:
+        kernel_id = await start_kernel(conn, "python3")
         with Journal(journal_path) as journal:
             view = _LiveView(settings.idle_timeout)
             agent = Agent(settings, target.probe, target.stopper, journal, on_decision=view.update)
-            async with KernelSession(target.conn, kernel_id) as session:
+            async with KernelSession(conn, kernel_id) as session:
                 result = await session.execute(
                     "print('hello from a kernel on the demo server')", timeout_s=60
                 )

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from urllib.parse import urlsplit
 
 import psutil
 
@@ -22,15 +21,14 @@ __all__ = ["Notifier"]
 
 logger = logging.getLogger(__name__)
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
-
 
 class Notifier:
     """Warns the people using an app that it is about to stop."""
 
-    def __init__(self, settings: Settings, target: str) -> None:
+    def __init__(self, settings: Settings, target: str, *, server_port: int | None) -> None:
         self._settings = settings
         self._target = target
+        self._server_port = server_port  # None: the server is not on this machine
 
     async def warn(self, decision: Decision) -> str:
         """Give the warning; returns what was done, for the journal."""
@@ -50,15 +48,9 @@ class Notifier:
             done.append(str(self._settings.notice_file))
         except OSError as exc:
             logger.warning("cannot write the notice file %s: %s", self._settings.notice_file, exc.strerror)
-        ttys = await asyncio.to_thread(_write_to_terminals, self._server_port(), message)
+        ttys = await asyncio.to_thread(_write_to_terminals, self._server_port, message)
         done.append(f"{ttys} terminal(s)")
         return "notice written to " + " and ".join(done)
-
-    def _server_port(self) -> int | None:
-        parts = urlsplit(self._settings.url or "")
-        if parts.hostname not in _LOOPBACK:
-            return None  # a remote server's terminals are not ours to write to
-        return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _write_to_terminals(port: int | None, message: str) -> int:

@@ -38,6 +38,7 @@ __all__ = [
 
 ACTIONS = ("shutdown", "command", "none")
 PLATFORMS = ("jupyter", "sagemaker")
+APP_TYPES = ("jupyter", "code-editor")
 UNREACHABLE_ACTIONS = ("report", "stop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -101,6 +102,38 @@ def _parse_optional_path(text: object) -> Path | None:
     return Path(os.path.expanduser(value)) if value.strip().lower() not in _OFF else None
 
 
+def _parse_share(text: object) -> float:
+    """``0.1`` or ``10%``: a share of one core or device."""
+    if isinstance(text, bool):
+        raise ValueError("a share, not a boolean")
+    raw = str(text).strip()
+    value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    if not 0 < value <= 64:
+        raise ValueError("out of range")
+    return value
+
+
+def _parse_optional_int(text: object) -> int | None:
+    if text is None or (isinstance(text, str) and text.strip().lower() in _OFF - {"0"}):
+        return None
+    if isinstance(text, bool):
+        raise ValueError("a number, not a boolean")
+    value = int(str(text).strip())
+    if value <= 0:
+        raise ValueError("not positive")
+    return value
+
+
+def _parse_list(text: object) -> tuple[str, ...]:
+    """A TOML list, or a comma-separated string."""
+    items = text if isinstance(text, list | tuple) else str(text).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _parse_paths(text: object) -> tuple[Path, ...]:
+    return tuple(Path(os.path.expanduser(item)) for item in _parse_list(text))
+
+
 def _choice(*allowed: str) -> Callable[[object], str]:
     def parse(text: object) -> str:
         value = _parse_str(text).strip().lower()
@@ -120,6 +153,10 @@ _EXPECTED: dict[Callable[[object], Any], str] = {
     _parse_optional_str: "a string",
     _parse_path: "a path",
     _parse_optional_path: "a path, or 'off'",
+    _parse_share: "a share of one core or device, like 0.1 or 10%",
+    _parse_optional_int: "a positive whole number, or 'off'",
+    _parse_list: "a comma-separated list",
+    _parse_paths: "a comma-separated list of paths",
 }
 
 
@@ -202,6 +239,12 @@ class Settings:
         "jupyter",
         "Kind of app: 'jupyter' (stop with POST /api/shutdown) or 'sagemaker' (stop with DeleteApp).",
         parse=_choice(*PLATFORMS),
+        group="target",
+    )
+    app_type: str = _opt(
+        "jupyter",
+        "What to observe: 'jupyter' (its REST API) or 'code-editor' (file, editor and process activity).",
+        parse=_choice(*APP_TYPES),
         group="target",
     )
     sagemaker_metadata: Path = _opt(
@@ -297,6 +340,81 @@ class Settings:
         "What to do once unreachable_timeout has passed: 'report' (journal it) or 'stop' (run the stop action).",
         parse=_choice(*UNREACHABLE_ACTIONS),
         group="policy",
+    )
+
+    # -- the signals --------------------------------------------------------------------------
+    process_signal: bool = _opt(
+        True,
+        "Count sustained CPU use in the server's process tree (kernels, terminals, nohup jobs) as work; "
+        "needs the server on this machine.",
+        parse=parse_bool,
+        group="signals",
+    )
+    server_pid: int | None = _opt(
+        None,
+        "Pid of the server whose process tree counts (default: the process listening on the URL's port).",
+        parse=_parse_optional_int,
+        group="signals",
+    )
+    cpu_threshold: float = _opt(
+        0.1,
+        "Share of one core (0.1 or 10%) that makes a process-tree sample busy.",
+        parse=_parse_share,
+        group="signals",
+    )
+    process_window: timedelta = _opt(
+        timedelta(seconds=60),
+        "The busy test looks at this much history; a third of it must be busy (brief spikes never count).",
+        parse=parse_duration,
+        group="signals",
+    )
+    process_sample_interval: timedelta = _opt(
+        timedelta(seconds=5), "Time between two process-tree samples.", parse=parse_duration, group="signals"
+    )
+    include_user_processes: bool = _opt(
+        False,
+        "Also count the server user's processes outside its tree (disowned nohup/setsid jobs).",
+        parse=parse_bool,
+        group="signals",
+    )
+    process_ignore: tuple[str, ...] = _opt(
+        (),
+        "Extra process name/command globs never counted as work (comma-separated).",
+        parse=_parse_list,
+        group="signals",
+    )
+    gpu_signal: bool = _opt(
+        False,
+        "Count GPU use through NVML as work (needs the [gpu] extra).",
+        parse=parse_bool,
+        group="signals",
+    )
+    gpu_threshold: float = _opt(
+        0.05, "Share of one GPU that makes a sample busy.", parse=_parse_share, group="signals"
+    )
+    watch_paths: tuple[Path, ...] = _opt(
+        (),
+        "Folders whose file changes count as interaction (comma-separated).",
+        parse=_parse_paths,
+        group="signals",
+    )
+    watch_ignore: tuple[str, ...] = _opt(
+        (),
+        "Extra globs of file changes that never count (comma-separated).",
+        parse=_parse_list,
+        group="signals",
+    )
+    code_server_healthz: str | None = _opt(
+        None,
+        "code-server's /healthz URL, read as editor activity with --app-type code-editor.",
+        parse=_parse_optional_str,
+        group="signals",
+    )
+    editor_port: int | None = _opt(
+        None,
+        "Port of the Code Editor / code-server process (its start is the app's start; its tree counts as work).",
+        parse=_parse_optional_int,
+        group="signals",
     )
 
     # -- the action ---------------------------------------------------------------------------

@@ -1,16 +1,19 @@
-"""Builds the target the settings describe: its connection, probe, stopper and signals.
+"""Builds the target the settings describe: its probe, stopper, signals and notifier.
 
-The one place that maps ``--platform`` onto implementations, shared by ``watch``, ``status`` and the
-server extension.
+The one place that maps ``--app-type``, ``--platform`` and the signal settings onto implementations,
+shared by ``watch``, ``status`` and the demo.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 from lamplighter.actions import build_stopper
+from lamplighter.errors import ConfigError
 from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Probe, Stopper
 from lamplighter.platforms.jupyter import JupyterServer
@@ -19,43 +22,103 @@ from lamplighter.settings import Settings
 from lamplighter.signals import Signal
 from lamplighter.signals.keepalive import KeepAliveFile
 
-__all__ = ["Target", "build_signals", "open_target"]
+__all__ = ["Target", "build_signals", "local_port", "open_target"]
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
 
 @dataclass(frozen=True)
 class Target:
     """One app to watch: how to observe it, how to stop it, and which extra signals to read."""
 
-    conn: Connection
     probe: Probe
     stopper: Stopper
+    conn: Connection | None = None
     signals: tuple[Signal, ...] = ()
     notifier: Notifier | None = None
 
 
-def _resolve_url(settings: Settings) -> Settings:
-    """On SageMaker the server's local URL follows from the app type in the metadata file."""
-    if settings.url or settings.platform != "sagemaker":
-        return settings
-    from lamplighter.platforms.sagemaker import local_jupyter_url
-
-    return replace(settings, url=local_jupyter_url(settings))
+def local_port(settings: Settings) -> int | None:
+    """The port of the watched server when it runs on this machine (its process tree is then ours to read)."""
+    if settings.app_type == "code-editor":
+        return settings.editor_port
+    parts = urlsplit(settings.url or "")
+    if parts.hostname not in _LOOPBACK:
+        return None
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def build_signals(settings: Settings) -> tuple[Signal, ...]:
-    """The extra signals the settings turn on; the keep-alive file is always read (one stat per check)."""
+    """The signals the settings turn on; the keep-alive file is always read (one stat per check)."""
     signals: list[Signal] = [KeepAliveFile(settings.keep_alive_file)]
+    tree_pids = None
+    port = local_port(settings)
+    if settings.process_signal and (settings.server_pid or port):
+        from lamplighter.signals.processes import DEFAULT_PROCESS_IGNORE, ProcessSignal, ProcessSignalOptions
+
+        process = ProcessSignal(
+            settings.server_pid,
+            ProcessSignalOptions(
+                sample_interval_s=settings.process_sample_interval.total_seconds(),
+                window_s=settings.process_window.total_seconds(),
+                cpu_threshold=settings.cpu_threshold,
+                include_user_processes=settings.include_user_processes,
+                ignore=DEFAULT_PROCESS_IGNORE + settings.process_ignore,
+            ),
+            port=None if settings.server_pid else port,
+        )
+        signals.append(process)
+        tree_pids = process.tree_pids
+    if settings.gpu_signal:
+        from lamplighter.signals.gpu import GpuSignal, GpuSignalOptions
+
+        signals.append(GpuSignal(GpuSignalOptions(gpu_threshold=settings.gpu_threshold), pids=tree_pids))
+    if settings.watch_paths:
+        from lamplighter.signals.files import DEFAULT_FILE_IGNORE, FileSignal, FileSignalOptions
+
+        options = FileSignalOptions(ignore=DEFAULT_FILE_IGNORE + settings.watch_ignore)
+        signals.append(FileSignal(settings.watch_paths, options, journal_path=settings.journal))
     return tuple(signals)
+
+
+def _resolve_url(settings: Settings) -> Settings:
+    """On SageMaker the server's local URL follows from the app type in the metadata file."""
+    if settings.url or settings.platform != "sagemaker" or settings.app_type == "code-editor":
+        return settings
+    from lamplighter.platforms.sagemaker import AppIdentity, jupyter_base_url
+
+    identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
+    return replace(settings, url=f"http://127.0.0.1:8888{jupyter_base_url(identity.app_type)}")
 
 
 @asynccontextmanager
 async def open_target(settings: Settings) -> AsyncIterator[Target]:
     settings = _resolve_url(settings)
-    async with connection_from_settings(settings) as conn:
+    notifier = None
+    if settings.warn_before is not None:
+        notifier = Notifier(settings, settings.url or "code-editor", server_port=local_port(settings))
+    async with AsyncExitStack() as stack:
+        if settings.app_type == "code-editor":
+            from lamplighter.platforms.codeeditor import CodeEditorOptions, CodeEditorProbe
+
+            if settings.action == "shutdown" and settings.platform == "jupyter" and not settings.editor_port:
+                raise ConfigError(
+                    "editor_port: stopping a plain code-server needs --editor-port (or --action command)"
+                )
+            probe: Probe = CodeEditorProbe(
+                CodeEditorOptions(healthz_url=settings.code_server_healthz, server_port=settings.editor_port),
+                agent_started=datetime.now(timezone.utc),
+                target=f"code-editor:{settings.editor_port or 'sagemaker'}",
+            )
+            yield Target(
+                probe, build_stopper(settings, None, probe.target), None, build_signals(settings), notifier
+            )
+            return
+        conn = await stack.enter_async_context(connection_from_settings(settings))
         yield Target(
-            conn=conn,
-            probe=JupyterServer(conn),
-            stopper=build_stopper(settings, conn),
-            signals=build_signals(settings),
-            notifier=Notifier(settings, conn.display_url) if settings.warn_before is not None else None,
+            JupyterServer(conn),
+            build_stopper(settings, conn, conn.display_url),
+            conn,
+            build_signals(settings),
+            notifier,
         )

@@ -24,7 +24,7 @@ from lamplighter.settings import Settings, parse_duration
 
 __all__ = ["add_core_parsers"]
 
-_TARGET_GROUPS = ("target", "policy", "action", "journal", "sagemaker")
+_TARGET_GROUPS = ("target", "policy", "signals", "action", "journal", "sagemaker")
 
 
 def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,207 @@
+"""In-server mode: a Jupyter server extension that runs the same agent and policy inside the server.
+
+Enable with ``jupyter server extension enable lamplighter`` and configure with traitlets, using the
+same names as the command line: ``c.Lamplighter.idle_timeout = "1h"``, ``c.Lamplighter.kernel_timeout =
+600``. It reads the server's own kernel, terminal and session managers (no HTTP, no websocket: it
+creates no activity), culls idle kernels and terminals, stops the server through the configured action,
+and serves ``GET {base_url}lamplighter/api/status`` with the verdict, the settings in force and how
+many checks have run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import ensure_async, url_path_join
+from tornado import ioloop, web
+from traitlets import Any as AnyTrait
+from traitlets.config import Configurable
+
+from lamplighter.actions import DryRun, NoStop, build_stopper
+from lamplighter.agent import Agent
+from lamplighter.errors import LamplighterError
+from lamplighter.journal import Journal
+from lamplighter.model import Decision, ServerSnapshot, StopOutcome, StopResult
+from lamplighter.platforms.base import Stopper
+from lamplighter.platforms.jupyter import parse_snapshot
+from lamplighter.remote.connection import Connection
+from lamplighter.settings import Settings, load_settings, option_specs
+from lamplighter.targets import build_signals
+
+__all__ = ["InServerAgent", "Lamplighter"]
+
+logger = logging.getLogger(__name__)
+
+# The server is the target itself: how to reach it is not configurable here.
+_NOT_IN_SERVER = frozenset({"url", "token", "token_file", "cookies", "verify_tls", "request_timeout"})
+
+
+def _traits() -> dict[str, Any]:
+    return {
+        spec.name: AnyTrait(None, allow_none=True, help=spec.metadata["help"]).tag(config=True)
+        for spec in option_specs()
+        if spec.name not in _NOT_IN_SERVER
+    }
+
+
+Lamplighter: type[Configurable] = type(
+    "Lamplighter",
+    (Configurable,),
+    {
+        "__doc__": "lamplighter settings for the in-server mode (every lamplighter setting by name).",
+        **_traits(),
+    },
+)
+
+
+class InProcessServer:
+    """Probe of the server we run in: its managers' models, parsed by the same code as the REST probe."""
+
+    def __init__(self, web_app: Any, target: str) -> None:
+        self._web_app = web_app
+        self._target = target
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    async def snapshot(self) -> ServerSnapshot:
+        settings = self._web_app.settings
+        kernels = settings["kernel_manager"].list_kernels()
+        terminals = settings["terminal_manager"].list() if settings.get("terminal_manager") else []
+        sessions = (
+            await settings["session_manager"].list_sessions() if settings.get("session_manager") else []
+        )
+        status = {
+            "started": settings["started"],
+            "last_activity": self._web_app.last_activity(),
+            "connections": sum(k.get("connections", 0) for k in kernels),
+        }
+        return parse_snapshot(self._target, status, kernels, terminals, sessions)
+
+    async def cull_kernel(self, kernel_id: str) -> None:
+        manager = self._web_app.settings["kernel_manager"]
+        if kernel_id in manager:
+            await ensure_async(manager.shutdown_kernel(kernel_id))
+
+    async def cull_terminal(self, name: str) -> None:
+        manager = self._web_app.settings.get("terminal_manager")
+        if manager is not None and name in manager.terminals:
+            await manager.terminate(name, force=True)
+
+
+class InProcessShutdown:
+    """Stops the server we run in, the way ``POST /api/shutdown`` does."""
+
+    def __init__(self, serverapp: Any) -> None:
+        self._serverapp = serverapp
+
+    @property
+    def description(self) -> str:
+        return "in-server shutdown"
+
+    async def stop(self, decision: Decision) -> StopResult:
+        await self._serverapp._cleanup()
+        ioloop.IOLoop.current().stop()
+        return StopResult(StopOutcome.STOPPED, "the server is shutting down")
+
+
+class InServerAgent:
+    """The agent task and what the status endpoint shows."""
+
+    def __init__(self, serverapp: Any, settings: Settings) -> None:
+        self.settings = settings
+        target = serverapp.connection_url
+        self.probe = InProcessServer(serverapp.web_app, target)
+        self.stopper = self._stopper(serverapp, settings, target)
+        self.last: Decision | None = None
+        self.journal = Journal(settings.journal)
+        self.agent = Agent(
+            settings,
+            self.probe,
+            self.stopper,
+            self.journal,
+            signals=build_signals(settings),
+            on_decision=self._seen,
+        )
+        self.task: asyncio.Task[Any] | None = None
+
+    @staticmethod
+    def _stopper(serverapp: Any, settings: Settings, target: str) -> Stopper:
+        if settings.action == "shutdown" and settings.platform == "jupyter":
+            real: Stopper = InProcessShutdown(serverapp)
+            return DryRun(real) if settings.dry_run else real
+        if settings.action == "none":
+            return NoStop()
+        # SageMaker DeleteApp or a command: the same stoppers as `lamplighter watch`.
+        return build_stopper(settings, Connection(target), target)
+
+    def _seen(self, decision: Decision) -> None:
+        self.last = decision
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self.agent.run()
+        except LamplighterError:
+            logger.exception("lamplighter: the in-server agent stopped")
+
+    def status(self) -> dict[str, Any]:
+        decision = self.last
+        return {
+            "verdict": decision.action.value if decision else None,
+            "reason": decision.reason if decision else "no check yet",
+            "reasons": list(decision.reasons) if decision else [],
+            "idle_since": decision.idle_since.isoformat() if decision and decision.idle_since else None,
+            "stop_at": decision.stop_at.isoformat() if decision and decision.stop_at else None,
+            "next_check_at": decision.next_check_at.isoformat() if decision else None,
+            "checks": self.agent.probes,
+            "now": datetime.now(timezone.utc).isoformat(),
+            "stopper": self.stopper.description,
+            "settings": self.settings.redacted(),
+        }
+
+
+class StatusHandler(APIHandler):
+    """``GET {base}lamplighter/api/status``: the verdict now; reading it is not activity."""
+
+    _track_activity = False
+
+    def initialize(self, agent: InServerAgent) -> None:
+        self._agent = agent
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self._agent.status()))
+
+
+def _settings_from_config(serverapp: Any) -> Settings:
+    config = Lamplighter(parent=serverapp)
+    flags = {
+        name: getattr(config, name) for name in config.trait_names() if getattr(config, name) is not None
+    }
+    flags.pop("config", None)
+    flags.pop("parent", None)
+    flags.pop("log", None)
+    return load_settings(flags)
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    settings = _settings_from_config(serverapp)
+    agent = InServerAgent(serverapp, settings)
+    route = url_path_join(serverapp.web_app.settings["base_url"], "lamplighter/api/status")
+    serverapp.web_app.add_handlers(".*$", [(route, StatusHandler, {"agent": agent})])
+    ioloop.IOLoop.current().add_callback(agent.start)
+    serverapp.log.info("lamplighter: watching this server in-process (%s)", agent.stopper.description)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "lamplighter.extension"}]
