@@ -31,7 +31,9 @@ _DECISION = Decision(Action.STOP, "idle for 1h", ("idle for 1h",), _NOW, _NOW, _
 _FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.02)
 
 
-def _create(sm: SageMakerEmulator, domain: StudioDomain, app_type: str, *, space: str | None = None) -> AppIdentity:
+def _create(
+    sm: SageMakerEmulator, domain: StudioDomain, app_type: str, *, space: str | None = None
+) -> AppIdentity:
     owner = {"SpaceName": space} if space else {"UserProfileName": domain.user}
     sm.client().create_app(DomainId=domain.id, AppType=app_type, AppName="default", **owner)
     app = sm.app(domain.id, app_type, space=space, user_profile=None if space else domain.user)
@@ -49,7 +51,9 @@ def _stopper(identity: AppIdentity, sm: SageMakerEmulator, **kwargs: object) -> 
 
 def test_identity_from_the_apps_metadata_file(sm: SageMakerEmulator, domain: StudioDomain) -> None:
     identity = _create(sm, domain, "CodeEditor", space=domain.space)
-    assert identity == AppIdentity(domain.id, "CodeEditor", "default", space_name=domain.space, region="us-east-1")
+    assert identity == AppIdentity(
+        domain.id, "CodeEditor", "default", space_name=domain.space, region="us-east-1"
+    )
     assert identity.api_params() == {
         "DomainId": domain.id,
         "AppType": "CodeEditor",
@@ -74,11 +78,19 @@ def test_identity_from_metadata_variants(tmp_path: Path) -> None:
     assert classic.api_params()["UserProfileName"] == "bob"
     # A space app is addressed by its space even when the owner is named too; no ARN, no region.
     both = AppIdentity.from_metadata_dict(
-        {"DomainId": "d-1", "AppType": "JupyterLab", "ResourceName": "default", "SpaceName": "s", "UserProfileName": "u"}
+        {
+            "DomainId": "d-1",
+            "AppType": "JupyterLab",
+            "ResourceName": "default",
+            "SpaceName": "s",
+            "UserProfileName": "u",
+        }
     )
     assert (both.space_name, both.user_profile_name, both.region) == ("s", None, None)
     with pytest.raises(ConfigError, match="neither a SpaceName nor a UserProfileName"):
-        AppIdentity.from_metadata_dict({"DomainId": "d-1", "AppType": "JupyterLab", "ResourceName": "default"})
+        AppIdentity.from_metadata_dict(
+            {"DomainId": "d-1", "AppType": "JupyterLab", "ResourceName": "default"}
+        )
     with pytest.raises(ConfigError, match="missing DomainId"):
         AppIdentity.from_metadata_dict({"AppType": "JupyterLab", "ResourceName": "default", "SpaceName": "s"})
     with pytest.raises(ConfigError, match="not found"):
@@ -105,27 +117,6 @@ def test_missing_boto3_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> Non
 # -- the stopper ----------------------------------------------------------------------------------
 
 
-async def test_stopper_deletes_a_running_app_and_its_server(sm: SageMakerEmulator, domain: StudioDomain) -> None:
-    identity = _create(sm, domain, "JupyterLab", space=domain.space)
-    client = sagemaker_client(endpoint_url=sm.endpoint_url)
-    await wait_until_in_service(client, identity, timeout_s=30, poll_interval_s=0.05)
-    app = sm.app(domain.id, "JupyterLab", space=domain.space)
-    assert app.server is not None and app.server.running
-
-    stopper = _stopper(identity, sm)
-    assert stopper.description == f"DeleteApp {domain.id}/space:{domain.space}/JupyterLab/default"
-    result = await stopper.stop(_DECISION)
-
-    assert result.outcome is StopOutcome.STOPPED, result.detail
-    assert app.status() == "Deleted"
-    assert not app.server.running
-    assert sm.operations().count("DeleteApp") == 1
-    # Stopping again is idempotent: the app is already gone.
-    again = await stopper.stop(_DECISION)
-    assert again.outcome is StopOutcome.STOPPED
-    assert "already deleted" in again.detail
-
-
 async def test_stopper_retries_throttling(sm: SageMakerEmulator, domain: StudioDomain) -> None:
     identity = _create(sm, domain, "CodeEditor", space=domain.space)
     sm.inject_error("DeleteApp", "ThrottlingException", "Rate exceeded", times=2)
@@ -143,7 +134,9 @@ async def test_stopper_gives_up_after_the_retries(sm: SageMakerEmulator, domain:
     assert sm.app(domain.id, "CodeEditor", space=domain.space).status() == "InService"
 
 
-async def test_stopper_access_denied_names_the_permission(sm: SageMakerEmulator, domain: StudioDomain) -> None:
+async def test_stopper_access_denied_names_the_permission(
+    sm: SageMakerEmulator, domain: StudioDomain
+) -> None:
     identity = _create(sm, domain, "CodeEditor", space=domain.space)
     sm.inject_error("DeleteApp", "AccessDeniedException", "User: arn:... is not authorized")
     result = await _stopper(identity, sm).stop(_DECISION)
@@ -159,7 +152,7 @@ async def test_stopper_for_an_app_that_never_existed(sm: SageMakerEmulator, doma
     assert "does not exist" in result.detail
 
 
-async def test_slow_delete_is_stopping_until_deleted(tmp_path: Path, sm: SageMakerEmulator, domain: StudioDomain) -> None:
+async def test_slow_delete_is_stopping_until_deleted(sm: SageMakerEmulator, domain: StudioDomain) -> None:
     sm.deleting_s = 1.0
     identity = _create(sm, domain, "CodeEditor", space=domain.space)
     stopper = _stopper(identity, sm, verify_timeout_s=0.2)
@@ -203,37 +196,60 @@ async def test_wait_until_in_service_fails_clearly(sm: SageMakerEmulator, domain
         await wait_until_in_service(client, failed, timeout_s=5, poll_interval_s=0.05)
 
 
-async def test_presigned_login_reaches_the_app_and_never_logs_secrets(
+async def test_presigned_login_then_delete_app_stops_the_server(
     sm: SageMakerEmulator, domain: StudioDomain, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """End to end: a JupyterLab app with a real Jupyter server, logged in to from outside, then stopped."""
     caplog.set_level(logging.DEBUG)
     identity = _create(sm, domain, "JupyterLab", space=domain.space)
     client = sagemaker_client(endpoint_url=sm.endpoint_url)
-    await wait_until_in_service(client, identity, timeout_s=30, poll_interval_s=0.05)
-    server = sm.app(domain.id, "JupyterLab", space=domain.space).server
-    assert server is not None
+    await wait_until_in_service(client, identity, timeout_s=30, poll_interval_s=0.1)
+    app = sm.app(domain.id, "JupyterLab", space=domain.space)
+    server = app.server
+    assert server is not None and server.running
     (server.root_dir / "hello.txt").write_text("hi")
 
-    # Only the space is named: the login is made for its owner.
-    conn = await presigned_connection(domain.id, space=domain.space, app_type="JupyterLab", endpoint_url=sm.endpoint_url)
+    # Only the space is named: the login is made for its owner, through redirects and cookies.
+    conn = await presigned_connection(
+        domain.id, space=domain.space, app_type="JupyterLab", endpoint_url=sm.endpoint_url
+    )
     async with conn:
         assert conn.base_url == server.url
         assert not conn.uses_token
         listing = await conn.get("api/contents")
         assert "hello.txt" in {item["name"] for item in listing["content"]}
-        terminal = await conn.request("POST", "api/terminals")  # cookie auth + _xsrf
+        terminal = await conn.request("POST", "api/terminals")  # cookie auth with _xsrf
         await conn.request("DELETE", f"api/terminals/{terminal['name']}")
-
+        cookies = conn.ws_headers()["Cookie"]
     one_time_tokens = list(sm._logins)
     assert one_time_tokens
-    for secret in [*one_time_tokens, server.token]:
+    secrets = [*one_time_tokens, server.token, *(c.split("=", 1)[1] for c in cookies.split("; "))]
+    for secret in secrets:
         assert secret not in caplog.text
 
+    stopper = _stopper(identity, sm)
+    assert stopper.description == f"DeleteApp {domain.id}/space:{domain.space}/JupyterLab/default"
+    result = await stopper.stop(_DECISION)
+    assert result.outcome is StopOutcome.STOPPED, result.detail
+    assert app.status() == "Deleted"
+    assert not server.running
+    assert sm.operations().count("DeleteApp") == 1
+    # Stopping again is idempotent: the app is already gone.
+    again = await stopper.stop(_DECISION)
+    assert again.outcome is StopOutcome.STOPPED
+    assert "already deleted" in again.detail
 
-async def test_presigned_login_to_an_app_that_is_not_running(sm: SageMakerEmulator, domain: StudioDomain) -> None:
+
+async def test_presigned_login_to_an_app_that_is_not_running(
+    sm: SageMakerEmulator, domain: StudioDomain
+) -> None:
     with pytest.raises(RemoteError, match="is the app InService") as info:
         await presigned_connection(
-            domain.id, user_profile=domain.user, space=domain.space, app_type="JupyterLab", endpoint_url=sm.endpoint_url
+            domain.id,
+            user_profile=domain.user,
+            space=domain.space,
+            app_type="JupyterLab",
+            endpoint_url=sm.endpoint_url,
         )
     for token in sm._logins:
         assert token not in str(info.value)
@@ -243,7 +259,7 @@ async def test_presigned_login_to_an_app_that_is_not_running(sm: SageMakerEmulat
         )
 
 
-def test_identity_is_json_free_of_surprises() -> None:
+def test_identity_ignores_extra_metadata_keys() -> None:
     # The metadata file of a real JupyterLab app has more keys than we read; they are ignored.
     data = json.loads(
         '{"AppType": "JupyterLab", "DomainId": "d-x", "UserProfileName": "", "ResourceArn": '

@@ -139,7 +139,7 @@ async def test_a_busy_process_of_the_tree_is_work(sleeper: int) -> None:
     reading = await run_until(sig, lambda r: r.active_now)
     assert reading.clock is Clock.WORK and reading.source == "gpu"
     assert reading.detail.startswith(
-        f"pid {sleeper} `python -c import time; time.sleep(60) # train.py` on GPU 0 used 87 %"
+        f"pid {sleeper} `{os.path.basename(sys.executable)} -c import time; time.sleep(60) # train.py` on GPU 0 used 87 %"
     )
     assert "holding 12.0 GiB" in reading.detail
     assert nvml.calls == ["init", "shutdown"]

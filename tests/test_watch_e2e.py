@@ -57,7 +57,8 @@ def test_idle_app_is_stopped_within_a_second_of_its_deadline(jupyter: LocalServe
         stop = j.events(kind="action")[-1]
         decisions = j.events(kind="decision")
     assert stop.verdict == "stopped"
-    assert 0 <= stop.detail["overshoot_s"] < 1.0
+    # When lamplighter acted; the server's own shutdown time after that is measured in bench/.
+    assert 0 <= stop.detail["decided_after_s"] < 1.0
     assert "idle for" in stop.detail["reasons"][0]
     assert decisions[0].stop_at is not None
 

@@ -97,7 +97,7 @@ def add_settings_options(
         section = sections.setdefault(meta["group"], parser.add_argument_group(f"{meta['group']} settings"))
         env = meta["env"] or (f"LAMPLIGHTER_{spec.name.upper()}",)
         default = "a state-dir file" if spec.name == "journal" else _describe_default(spec.default)
-        text = f"{meta['help']} [default: {default}; env {', '.join(env)}]"
+        text = f"{meta['help']} [default: {default}; env {', '.join(env)}]".replace("%", "%%")
         flag = "--" + spec.name.replace("_", "-")
         if meta["parse"].__name__ == "parse_bool":
             negative = "--" + (meta["negative"] or f"no-{spec.name.replace('_', '-')}")

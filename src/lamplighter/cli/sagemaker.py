@@ -1,0 +1,383 @@
+"""The SageMaker Studio commands: ``lcc render|install``, ``on-start`` and ``fleet status``.
+
+Only parsing and printing live here; the work is in :mod:`lamplighter.lcc`, :mod:`lamplighter.onstart`
+and :mod:`lamplighter.fleet`. The AWS options (``--region``, ``--sagemaker-endpoint-url``, ``--insecure``)
+are the settings of the same names, so they also come from ``LAMPLIGHTER_REGION``/``AWS_REGION``,
+``LAMPLIGHTER_SAGEMAKER_ENDPOINT_URL`` and the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lamplighter.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_settings_options,
+    configure_logging,
+    settings_from_args,
+)
+from lamplighter.errors import ConfigError
+from lamplighter.settings import Settings, parse_duration
+
+__all__ = ["add_sagemaker_parsers"]
+
+_AWS_OPTIONS = ("region", "sagemaker_endpoint_url", "verify_tls", "log_level")
+_LCC_APP_TYPES = ("JupyterLab", "CodeEditor")
+_ONSTART_APP_TYPES = ("JupyterLab", "JupyterServer")
+
+_LCC_EPILOG = """\
+The script installs lamplighter in its own virtual environment and keeps `lamplighter watch --platform
+sagemaker` running (restarted with backoff if it exits; no cron). It takes the AWS auto-stop-idle
+sample's variables: IDLE_TIME_IN_SECONDS, IGNORE_CONNECTIONS, SKIP_TERMINALS, JL_HOSTNAME, JL_PORT,
+JL_BASE_URL. The app's execution role needs sagemaker:DeleteApp and sagemaker:DescribeApp."""
+
+_ONSTART_EPILOG = """\
+Waits (up to --ready-timeout) until the app is InService and its Jupyter API answers, logs in with
+CreatePresignedDomainUrl, runs the script in a terminal as the app's user, and records the exit status
+and the end of the output in the journal. Needs sagemaker:DescribeApp, sagemaker:CreatePresignedDomainUrl
+(which grants login and code execution as the user) and, for a space, sagemaker:DescribeSpace.
+
+exit status: 0 the script exited 0; 1 it exited non-zero, the app failed, or an AWS call was refused;
+2 bad arguments or settings; 3 the login or the Jupyter API failed; 4 a timeout ran out."""
+
+_FLEET_EPILOG = """\
+Agent states: running (heartbeat younger than 3 heartbeat intervals), stale (older: the agent stopped),
+no agent (no heartbeat file), unknown (the app could not be read), n/a (not a Jupyter app, or not
+InService). Reading a heartbeat logs in with a presigned URL and never counts as activity. Needs
+sagemaker:ListApps, sagemaker:CreatePresignedDomainUrl and sagemaker:DescribeSpace."""
+
+
+def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``lcc``, ``on-start`` and ``fleet`` to the ``lamplighter`` command."""
+    lcc = subparsers.add_parser("lcc", help="SageMaker Studio lifecycle configurations that run the agent.")
+    lcc_commands = lcc.add_subparsers(title="lcc commands", metavar="COMMAND")
+
+    render = lcc_commands.add_parser(
+        "render",
+        help="Print the on-start script that installs and supervises `lamplighter watch`.",
+        epilog=_LCC_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_render_options(render)
+    render.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="Write the script here, not to stdout."
+    )
+    render.set_defaults(handler=_lcc_render)
+
+    install = lcc_commands.add_parser(
+        "install",
+        help="Create the lifecycle configuration and make it the default of a domain or user profile.",
+        epilog=_LCC_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    install.add_argument("--domain", required=True, metavar="ID", help="The Studio domain (d-...).")
+    install.add_argument(
+        "--user-profile",
+        metavar="NAME",
+        help="Set the default for this user profile only, not the whole domain.",
+    )
+    install.add_argument("--name", metavar="NAME", help="Configuration name [lamplighter-<app type>-<hash>].")
+    install.add_argument(
+        "--script", type=Path, metavar="FILE", help="Install this script instead of rendering one."
+    )
+    install.add_argument(
+        "--dry-run", action="store_true", help="Read the current settings, print the write calls, make none."
+    )
+    install.add_argument("--json", action="store_true", help="Print the result as JSON.")
+    _add_render_options(install)
+    add_settings_options(install, names=_AWS_OPTIONS)
+    install.set_defaults(handler=_lcc_install)
+
+    onstart = subparsers.add_parser(
+        "on-start",
+        help="Wait for a SageMaker Studio app, run a script in it as its user, record the result.",
+        epilog=_ONSTART_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    onstart.add_argument("--domain", required=True, metavar="ID", help="The Studio domain (d-...).")
+    onstart.add_argument("--space", metavar="NAME", help="The app's space (new Studio).")
+    onstart.add_argument(
+        "--user-profile",
+        metavar="NAME",
+        help="The app's user profile (Studio Classic); with --space, the user to log in as (shared spaces).",
+    )
+    onstart.add_argument("--app-type", choices=_ONSTART_APP_TYPES, default="JupyterLab", help="[JupyterLab]")
+    onstart.add_argument("--app-name", default="default", metavar="NAME", help="[default]")
+    onstart.add_argument(
+        "--script", type=Path, required=True, metavar="FILE", help="The script to run (bash)."
+    )
+    onstart.add_argument(
+        "--ready-timeout", default="10m", metavar="DURATION", help="How long to wait for the app [10m]."
+    )
+    onstart.add_argument(
+        "--timeout", default=None, metavar="DURATION", help="Time budget of the script itself [none]."
+    )
+    onstart.add_argument(
+        "--json", action="store_true", help="Print the result as JSON, not the output as it runs."
+    )
+    add_settings_options(onstart, names=(*_AWS_OPTIONS, "journal"))
+    onstart.set_defaults(handler=_on_start)
+
+    fleet = subparsers.add_parser("fleet", help="Check many apps at once.")
+    fleet_commands = fleet.add_subparsers(title="fleet commands", metavar="COMMAND")
+    status = fleet_commands.add_parser(
+        "status",
+        help="Every app of a SageMaker Studio domain, whether lamplighter watches it, and its idle time.",
+        epilog=_FLEET_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--sagemaker-domain", required=True, metavar="ID", help="The Studio domain (d-...).")
+    status.add_argument("--json", action="store_true", help="Print JSON.")
+    status.add_argument("--all", action="store_true", help="Include Deleted apps.")
+    status.add_argument(
+        "--login-as", metavar="USER", help="User profile to read shared spaces' apps as (they have no owner)."
+    )
+    status.add_argument("--concurrency", type=int, default=4, metavar="N", help="Apps read at once [4].")
+    add_settings_options(status, names=(*_AWS_OPTIONS, "heartbeat_interval"))
+    status.set_defaults(handler=_fleet_status)
+
+
+def _add_render_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("script options")
+    group.add_argument("--app-type", choices=_LCC_APP_TYPES, required=True, help="The app type it runs in.")
+    group.add_argument(
+        "--idle-time",
+        default="3600",
+        metavar="DURATION",
+        help="IDLE_TIME_IN_SECONDS: stop after this idle [3600s].",
+    )
+    group.add_argument(
+        "--count-connections",
+        action="store_true",
+        help="IGNORE_CONNECTIONS=False: an open notebook tab on an idle kernel keeps the app.",
+    )
+    group.add_argument("--skip-terminals", action="store_true", help="SKIP_TERMINALS=True: ignore terminals.")
+    group.add_argument(
+        "--package", metavar="SPEC", help="What pip installs [lamplighter[sagemaker]==VERSION]."
+    )
+    group.add_argument(
+        "--wheelhouse",
+        default="",
+        metavar="S3_OR_DIR",
+        help="VPC-only domains: install from this s3:// prefix or folder of wheels, not PyPI.",
+    )
+    group.add_argument(
+        "--log-file",
+        default="/var/log/apps/app_container.log",
+        metavar="PATH",
+        help="Where the agent logs [/var/log/apps/app_container.log, delivered to CloudWatch].",
+    )
+
+
+def _render(args: argparse.Namespace) -> str:
+    from lamplighter.lcc import RenderOptions, render_on_start
+
+    options: dict[str, Any] = {
+        "app_type": args.app_type,
+        "idle_time_s": int(_duration(args.idle_time, "--idle-time")),
+        "ignore_connections": not args.count_connections,
+        "skip_terminals": args.skip_terminals,
+        "wheelhouse": args.wheelhouse,
+        "log_file": args.log_file,
+    }
+    if args.package:
+        options["package"] = args.package
+    return render_on_start(RenderOptions(**options))
+
+
+def _duration(text: str, flag: str) -> float:
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a duration like 600, 90s, 15m or 2h, got {text!r}") from None
+
+
+def _read_script(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--script {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--script {path}: not UTF-8 text") from None
+
+
+def _setup(args: argparse.Namespace) -> Settings:
+    # Only the settings flags these commands add: their own options (--app-type, --skip-terminals,
+    # --dry-run...) share names with settings but mean something else here.
+    ours = {*_AWS_OPTIONS, "journal", "heartbeat_interval", "config"}
+    settings = settings_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k in ours}))
+    configure_logging(settings.log_level)
+    if settings.log_level != "debug":
+        # boto3 reports where it found credentials at info; that is noise here.
+        for noisy in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    return settings
+
+
+# -- lcc ----------------------------------------------------------------------------------------
+
+
+def _lcc_render(args: argparse.Namespace) -> int:
+    script = _render(args)
+    if args.output:
+        try:
+            args.output.write_text(script)
+            args.output.chmod(0o755)
+        except OSError as exc:
+            raise ConfigError(f"--output {args.output}: cannot write ({exc.strerror})") from None
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(script)
+    return EXIT_OK
+
+
+def _lcc_install(args: argparse.Namespace) -> int:
+    from lamplighter.lcc import install_lcc
+
+    settings = _setup(args)
+    script = _read_script(args.script) if args.script else _render(args)
+    result = asyncio.run(
+        install_lcc(
+            script,
+            domain_id=args.domain,
+            app_type=args.app_type,
+            user_profile=args.user_profile,
+            name=args.name,
+            region=settings.region,
+            endpoint_url=settings.sagemaker_endpoint_url,
+            dry_run=args.dry_run,
+        )
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "lcc_name": result.lcc_name,
+                    "lcc_arn": result.lcc_arn,
+                    "reused": result.reused,
+                    "target": result.target,
+                    "dry_run": result.dry_run,
+                    "calls": [{"operation": c.operation, "params": c.display()} for c in result.calls],
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    verb = "would call" if result.dry_run else "called"
+    for planned in result.calls:
+        print(f"{verb} {planned.operation} {json.dumps(planned.display(), indent=2)}")
+    if result.reused:
+        print(f"reusing the identical lifecycle configuration {result.lcc_name}")
+    done = "would be" if result.dry_run else "is now"
+    print(f"{result.lcc_arn} {done} the default {args.app_type} lifecycle configuration of {result.target}")
+    return EXIT_OK
+
+
+# -- on-start -----------------------------------------------------------------------------------
+
+
+def _on_start(args: argparse.Namespace) -> int:
+    from lamplighter.journal import Journal
+    from lamplighter.onstart import record_on_start, run_on_start
+    from lamplighter.platforms.sagemaker import AppIdentity
+
+    settings = _setup(args)
+    if not (args.space or args.user_profile):
+        raise ConfigError("on-start: name the app's --space (or --user-profile for Studio Classic)")
+    app = AppIdentity(
+        domain_id=args.domain,
+        app_type=args.app_type,
+        app_name=args.app_name,
+        space_name=args.space,
+        user_profile_name=None if args.space else args.user_profile,
+        region=settings.region,
+    )
+    script = _read_script(args.script)
+
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    result = asyncio.run(
+        run_on_start(
+            app,
+            script,
+            endpoint_url=settings.sagemaker_endpoint_url,
+            verify_tls=settings.verify_tls,
+            login_as=args.user_profile if args.space else None,
+            ready_timeout_s=_duration(args.ready_timeout, "--ready-timeout"),
+            run_timeout_s=_duration(args.timeout, "--timeout") if args.timeout else None,
+            on_output=None if args.json else stream,
+        )
+    )
+    with Journal(settings.journal) as journal:
+        record_on_start(journal, result)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(f"lamplighter: {result.summary}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# -- fleet --------------------------------------------------------------------------------------
+
+
+def _fleet_status(args: argparse.Namespace) -> int:
+    from lamplighter.fleet import fleet_status
+
+    settings = _setup(args)
+    now = datetime.now(timezone.utc)
+    entries = asyncio.run(
+        fleet_status(
+            args.sagemaker_domain,
+            now=now,
+            region=settings.region,
+            endpoint_url=settings.sagemaker_endpoint_url,
+            verify_tls=settings.verify_tls,
+            heartbeat_interval=settings.heartbeat_interval,
+            login_as=args.login_as,
+            include_deleted=args.all,
+            concurrency=args.concurrency,
+        )
+    )
+    if args.json:
+        print(json.dumps([entry.to_json(now) for entry in entries], indent=2))
+        return EXIT_OK
+    _print_fleet(entries, now)
+    return EXIT_OK
+
+
+def _print_fleet(entries: list[Any], now: datetime) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lamplighter.model import format_duration, format_time
+
+    table = Table(title=f"{len(entries)} apps", title_justify="left")
+    for column in ("owner", "app", "status", "agent", "verdict", "idle for", "stop at", "detail"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        identity, beat = entry.app.identity, entry.heartbeat
+        idle = entry.idle_for(now)
+        table.add_row(
+            ("space " if identity.space_name else "user ") + identity.owner,
+            f"{identity.app_type}/{identity.app_name}",
+            entry.app.status,
+            entry.agent.value,
+            beat.verdict if beat else "",
+            format_duration(idle) if idle is not None else "",
+            format_time(beat.stop_at) if beat and beat.stop_at else "",
+            entry.detail,
+        )
+    console = Console()
+    if not console.is_terminal:  # piped: no terminal width to fit, keep rows on one line each
+        console = Console(width=200)
+    console.print(table)

@@ -1,0 +1,233 @@
+"""The fleet check: every app of a SageMaker Studio domain, and whether lamplighter watches it.
+
+``ListApps`` (all pages; it has no status or type filter, so filtering is done here) gives the apps.
+For each InService JupyterLab or JupyterServer app, the check logs in with a presigned URL and reads the
+agent's heartbeat file, ``~/.lamplighter/heartbeat.json``, through the Jupyter contents API with
+``no_track_activity=1``, so looking never counts as activity. The agent rewrites that file at every
+check and at least every ``heartbeat_interval``; it counts as running when the file is younger than
+three intervals. Code Editor and other apps report their status only.
+
+Agent states: ``running``; ``stale`` (a heartbeat, but too old: the agent stopped); ``no agent`` (no
+heartbeat file); ``unknown`` (the app could not be read: not reachable, login refused, a shared space
+with nobody to log in as); ``n/a`` (not a Jupyter app, or not InService).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from lamplighter.errors import LamplighterError, MalformedAnswer, RemoteError
+from lamplighter.model import format_duration, parse_timestamp
+from lamplighter.platforms.sagemaker import (
+    JUPYTER_APP_TYPES,
+    StudioApp,
+    list_apps,
+    presigned_connection,
+    sagemaker_client,
+)
+from lamplighter.remote.connection import Connection
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_PATH",
+    "AgentState",
+    "FleetEntry",
+    "Heartbeat",
+    "fleet_status",
+    "read_heartbeat",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_PATH = ".lamplighter/heartbeat.json"  # relative to the Jupyter root, the user's home
+_VERDICTS = ("keep", "stop", "skip")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What the agent inside an app last wrote about itself (format version 1)."""
+
+    target: str
+    pid: int
+    updated_at: datetime
+    verdict: str  # keep | stop | skip
+    idle_since: datetime | None
+    stop_at: datetime | None
+    reason: str
+
+    @classmethod
+    def parse(cls, data: Any) -> Heartbeat:
+        """Read the heartbeat JSON; raises ``MalformedAnswer`` when it is not a version-1 heartbeat."""
+        try:
+            if not isinstance(data, dict) or data.get("version") != 1:
+                raise ValueError("not a version 1 heartbeat")
+            verdict = str(data["verdict"])
+            if verdict not in _VERDICTS:
+                raise ValueError(f"unknown verdict {verdict!r}")
+            return cls(
+                target=str(data.get("target") or ""),
+                pid=int(data.get("pid") or 0),
+                updated_at=parse_timestamp(data["updated_at"]),
+                verdict=verdict,
+                idle_since=parse_timestamp(data["idle_since"]) if data.get("idle_since") else None,
+                stop_at=parse_timestamp(data["stop_at"]) if data.get("stop_at") else None,
+                reason=str(data.get("reason") or ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedAnswer(f"the heartbeat file is not readable: {exc}") from None
+
+
+class AgentState(enum.Enum):
+    """Whether an app's agent is running, as far as the fleet check can tell."""
+
+    RUNNING = "running"
+    STALE = "stale"
+    NO_AGENT = "no agent"
+    UNKNOWN = "unknown"
+    NOT_APPLICABLE = "n/a"
+
+
+@dataclass(frozen=True)
+class FleetEntry:
+    """One app of the domain with what its heartbeat says."""
+
+    app: StudioApp
+    agent: AgentState
+    heartbeat: Heartbeat | None
+    detail: str  # why the state is unknown or stale, or the agent's reason
+
+    def idle_for(self, now: datetime) -> timedelta | None:
+        if self.heartbeat is None or self.heartbeat.idle_since is None:
+            return None
+        return max(timedelta(0), now - self.heartbeat.idle_since)
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        identity = self.app.identity
+        beat = self.heartbeat
+        idle = self.idle_for(now)
+
+        def iso(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment else None
+
+        return {
+            "domain_id": identity.domain_id,
+            "space": identity.space_name,
+            "user_profile": identity.user_profile_name,
+            "app_type": identity.app_type,
+            "app_name": identity.app_name,
+            "status": self.app.status,
+            "created_at": iso(self.app.created_at),
+            "agent": self.agent.value,
+            "verdict": beat.verdict if beat else None,
+            "heartbeat_at": iso(beat.updated_at) if beat else None,
+            "idle_since": iso(beat.idle_since) if beat else None,
+            "idle_seconds": round(idle.total_seconds()) if idle is not None else None,
+            "stop_at": iso(beat.stop_at) if beat else None,
+            "detail": self.detail,
+        }
+
+
+async def read_heartbeat(conn: Connection, path: str = DEFAULT_HEARTBEAT_PATH) -> Heartbeat | None:
+    """The heartbeat through the contents API (untracked); ``None`` when there is no file."""
+    try:
+        model = await conn.get(f"api/contents/{path}", params={"content": "1", "type": "file"})
+    except RemoteError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    if not isinstance(model, dict) or not isinstance(model.get("content"), str):
+        raise MalformedAnswer(f"GET {conn.display_url}api/contents/{path}: not a file model")
+    text = model["content"]
+    if model.get("format") == "base64":
+        text = base64.b64decode(text).decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise MalformedAnswer("the heartbeat file is not JSON") from None
+    return Heartbeat.parse(data)
+
+
+async def fleet_status(
+    domain_id: str,
+    *,
+    now: datetime,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    verify_tls: bool = True,
+    heartbeat_interval: timedelta = timedelta(seconds=60),
+    heartbeat_path: str = DEFAULT_HEARTBEAT_PATH,
+    login_as: str | None = None,
+    include_deleted: bool = False,
+    concurrency: int = 4,
+    page_size: int = 100,
+    client: Any | None = None,
+) -> list[FleetEntry]:
+    """Every app of the domain (Deleted ones only with ``include_deleted``) with its agent's state.
+
+    ``login_as`` names the user profile used for shared spaces, which have no owner to log in as.
+    A failure to read one app makes that app ``unknown``; it never stops the check.
+    """
+    client = client or sagemaker_client(region=region, endpoint_url=endpoint_url)
+    apps = await list_apps(client, domain_id, page_size=page_size, region=region)
+    if not include_deleted:
+        apps = [app for app in apps if app.status != "Deleted"]
+    apps.sort(key=lambda a: (a.identity.owner, a.identity.app_type, a.identity.app_name))
+    limit = asyncio.Semaphore(max(1, concurrency))
+
+    async def check(app: StudioApp) -> FleetEntry:
+        if app.identity.app_type not in JUPYTER_APP_TYPES:
+            return FleetEntry(app, AgentState.NOT_APPLICABLE, None, f"{app.identity.app_type}: status only")
+        if app.status != "InService":
+            return FleetEntry(app, AgentState.NOT_APPLICABLE, None, f"app is {app.status}")
+        async with limit:
+            return await _check_jupyter_app(
+                app,
+                client=client,
+                now=now,
+                verify_tls=verify_tls,
+                interval=heartbeat_interval,
+                path=heartbeat_path,
+                login_as=login_as,
+            )
+
+    return list(await asyncio.gather(*(check(app) for app in apps)))
+
+
+async def _check_jupyter_app(
+    app: StudioApp,
+    *,
+    client: Any,
+    now: datetime,
+    verify_tls: bool,
+    interval: timedelta,
+    path: str,
+    login_as: str | None,
+) -> FleetEntry:
+    identity = app.identity
+    try:
+        conn = await presigned_connection(
+            identity.domain_id,
+            user_profile=identity.user_profile_name or login_as,
+            space=identity.space_name,
+            app_type=identity.app_type,
+            verify_tls=verify_tls,
+            client=client,
+            session_expiration_s=1800,  # the shortest AWS allows: we read one file
+        )
+        async with conn:
+            beat = await read_heartbeat(conn, path)
+    except LamplighterError as exc:
+        logger.debug("fleet: cannot read %s: %s", identity.label, exc)
+        return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
+    if beat is None:
+        return FleetEntry(app, AgentState.NO_AGENT, None, f"no {path}")
+    age = now - beat.updated_at
+    if age > 3 * interval:
+        return FleetEntry(app, AgentState.STALE, beat, f"last heartbeat {format_duration(age)} ago")
+    return FleetEntry(app, AgentState.RUNNING, beat, beat.reason)
