@@ -147,7 +147,11 @@ def build_stopper(settings: Settings, conn: Connection | None, target: str) -> S
         identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
         if settings.region:
             identity = replace(identity, region=settings.region)
-        stopper = SageMakerStopper(identity, endpoint_url=settings.sagemaker_endpoint_url)
+        stopper = SageMakerStopper(
+            identity,
+            endpoint_url=settings.sagemaker_endpoint_url,
+            verify_timeout_s=settings.stop_verify_timeout.total_seconds(),
+        )
     elif conn is not None:
         stopper = JupyterShutdown(conn, verify_timeout_s=settings.stop_verify_timeout.total_seconds())
     elif settings.editor_port:

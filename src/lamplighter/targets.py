@@ -81,19 +81,23 @@ def build_signals(settings: Settings) -> tuple[Signal, ...]:
     return tuple(signals)
 
 
-def _resolve_url(settings: Settings) -> Settings:
-    """On SageMaker the server's local URL follows from the app type in the metadata file."""
-    if settings.url or settings.platform != "sagemaker" or settings.app_type == "code-editor":
+def _resolve_sagemaker(settings: Settings) -> Settings:
+    """On SageMaker the app type, and so the server's local URL, follow from the metadata file."""
+    if settings.platform != "sagemaker":
         return settings
     from lamplighter.platforms.sagemaker import AppIdentity, jupyter_base_url
 
     identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
+    if identity.app_type == "CodeEditor":
+        return replace(settings, app_type="code-editor", editor_port=settings.editor_port or 8888)
+    if settings.url:
+        return settings
     return replace(settings, url=f"http://127.0.0.1:8888{jupyter_base_url(identity.app_type)}")
 
 
 @asynccontextmanager
 async def open_target(settings: Settings) -> AsyncIterator[Target]:
-    settings = _resolve_url(settings)
+    settings = _resolve_sagemaker(settings)
     notifier = None
     if settings.warn_before is not None:
         notifier = Notifier(settings, settings.url or "code-editor", server_port=local_port(settings))

@@ -154,5 +154,5 @@ def configure_logging(level: str, *, stream: Any = None) -> None:
         force=True,
     )
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
-    for noisy in ("httpx", "httpcore", "websockets", "asyncio"):
+    for noisy in ("httpx", "httpcore", "websockets", "asyncio", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(max(quiet, logging.getLogger().level))

@@ -1,0 +1,58 @@
+"""``watch --platform sagemaker`` inside an emulated Studio app: the idle app is deleted through DeleteApp."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from lamplighter.cli import main
+from lamplighter.journal import Journal
+from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
+
+pytest_plugins = ["tests.emulators.conftest_sagemaker"]
+
+
+def test_agent_inside_an_app_stops_it_with_delete_app(
+    sm: SageMakerEmulator, domain: StudioDomain, tmp_path: Path
+) -> None:
+    sm.client().create_app(
+        DomainId=domain.id, AppType="JupyterLab", AppName="default", SpaceName=domain.space
+    )
+    app = sm.app(domain.id, "JupyterLab", space=domain.space)
+    deadline = time.monotonic() + 30
+    while app.status() != "InService" or app.server is None:
+        assert time.monotonic() < deadline, "the emulated app never came up"
+        time.sleep(0.05)
+    server = app.server
+    journal = tmp_path / "j.sqlite3"
+    heartbeat = tmp_path / "heartbeat.json"
+    code = main(
+        [
+            "watch",
+            "--platform",
+            "sagemaker",
+            "--sagemaker-metadata",
+            str(app.metadata_path),
+            "--url",
+            server.url,
+            "--token",
+            server.token,
+            "--idle-timeout",
+            "2s",
+            "--journal",
+            str(journal),
+            "--heartbeat",
+            str(heartbeat),
+        ]
+    )
+    assert code == 0
+    assert app.status() == "Deleted"
+    assert not server.running
+    assert sm.operations().count("DeleteApp") == 1
+    with Journal(journal) as j:
+        action = j.events(kind="action")[-1]
+    assert action.verdict == "stopped"
+    assert action.detail["stopper"] == f"DeleteApp {domain.id}/space:{domain.space}/JupyterLab/default"
+    beat = json.loads(heartbeat.read_text())
+    assert beat["verdict"] == "stop" and beat["version"] == 1
