@@ -1,0 +1,265 @@
+"""Remote execution figures: lamplighter's runners against their anchors, in one run (prints, asserts nothing).
+
+Notebook, 200 trivial cells (``x = i``):
+  - lamplighter ``NotebookRunner`` on a local Jupyter server (pipelined, and with ``pipeline=False``)
+  - nbclient in this process with a local kernel (the per-cell anchor; target: lamplighter ≤ 1.25×)
+  - a naive kernel-websocket client (no TCP_QUICKACK, one request at a time)
+  - papermill CLI and ``lamplighter run notebook`` CLI, wall time of the whole command
+Shell, ``echo hi`` round trips:
+  - ``TerminalSession.run`` reusing one terminal (target: ≤ 5 ms on loopback)
+  - ``run_shell(terminal=NAME)`` (a websocket per call, as the CLI does)
+  - a naive terminal client (plain websockets, no TCP_QUICKACK), the anchor
+
+Run: ``.venv/bin/python bench/bench_remote.py [--cells 200] [--commands 200]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbclient import NotebookClient
+from websockets.asyncio.client import connect
+
+from lamplighter.localserver import LocalServer, start_local_server
+from lamplighter.remote import Connection, NotebookRunner, RunObserver, TerminalSession, run_shell
+from lamplighter.remote.kernel import shutdown_kernel, start_kernel
+
+PYTHON = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def make_notebook(cells: int) -> dict[str, Any]:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": PYTHON})
+    nb.cells = [nbformat.v4.new_code_cell(f"x = {i}") for i in range(cells)]
+    plain: dict[str, Any] = json.loads(json.dumps(nb))  # sources stay strings, as the contents API gives them
+    return plain
+
+
+class _CellClock(RunObserver):
+    """Times the cells only: from the first cell sent to the last one finished (kernel start excluded)."""
+
+    def __init__(self) -> None:
+        self.first = self.last = 0.0
+
+    def notebook_started(self, nb: Mapping[str, Any], cell_indices: Sequence[int]) -> None:
+        self.first = time.perf_counter()
+
+    def cell_finished(self, index: int, cell: Mapping[str, Any], result: Any) -> None:
+        self.last = time.perf_counter()
+
+
+async def lamplighter_notebook(server: LocalServer, cells: int, *, pipeline: bool) -> tuple[float, float]:
+    """(per-cell ms, total s) for NotebookRunner."""
+    nb = make_notebook(cells)
+    clock = _CellClock()
+    began = time.perf_counter()
+    async with Connection(server.url, token=server.token) as conn:
+        await NotebookRunner(conn, pipeline=pipeline, observer=clock).run(nb)
+    total = time.perf_counter() - began
+    return (clock.last - clock.first) / cells * 1000, total
+
+
+async def nbclient_notebook(cells: int, workdir: Path) -> tuple[float, float]:
+    """(per-cell ms, total s) for nbclient with a local kernel, in this process."""
+    nb = nbformat.from_dict(make_notebook(cells))  # type: ignore[no-untyped-call]
+    client = NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+    began = time.perf_counter()
+    async with client.async_setup_kernel():
+        first = time.perf_counter()
+        for index, cell in enumerate(nb.cells):
+            await client.async_execute_cell(cell, index)
+        last = time.perf_counter()
+    return (last - first) / cells * 1000, time.perf_counter() - began
+
+
+async def naive_kernel_client(server: LocalServer, cells: int) -> float:
+    """Per-cell ms for a minimal websocket client: legacy JSON, no QUICKACK, reply + idle per request."""
+    async with Connection(server.url, token=server.token) as conn:
+        kernel_id = await start_kernel(conn, "python3")
+        try:
+            session = uuid.uuid4().hex
+            url = conn.ws_url(f"api/kernels/{kernel_id}/channels", {"session_id": session})
+            async with connect(url, additional_headers=conn.ws_headers(), max_size=None) as ws:
+                first = time.perf_counter()
+                for i in range(cells):
+                    msg_id = uuid.uuid4().hex
+                    header = {"msg_id": msg_id, "session": session, "username": "naive", "msg_type": "execute_request", "version": "5.3", "date": ""}  # fmt: skip
+                    content = {"code": f"x = {i}", "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}  # fmt: skip
+                    msg = {
+                        "channel": "shell",
+                        "header": header,
+                        "parent_header": {},
+                        "metadata": {},
+                        "content": content,
+                    }
+                    await ws.send(json.dumps(msg))
+                    replied = idle = False
+                    while not (replied and idle):
+                        answer = json.loads(await ws.recv())
+                        if answer.get("parent_header", {}).get("msg_id") != msg_id:
+                            continue
+                        replied = replied or answer["msg_type"] == "execute_reply"
+                        idle = idle or (
+                            answer["msg_type"] == "status" and answer["content"]["execution_state"] == "idle"
+                        )
+                return (time.perf_counter() - first) / cells * 1000
+        finally:
+            await shutdown_kernel(conn, kernel_id)
+
+
+def cli_wall(argv: list[str], env: Mapping[str, str] | None = None) -> float:
+    began = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, env=dict(env) if env is not None else None)
+    return time.perf_counter() - began
+
+
+async def shell_reused(server: LocalServer, commands: int) -> list[float]:
+    async with Connection(server.url, token=server.token) as conn, TerminalSession(conn) as term:
+        await term.run("true")
+        times = []
+        for _ in range(commands):
+            began = time.perf_counter()
+            result = await term.run("echo hi")
+            times.append((time.perf_counter() - began) * 1000)
+            assert result.output == "hi\n"
+        return times
+
+
+async def shell_run_shell(server: LocalServer, commands: int) -> list[float]:
+    async with Connection(server.url, token=server.token) as conn:
+        try:
+            await run_shell(conn, "true", terminal="bench")
+            times = []
+            for _ in range(commands):
+                began = time.perf_counter()
+                await run_shell(conn, "echo hi", terminal="bench")
+                times.append((time.perf_counter() - began) * 1000)
+            return times
+        finally:
+            await conn.request("DELETE", "api/terminals/bench")
+
+
+async def shell_naive(server: LocalServer, commands: int) -> list[float]:
+    """The anchor, as the AWS sample and a first attempt write it: plain websockets, echo left on, a
+    split marker to find the end, no QUICKACK."""
+    async with Connection(server.url, token=server.token) as conn:
+        name = (await conn.request("POST", "api/terminals", json_body={}))["name"]
+        try:
+            url = conn.ws_url(f"terminals/websocket/{name}")
+            async with connect(url, additional_headers=conn.ws_headers()) as ws:
+                times = []
+                for _ in range(commands + 1):
+                    nonce = secrets.token_hex(4)
+                    began = time.perf_counter()
+                    await ws.send(json.dumps(["stdin", f" echo hi; printf '%s%s\\n' __END_ {nonce}\r"]))
+                    seen = ""
+                    while f"__END_{nonce}" not in seen:
+                        message = json.loads(await ws.recv())
+                        if message[0] == "stdout":
+                            seen += message[1]
+                    times.append((time.perf_counter() - began) * 1000)
+                return times[1:]
+        finally:
+            await conn.request("DELETE", f"api/terminals/{name}")
+
+
+def summary(times: list[float]) -> str:
+    ordered = sorted(times)
+    p90 = ordered[int(len(ordered) * 0.9)]
+    mean = statistics.mean(ordered)
+    return f"median {statistics.median(ordered):6.2f} ms  mean {mean:6.2f} ms  p90 {p90:6.2f} ms"
+
+
+async def main_async(args: argparse.Namespace, server: LocalServer, workdir: Path) -> None:
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (other work skews figures)"
+    )
+    if args.part in ("all", "notebook"):
+        await notebook_figures(args, server, workdir)
+    if args.part in ("all", "shell"):
+        await shell_figures(args, server)
+
+
+async def notebook_figures(args: argparse.Namespace, server: LocalServer, workdir: Path) -> None:
+    print(f"\nnotebook, {args.cells} trivial cells (per cell: cells only, kernel start excluded;")
+    print(f"best of {args.repeat} interleaved runs, median in brackets)")
+    await lamplighter_notebook(server, 10, pipeline=True)  # warm-up: imports, first kernel
+    runs: dict[str, list[tuple[float, float]]] = {"pipelined": [], "sequential": [], "nbclient": []}
+    for _ in range(args.repeat):
+        runs["pipelined"].append(await lamplighter_notebook(server, args.cells, pipeline=True))
+        runs["sequential"].append(await lamplighter_notebook(server, args.cells, pipeline=False))
+        runs["nbclient"].append(await nbclient_notebook(args.cells, workdir))
+    best = {name: min(cell for cell, _ in figures) for name, figures in runs.items()}
+    mid = {name: statistics.median(cell for cell, _ in figures) for name, figures in runs.items()}
+    total = {name: min(t for _, t in figures) for name, figures in runs.items()}
+    naive_cell = await naive_kernel_client(server, args.cells)
+    anchor = best["nbclient"]
+    print(f"  nbclient, local kernel (anchor)   {anchor:6.2f} ms/cell [{mid['nbclient']:6.2f}]   total {total['nbclient']:5.2f} s")  # fmt: skip
+    print(
+        f"  lamplighter, pipelined            {best['pipelined']:6.2f} ms/cell [{mid['pipelined']:6.2f}]   "
+        f"total {total['pipelined']:5.2f} s   {best['pipelined'] / anchor:.2f}x nbclient (target <= 1.25x)"
+    )
+    print(f"  lamplighter, one cell at a time   {best['sequential']:6.2f} ms/cell [{mid['sequential']:6.2f}]                  {best['sequential'] / anchor:.2f}x nbclient")  # fmt: skip
+    print(f"  naive websocket client            {naive_cell:6.2f} ms/cell                           {naive_cell / anchor:.2f}x nbclient")  # fmt: skip
+
+    source = workdir / "bench.ipynb"
+    source.write_text(json.dumps(make_notebook(args.cells)))
+    bin_dir = Path(sys.executable).parent
+    papermill = cli_wall(
+        [str(bin_dir / "papermill"), "--no-progress-bar", str(source), str(workdir / "pm-out.ipynb")]
+    )
+    env = {**os.environ, "LAMPLIGHTER_TOKEN": server.token}
+    ours = cli_wall(
+        [str(bin_dir / "lamplighter"), "run", "notebook", "--upload", str(source), "-o", str(workdir / "ll-out.ipynb"), "--url", server.url],
+        env,
+    )  # fmt: skip
+    print(f"  papermill CLI (local kernel)      wall {papermill:5.2f} s")
+    print(f"  lamplighter run notebook CLI      wall {ours:5.2f} s   {ours / papermill:.2f}x papermill")
+
+
+async def shell_figures(args: argparse.Namespace, server: LocalServer) -> None:
+    print(f"\nshell, `echo hi` round trip, {args.commands} commands")
+    reused = await shell_reused(server, args.commands)
+    per_call = await shell_run_shell(server, max(20, args.commands // 4))
+    naive = await shell_naive(server, args.commands)
+    print(f"  naive terminal client (anchor)    {summary(naive)}")
+    print(
+        f"  TerminalSession.run, one terminal {summary(reused)}   "
+        f"{statistics.mean(naive) / statistics.mean(reused):.1f}x faster by mean (target: median <= 5 ms)"
+    )
+    print(f"  run_shell(terminal=NAME), per call {summary(per_call)}   (new websocket + setup each call)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cells", type=int, default=200)
+    parser.add_argument("--commands", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved notebook runs per variant")
+    parser.add_argument("--part", choices=("all", "notebook", "shell"), default="all")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
+        workdir = Path(tmp)
+        server = start_local_server(workdir / "server")
+        try:
+            asyncio.run(main_async(args, server, workdir))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

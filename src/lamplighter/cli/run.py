@@ -1,0 +1,404 @@
+"""The ``run`` command: ``run notebook`` and ``run shell`` on a live Jupyter server.
+
+Only parsing and printing live here; the work is :class:`~lamplighter.remote.notebook.NotebookRunner`
+and :class:`~lamplighter.remote.terminal.TerminalSession`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import posixpath
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from lamplighter.cli.common import (
+    CONNECTION_OPTIONS,
+    EXIT_OK,
+    add_settings_options,
+    configure_logging,
+    connection_from_args,
+)
+from lamplighter.errors import CellFailed, ConfigError, LamplighterError, RemoteTimeout
+from lamplighter.remote.kernel import ExecutionResult
+from lamplighter.remote.notebook import (
+    LocalNotebookStore,
+    NotebookRunner,
+    NotebookStore,
+    RunObserver,
+    ServerNotebookStore,
+)
+from lamplighter.remote.terminal import TerminalSession
+from lamplighter.settings import parse_duration
+
+__all__ = ["EXIT_SHELL_ERROR", "EXIT_SHELL_TIMEOUT", "add_run_parser"]
+
+EXIT_SHELL_ERROR = 255  # run shell: lamplighter itself failed (as ssh does), not the remote command
+EXIT_SHELL_TIMEOUT = 124  # run shell: --timeout ran out (as timeout(1) does)
+
+_NOTEBOOK_EPILOG = """\
+PATH and --output are paths on the server (relative to its root), or local files with --upload.
+Without --output (or --inplace) the executed notebook is not saved.
+
+exit status:
+  0    every cell ran (with --allow-errors: failures are recorded in the notebook)
+  1    a cell raised; the notebook is saved with a red note before that cell
+  2    bad arguments, settings or notebook
+  3    cannot connect to the server, or it refused the token/cookies
+  4    --cell-timeout or --timeout ran out (the kernel was interrupted)
+  5    the kernel died or restarted during the run
+  130  interrupted (Ctrl-C); the kernel and session are shut down either way"""
+
+_SHELL_EPILOG = f"""\
+The command words are joined with spaces and run by the terminal's shell, as ssh does:
+  lamplighter run shell -- 'ls *.ipynb | wc -l'
+Output (stdout and stderr merged, as in a terminal) streams to stdout with ANSI escapes removed.
+
+exit status: the remote command's own status (0-255); except
+  {EXIT_SHELL_TIMEOUT}  --timeout ran out (Ctrl-C was sent to the command)
+  {EXIT_SHELL_ERROR}  lamplighter itself failed: cannot connect, refused credentials, bad settings
+  130  interrupted (Ctrl-C)
+  2    bad arguments (from argument parsing, before anything ran)"""
+
+
+def add_run_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``run notebook`` and ``run shell``."""
+    run = subparsers.add_parser(
+        "run", help="Run a notebook or shell commands on a Jupyter server.", description="Remote execution."
+    )
+    commands = run.add_subparsers(title="what to run", metavar="WHAT")
+    _add_notebook_parser(commands)
+    _add_shell_parser(commands)
+    run.set_defaults(handler=lambda args: _missing_subcommand(run))
+
+
+def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _seconds(text: str) -> float:
+    """A time budget flag: plain seconds or 90s/15m/2h."""
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds or a duration like 90s, 15m, 2h; got {text!r}"
+        ) from None
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    add_settings_options(parser, names=CONNECTION_OPTIONS)
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="warning",
+        help="Log level on stderr [warning].",
+    )  # fmt: skip
+
+
+# -- run notebook ------------------------------------------------------------------------------------
+
+
+def _add_notebook_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "notebook",
+        help="Run every cell of a notebook on the server, nbclient-style, and save the outputs.",
+        description="Start a kernel on the server, run the notebook's cells in order, save the executed "
+        "notebook after every cell, and shut the kernel down. Parameters are papermill-compatible.",
+        epilog=_NOTEBOOK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "path", metavar="PATH", help="The notebook: a server path, or a local file with --upload."
+    )
+    parser.add_argument("--upload", action="store_true", help="PATH and --output are local files.")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument(
+        "-o", "--output", metavar="PATH", help="Save the executed notebook here (after every cell)."
+    )
+    out.add_argument("--inplace", action="store_true", help="Save the executed notebook over PATH.")
+    parser.add_argument(
+        "--kernel", metavar="NAME", help="Kernelspec [default: the notebook's, else the server's]."
+    )
+    parser.add_argument(
+        "--cwd",
+        metavar="DIR",
+        help="Kernel working directory on the server [default: PATH's folder, or the root].",
+    )
+    params = parser.add_argument_group("parameters (papermill-compatible)")
+    params.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        help="A parameter; VALUE becomes a bool, None, int or float when it reads as one.",
+    )  # fmt: skip
+    params.add_argument(
+        "-r", "--parameter-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        help="A parameter kept as a string.",
+    )  # fmt: skip
+    params.add_argument("-y", "--parameters-yaml", metavar="YAML", help="Parameters as a YAML mapping.")
+    params.add_argument(
+        "-f", "--parameters-file", metavar="FILE", type=Path, help="Parameters from a YAML file."
+    )
+    execution = parser.add_argument_group("execution")
+    execution.add_argument("--allow-errors", action="store_true", help="Record failing cells and keep going.")
+    execution.add_argument(
+        "--cell-timeout", type=_seconds, metavar="SECONDS",
+        help="Per-cell budget from when the cell starts: interrupt the kernel, then fail (exit 4) [none].",
+    )  # fmt: skip
+    execution.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS",
+        help="Budget for the whole run, kernel start included (exit 4) [none].",
+    )  # fmt: skip
+    execution.add_argument(
+        "--start-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+        help="Budget for the kernel to start and answer [60].",
+    )  # fmt: skip
+    execution.add_argument(
+        "--no-pipeline", dest="pipeline", action="store_false",
+        help="Send each cell only after the previous one finished (slower; for kernels that misbehave).",
+    )  # fmt: skip
+    display = parser.add_argument_group("display")
+    display.add_argument("--log-output", action="store_true", help="Stream cell output to this terminal.")
+    display.add_argument(
+        "--no-progress", action="store_true", help="No progress bar (it shows only on a TTY)."
+    )
+    _add_connection_flags(parser)
+    parser.set_defaults(handler=_run_notebook)
+
+
+def _resolve_parameter(value: str) -> Any:
+    """papermill's ``-p`` typing: ``True``/``False``/``None``, then int, then float, else the string."""
+    if value in ("True", "False"):
+        return value == "True"
+    if value == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    sources: list[tuple[str, str]] = []
+    if args.parameters_file is not None:
+        try:
+            sources.append((str(args.parameters_file), args.parameters_file.read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise ConfigError(
+                f"--parameters-file: cannot read {args.parameters_file} ({exc.strerror})"
+            ) from exc
+    if args.parameters_yaml:
+        sources.append(("--parameters-yaml", args.parameters_yaml))
+    for where, text in sources:
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
+        if loaded is None:
+            continue
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{where}: expected a mapping of parameter names to values")
+        merged.update(loaded)
+    for name, value in args.parameter_raw:
+        merged[name] = value
+    for name, value in args.parameter:
+        merged[name] = _resolve_parameter(value)
+    return merged
+
+
+def _run_notebook(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    parameters = _parameters(args)
+    return asyncio.run(_run_notebook_async(args, parameters))
+
+
+async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str, Any]) -> int:
+    async with connection_from_args(args) as conn:
+        source: NotebookStore
+        output: NotebookStore | None = None
+        if args.upload:
+            source = LocalNotebookStore(args.path)
+            if args.output or args.inplace:
+                output = LocalNotebookStore(args.output or args.path)
+            cwd = args.cwd or ""
+            session_path = posixpath.join(cwd, Path(args.path).name)
+        else:
+            source = ServerNotebookStore(conn, args.path)
+            if args.output or args.inplace:
+                output = ServerNotebookStore(conn, args.output or args.path)
+            cwd = args.cwd if args.cwd is not None else posixpath.dirname(args.path.strip("/"))
+            session_path = (args.output or args.path).strip("/")
+        nb = await source.load()
+        show_progress = not args.no_progress and not args.log_output and sys.stderr.isatty()
+        observer = _ConsoleObserver(log_output=args.log_output, progress=show_progress)
+        runner = NotebookRunner(
+            conn,
+            kernel_name=args.kernel,
+            cwd=cwd,
+            session_path=session_path,
+            parameters=parameters,
+            allow_errors=args.allow_errors,
+            cell_timeout_s=args.cell_timeout,
+            timeout_s=args.timeout,
+            kernel_start_timeout_s=args.start_timeout,
+            store=output,
+            pipeline=args.pipeline,
+            observer=observer,
+        )
+        try:
+            result = await runner.run(nb)
+        except CellFailed as exc:
+            observer.close()
+            if not args.log_output:
+                _print_traceback(exc.traceback, sys.stderr)
+            _print_saved(runner.saved_to)
+            raise
+        except (LamplighterError, asyncio.CancelledError):
+            observer.close()
+            _print_saved(runner.saved_to)
+            raise
+        observer.close()
+        allowed = f", {len(result.allowed_errors)} allowed errors" if result.allowed_errors else ""
+        print(
+            f"lamplighter: ran {result.cells_executed} cells in {result.duration_s:.1f} s{allowed}",
+            file=sys.stderr,
+        )
+        _print_saved(runner.saved_to)
+        return EXIT_OK
+
+
+def _print_saved(where: str | None) -> None:
+    if where is not None:
+        print(f"lamplighter: executed notebook saved to {where}", file=sys.stderr)
+
+
+def _print_traceback(lines: Sequence[str], stream: TextIO) -> None:
+    if lines:
+        print("\n".join(lines), file=stream)
+
+
+class _ConsoleObserver(RunObserver):
+    """The progress bar (rich, stderr, TTY only) and ``--log-output`` streaming."""
+
+    def __init__(self, *, log_output: bool, progress: bool) -> None:
+        self._log_output = log_output
+        self._progress: Any = None
+        self._task: Any = None
+        if progress:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+
+    def notebook_started(self, nb: Mapping[str, Any], cell_indices: Sequence[int]) -> None:
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task("Executing", total=len(cell_indices))
+
+    def cell_started(self, index: int, cell: Mapping[str, Any]) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=f"Executing cell {index}")
+
+    def cell_output(self, index: int, msg_type: str, content: Mapping[str, Any]) -> None:
+        if not self._log_output:
+            return
+        if msg_type == "stream":
+            stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
+            stream.write(str(content.get("text", "")))
+            stream.flush()
+        elif msg_type in ("display_data", "execute_result"):
+            text = (content.get("data") or {}).get("text/plain")
+            if text:
+                print(text if isinstance(text, str) else "".join(text), flush=True)
+        elif msg_type == "error":
+            _print_traceback(list(content.get("traceback", [])), sys.stderr)
+
+    def cell_finished(self, index: int, cell: Mapping[str, Any], result: ExecutionResult) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+# -- run shell ---------------------------------------------------------------------------------------
+
+
+def _add_shell_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "shell",
+        help="Run a shell command or script in a terminal on the server; exit with its status.",
+        description="Run a command (or upload and run a script with bash) in a Jupyter terminal, stream "
+        "its output, and exit with the command's own exit status.",
+        epilog=_SHELL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--script", metavar="FILE", help="A local script to upload and run with bash ('-': stdin)."
+    )
+    parser.add_argument(
+        "--terminal",
+        metavar="NAME",
+        help="Use (or create) this named terminal and keep it [default: a fresh one].",
+    )
+    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="Budget for the command [none].")
+    parser.add_argument(
+        "words", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="The command and its words."
+    )
+    _add_connection_flags(parser)
+    parser.set_defaults(handler=_run_shell)
+
+
+def _run_shell(args: argparse.Namespace) -> int:
+    words = list(args.words)
+    if words and words[0] == "--":
+        words = words[1:]
+    if bool(words) == bool(args.script):
+        print("lamplighter: run shell: give either -- COMMAND or --script FILE", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    try:
+        script = _read_script(args.script) if args.script else None
+        return asyncio.run(_run_shell_async(args, " ".join(words), script))
+    except RemoteTimeout as exc:
+        print(f"lamplighter: {exc}", file=sys.stderr)
+        return EXIT_SHELL_TIMEOUT
+    except LamplighterError as exc:
+        print(f"lamplighter: {exc}", file=sys.stderr)
+        return EXIT_SHELL_ERROR
+
+
+def _read_script(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--script: cannot read {name} ({exc.strerror})") from exc
+
+
+async def _run_shell_async(args: argparse.Namespace, command: str, script: str | None) -> int:
+    def echo(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    async with connection_from_args(args) as conn, TerminalSession(conn, args.terminal) as term:
+        if script is not None:
+            result = await term.run_script(script, timeout_s=args.timeout, on_output=echo)
+        else:
+            result = await term.run(command, timeout_s=args.timeout, on_output=echo)
+    return result.exit_code

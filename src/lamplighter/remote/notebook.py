@@ -1,0 +1,692 @@
+"""Running a whole notebook on a Jupyter server: :class:`NotebookRunner`, built on :class:`KernelSession`.
+
+The runner starts its own kernel (and a session, so the run shows in JupyterLab's running panel), runs
+the code cells in order and builds their outputs the way nbclient does (the output rules live in
+:mod:`lamplighter.remote.kernel`), then shuts both down, also when cancelled. It also owns the
+notebook-level conventions:
+
+- papermill's parameters: a cell tagged ``injected-parameters`` is put right after the first cell tagged
+  ``parameters`` (or replaces an earlier injected cell, or goes first), and the values are recorded in
+  ``metadata.papermill.parameters``;
+- cells tagged ``skip-execution`` and empty cells are left alone; a cell tagged ``raises-exception`` may
+  fail without stopping the run;
+- a failed, timed-out or interrupted cell is preceded by a markdown cell tagged ``lamplighter-error``
+  (and papermill's ``papermill-error-cell-tag``) that says what happened;
+- the notebook is saved through a :class:`NotebookStore` after every cell (coalesced in the background, so
+  a slow save never holds up the kernel), every ``autosave_interval_s`` during a long cell, and once
+  more at the end, whatever the end was.
+
+Pipelining: to keep the kernel's queue fed, the next cell's ``execute_request`` is sent before the
+current one finishes. ``stop_on_error`` alone cannot make that safe: ipykernel only aborts requests that
+have *reached* it when a cell fails, so one still in flight would run. So pipelining is only used on
+IPython kernels, only when no cell may fail (no ``allow_errors``, no ``raises-exception`` tag), and only
+after a silent setup request installs a guard in the kernel: an AST transformer that rejects every cell
+once one has failed. A cell behind a failing one can therefore never run, however late it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import posixpath
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from lamplighter.errors import (
+    CellFailed,
+    ConfigError,
+    KernelDied,
+    LamplighterError,
+    MalformedAnswer,
+    RemoteError,
+    RemoteTimeout,
+)
+from lamplighter.remote.connection import Connection
+from lamplighter.remote.kernel import (
+    Execution,
+    ExecutionResult,
+    KernelSession,
+    interrupt_kernel,
+    shutdown_kernel,
+    start_kernel,
+)
+
+__all__ = [
+    "ERROR_TAG",
+    "INJECTED_TAG",
+    "PARAMETERS_TAG",
+    "RAISES_TAG",
+    "SKIP_TAG",
+    "LocalNotebookStore",
+    "NotebookResult",
+    "NotebookRunner",
+    "NotebookStore",
+    "RunObserver",
+    "ServerNotebookStore",
+    "inject_parameters",
+]
+
+logger = logging.getLogger(__name__)
+
+
+SKIP_TAG = "skip-execution"
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+RAISES_TAG = "raises-exception"
+ERROR_TAG = "lamplighter-error"
+_PAPERMILL_ERROR_TAG = "papermill-error-cell-tag"
+_PIPELINE_DEPTH = 2
+
+# Runs in a throwaway namespace (nothing lands in the user's), with silent=True (no history, no count).
+_GUARD_SOURCE = '''
+import ast
+from IPython.core.error import InputRejected
+
+_failed = []
+
+class LamplighterStopAfterFailure(ast.NodeTransformer):
+    """lamplighter: once a cell failed, refuse every later cell, so cells sent ahead never run."""
+
+    def visit(self, node):
+        if _failed:
+            raise InputRejected("not run: an earlier cell failed")
+        return node
+
+def _after(result):
+    if not result.success:
+        _failed.append(True)
+
+_ip = get_ipython()
+_ip.ast_transformers.append(LamplighterStopAfterFailure())
+_ip.events.register("post_run_cell", _after)
+'''
+_GUARD_CELL = f"exec({_GUARD_SOURCE!r}, {{'get_ipython': get_ipython, '__name__': 'lamplighter_guard'}})"
+
+
+# -- stores ----------------------------------------------------------------------------------------
+
+
+class NotebookStore(Protocol):
+    """Where a notebook is read from and saved to."""
+
+    @property
+    def description(self) -> str:
+        """Where it is, for messages (``server:dir/nb.ipynb`` or a local path)."""
+        ...
+
+    async def load(self) -> dict[str, Any]: ...
+
+    async def save(self, nb: Mapping[str, Any]) -> None: ...
+
+
+class ServerNotebookStore:
+    """A notebook on the server, read and written through the contents API (``path`` is relative to its root)."""
+
+    def __init__(self, conn: Connection, path: str) -> None:
+        self.conn = conn
+        self.path = path.strip("/")
+        if not self.path:
+            raise ConfigError("notebook path: empty")
+
+    @property
+    def description(self) -> str:
+        return f"server:{self.path}"
+
+    async def load(self) -> dict[str, Any]:
+        model = await self.conn.get(
+            f"api/contents/{quote(self.path)}", params={"type": "notebook", "content": "1"}
+        )
+        content = model.get("content") if isinstance(model, dict) else None
+        if not isinstance(content, dict) or not isinstance(content.get("cells"), list):
+            raise MalformedAnswer(f"{self.description}: the server did not answer with a notebook")
+        return content
+
+    async def save(self, nb: Mapping[str, Any]) -> None:
+        body = {"type": "notebook", "format": "json", "content": nb}
+        await self.conn.request("PUT", f"api/contents/{quote(self.path)}", json_body=body)
+
+
+class LocalNotebookStore:
+    """A notebook file on this machine; saves are atomic (write a temporary file, then rename)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @property
+    def description(self) -> str:
+        return str(self.path)
+
+    async def load(self) -> dict[str, Any]:
+        try:
+            text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot read the notebook ({exc.strerror or exc})") from exc
+        try:
+            loaded: Any = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{self.path}: not a notebook (not JSON)") from exc
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("cells", []), list):
+            raise ConfigError(f"{self.path}: not a notebook")
+        if loaded.get("nbformat") != 4:
+            return _upgrade(text, self.path)
+        notebook: dict[str, Any] = loaded
+        _rejoin_lines(notebook)
+        return notebook
+
+    async def save(self, nb: Mapping[str, Any]) -> None:
+        text = json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        try:
+            await asyncio.to_thread(self._write, text)
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot save the notebook ({exc.strerror or exc})") from exc
+
+    def _write(self, text: str) -> None:
+        directory = self.path.parent
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _rejoin_lines(nb: dict[str, Any]) -> None:
+    """Join the line lists nbformat writes on disk into strings, as the contents API serves them."""
+    for cell in nb.get("cells", []):
+        if isinstance(cell.get("source"), list):
+            cell["source"] = "".join(cell["source"])
+        for output in cell.get("outputs") or []:
+            if isinstance(output.get("text"), list):
+                output["text"] = "".join(output["text"])
+            for mime, value in (output.get("data") or {}).items():
+                if isinstance(value, list) and not mime.endswith("json"):
+                    output["data"][mime] = "".join(value)
+
+
+def _upgrade(text: str, path: Path) -> dict[str, Any]:
+    """An older notebook format, upgraded to v4 by nbformat (imported here: it takes a while to load)."""
+    import nbformat
+
+    try:
+        nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # nbformat raises many kinds for a file that is not a notebook
+        raise ConfigError(f"{path}: not a notebook ({type(exc).__name__})") from exc
+    upgraded: dict[str, Any] = json.loads(json.dumps(nb))
+    return upgraded
+
+
+class _Autosaver:
+    """Saves in the background, coalescing requests, so the cell loop never waits for a save.
+
+    Like papermill, it keeps saving to at most a quarter of the time: after a save that took ``d``,
+    the next one waits ``3 d``. Slow cells are each saved at once; a burst of fast cells is saved in
+    batches instead of stealing the CPU the kernel needs.
+    """
+
+    def __init__(self, store: NotebookStore | None, nb: dict[str, Any]) -> None:
+        self._store = store
+        self._nb = nb
+        self._dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._next_save_at = 0.0
+        self._hurry = asyncio.Event()
+        self.failures = 0
+
+    def request(self) -> None:
+        if self._store is None:
+            return
+        self._dirty = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="notebook-autosave")
+
+    async def _drain(self) -> None:
+        while self._dirty:
+            pause = self._next_save_at - time.monotonic()
+            if pause > 0 and not self._hurry.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), pause)
+            if self._hurry.is_set():
+                return  # flush() takes over
+            self._dirty = False
+            await self._save_once(raise_errors=False)
+
+    async def _save_once(self, *, raise_errors: bool) -> None:
+        if self._store is None:
+            return
+        began = time.monotonic()
+        # A deep copy taken now, between messages, is a consistent picture; the run goes on meanwhile.
+        snapshot = json.loads(json.dumps(self._nb))
+        try:
+            await self._store.save(snapshot)
+        except LamplighterError as exc:
+            self.failures += 1
+            if raise_errors:
+                raise
+            logger.warning("could not save %s: %s", self._store.description, exc)
+        finally:
+            now = time.monotonic()
+            self._next_save_at = now + 3 * (now - began)
+
+    async def save_now(self) -> None:
+        """Save at once and raise on failure (the first save, so a bad output path fails early)."""
+        await self._save_once(raise_errors=True)
+
+    async def flush(self) -> None:
+        """Let a save in progress finish (never cut one off: two writers could race), then save the end state."""
+        self._hurry.set()
+        task, self._task = self._task, None
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._dirty = False
+        await self._save_once(raise_errors=True)
+
+
+# -- parameters ------------------------------------------------------------------------------------
+
+
+def inject_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None:
+    """Insert papermill's ``injected-parameters`` cell into ``nb`` (Python kernels only), in place."""
+    language = _notebook_language(nb)
+    if language not in ("", "python"):
+        raise ConfigError(f"parameters: only Python notebooks are supported, this one is {language!r}")
+    lines = ["# Parameters"] + [f"{name} = {value!r}" for name, value in parameters.items()]
+    for name in parameters:
+        if not str(name).isidentifier():
+            raise ConfigError(f"parameters: {name!r} is not a valid Python name")
+    cell = _new_cell(nb, "code", "\n".join(lines) + "\n", tags=[INJECTED_TAG])
+    cells: list[dict[str, Any]] = nb["cells"]
+    injected = [i for i, c in enumerate(cells) if INJECTED_TAG in _tags(c)]
+    marked = [i for i, c in enumerate(cells) if PARAMETERS_TAG in _tags(c)]
+    if injected:
+        cells[injected[0]] = cell
+    elif marked:
+        cells.insert(marked[0] + 1, cell)
+    else:
+        logger.warning("no cell is tagged %r; the parameters go first", PARAMETERS_TAG)
+        cells.insert(0, cell)
+    nb.setdefault("metadata", {}).setdefault("papermill", {})["parameters"] = dict(parameters)
+
+
+def _notebook_language(nb: Mapping[str, Any]) -> str:
+    metadata = nb.get("metadata") or {}
+    language = (metadata.get("kernelspec") or {}).get("language") or (
+        metadata.get("language_info") or {}
+    ).get("name")
+    return str(language or "").lower()
+
+
+def _tags(cell: Mapping[str, Any]) -> list[str]:
+    tags = (cell.get("metadata") or {}).get("tags") or []
+    return [str(t) for t in tags]
+
+
+def _source(cell: Mapping[str, Any]) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _new_cell(nb: Mapping[str, Any], cell_type: str, source: str, *, tags: list[str]) -> dict[str, Any]:
+    cell: dict[str, Any] = {"cell_type": cell_type, "metadata": {"tags": tags}, "source": source}
+    if cell_type == "code":
+        cell.update(execution_count=None, outputs=[])
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) >= (4, 5):
+        cell["id"] = uuid.uuid4().hex[:8]
+    return cell
+
+
+# -- the runner ------------------------------------------------------------------------------------
+
+
+class RunObserver:
+    """Hooks the runner calls as it goes (all no-ops here): subclass and override what you need."""
+
+    def notebook_started(self, nb: Mapping[str, Any], cell_indices: Sequence[int]) -> None:
+        """Before the first cell; ``cell_indices`` are the cells that will run."""
+
+    def cell_started(self, index: int, cell: Mapping[str, Any]) -> None:
+        """When the runner starts waiting for a cell."""
+
+    def cell_output(self, index: int, msg_type: str, content: Mapping[str, Any]) -> None:
+        """For every output message of a cell, as it arrives (``stream``, ``display_data``, ``error``…)."""
+
+    def cell_finished(self, index: int, cell: Mapping[str, Any], result: ExecutionResult) -> None:
+        """After a cell's reply and its last output."""
+
+
+@dataclass(frozen=True)
+class NotebookResult:
+    """A finished run: the executed notebook, how many cells ran, and the errors that were allowed."""
+
+    notebook: dict[str, Any]
+    cells_executed: int
+    duration_s: float
+    kernel_name: str
+    allowed_errors: tuple[CellFailed, ...] = ()
+
+
+@dataclass
+class _Step:
+    index: int
+    cell: dict[str, Any]
+    execution: Execution
+    may_fail: bool
+
+
+class NotebookRunner:
+    """Runs notebooks on one server; each :meth:`run` starts and shuts down its own kernel.
+
+    Options (keyword-only; times in seconds, None means no limit):
+
+    - ``kernel_name``: kernelspec to start; default the notebook's ``metadata.kernelspec.name``, else the
+      server's default.
+    - ``cwd``: the kernel's working directory, as a server path (default: the server root).
+    - ``session_path``: the path the session is registered under (default: ``cwd``/the store's name).
+    - ``parameters``: papermill parameters to inject (see :func:`inject_parameters`).
+    - ``allow_errors``: record failing cells and go on, instead of stopping at the first.
+    - ``cell_timeout_s``: ``per_cell`` budget, from when the kernel starts the cell; on expiry the kernel
+      is interrupted and the run fails with :class:`RemoteTimeout`.
+    - ``timeout_s``: the whole run, kernel start included; same handling.
+    - ``kernel_start_timeout_s``, ``output_drain_timeout_s``: see :class:`KernelSession`.
+    - ``store``: where to save the notebook as it runs (None: not saved).
+    - ``autosave_interval_s``: how often to save while one cell runs long.
+    - ``pipeline``: send cells ahead when that is safe (see the module docstring).
+    - ``observer``: a :class:`RunObserver` for progress and live output.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        kernel_name: str | None = None,
+        cwd: str = "",
+        session_path: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        allow_errors: bool = False,
+        cell_timeout_s: float | None = None,
+        timeout_s: float | None = None,
+        kernel_start_timeout_s: float = 60.0,
+        output_drain_timeout_s: float = 4.0,
+        store: NotebookStore | None = None,
+        autosave_interval_s: float = 30.0,
+        pipeline: bool = True,
+        observer: RunObserver | None = None,
+    ) -> None:
+        self.conn = conn
+        self.kernel_name = kernel_name
+        self.cwd = cwd.strip("/")
+        self.session_path = session_path
+        self.parameters = dict(parameters or {})
+        self.allow_errors = allow_errors
+        self.cell_timeout_s = cell_timeout_s
+        self.timeout_s = timeout_s
+        self.kernel_start_timeout_s = kernel_start_timeout_s
+        self.output_drain_timeout_s = output_drain_timeout_s
+        self.store = store
+        self.autosave_interval_s = autosave_interval_s
+        self.pipeline = pipeline
+        self.observer = observer or RunObserver()
+        self.saved_to: str | None = None
+        """Where the last run's final save went (None if there was none, or it failed)."""
+
+    def cells_to_run(self, nb: Mapping[str, Any]) -> list[int]:
+        """Indices of the cells a run executes: code cells that are not empty and not tagged ``skip-execution``."""
+        return [
+            i
+            for i, cell in enumerate(nb["cells"])
+            if cell.get("cell_type") == "code" and _source(cell).strip() and SKIP_TAG not in _tags(cell)
+        ]
+
+    async def run(self, nb: dict[str, Any]) -> NotebookResult:
+        """Execute ``nb`` in place and return it; raises :class:`CellFailed`, :class:`RemoteTimeout`,
+        :class:`KernelDied` or another :class:`RemoteError` after saving what ran.
+        """
+        started = time.monotonic()
+        deadline = None if self.timeout_s is None else started + self.timeout_s
+        self.saved_to = None
+        if self.parameters:
+            inject_parameters(nb, self.parameters)
+        indices = self.cells_to_run(nb)
+        for index in indices:
+            nb["cells"][index]["outputs"] = []
+            nb["cells"][index]["execution_count"] = None
+        kernel_name = self.kernel_name or str(
+            (nb.get("metadata", {}).get("kernelspec") or {}).get("name") or ""
+        )
+        saver = _Autosaver(self.store, nb)
+        run_meta: dict[str, Any] = {"status": "running", "kernel_name": kernel_name or "default"}
+        nb.setdefault("metadata", {})["lamplighter"] = run_meta
+        kernel_id: str | None = None
+        session_id: str | None = None
+        # As papermill does: the output exists (and its path is known to work) before any cell runs.
+        await saver.save_now()
+        try:
+            kernel_id = await self._start_kernel(kernel_name or None, deadline)
+            session_id = await self._create_session(kernel_id)
+            budget = self.kernel_start_timeout_s
+            if deadline is not None:
+                budget = max(0.1, min(budget, deadline - time.monotonic()))
+            async with KernelSession(
+                self.conn,
+                kernel_id,
+                kernel_start_timeout_s=budget,
+                output_drain_timeout_s=self.output_drain_timeout_s,
+            ) as ks:
+                if ks.kernel_info.get("language_info"):
+                    nb["metadata"]["language_info"] = ks.kernel_info["language_info"]
+                self.observer.notebook_started(nb, indices)
+                allowed = await self._run_cells(ks, nb, indices, deadline, saver)
+            run_meta["status"] = "completed"
+            return NotebookResult(
+                notebook=nb,
+                cells_executed=len(indices),
+                duration_s=time.monotonic() - started,
+                kernel_name=kernel_name or "default",
+                allowed_errors=tuple(allowed),
+            )
+        except CellFailed as exc:
+            run_meta.update(status="failed", failed_cell=exc.cell_index, ename=exc.ename, evalue=exc.evalue)
+            raise
+        except RemoteTimeout:
+            run_meta["status"] = "timed out"
+            raise
+        except KernelDied:
+            run_meta["status"] = "kernel died"
+            raise
+        except (RemoteError, asyncio.CancelledError, KeyboardInterrupt) as exc:
+            run_meta["status"] = "interrupted" if not isinstance(exc, RemoteError) else "failed"
+            raise
+        finally:
+            run_meta["duration_s"] = round(time.monotonic() - started, 3)
+            await self._cleanup(kernel_id, session_id, interrupt=run_meta["status"] == "interrupted")
+            # A failed save must not hide why the run itself failed: then it is only logged.
+            await self._final_save(saver, raise_errors=run_meta["status"] == "completed")
+
+    async def _start_kernel(self, kernel_name: str | None, deadline: float | None) -> str:
+        start = start_kernel(self.conn, kernel_name, path=self.cwd)
+        if deadline is None:
+            return await start
+        try:
+            return await asyncio.wait_for(start, max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise RemoteTimeout(
+                f"the kernel did not start within the run's timeout ({self.timeout_s:g} s)"
+            ) from None
+
+    async def _create_session(self, kernel_id: str) -> str | None:
+        """Register a session for our kernel; never join a session someone else has on the same path."""
+        base = self.session_path or posixpath.join(self.cwd, "lamplighter-run.ipynb")
+        for path in (base, _unique_path(base)):
+            body = {
+                "path": path,
+                "type": "notebook",
+                "name": posixpath.basename(path),
+                "kernel": {"id": kernel_id},
+            }
+            model = await self.conn.request("POST", "api/sessions", json_body=body)
+            if not isinstance(model, dict):
+                raise MalformedAnswer(f"POST {self.conn.display_url}api/sessions: not a session model")
+            if (model.get("kernel") or {}).get("id") == kernel_id:
+                return str(model["id"])
+            logger.info("session path %s is in use by another kernel; using a private path", path)
+        raise MalformedAnswer("the server keeps answering with another kernel's session")
+
+    async def _cleanup(self, kernel_id: str | None, session_id: str | None, *, interrupt: bool) -> None:
+        if interrupt and kernel_id is not None:
+            # A kernel busy in a cell ignores the polite shutdown request for the server's whole
+            # shutdown_wait_time (5 s) before it is killed; interrupted first, it goes at once.
+            with contextlib.suppress(RemoteError):
+                await interrupt_kernel(self.conn, kernel_id)
+        if session_id is not None:
+            try:
+                await self.conn.request("DELETE", f"api/sessions/{session_id}")
+            except RemoteError as exc:
+                if exc.status not in (404, 410):
+                    logger.warning("could not delete session %s: %s", session_id, exc)
+        if kernel_id is not None:
+            try:
+                await shutdown_kernel(self.conn, kernel_id)
+            except RemoteError as exc:
+                logger.warning("could not shut down kernel %s: %s", kernel_id, exc)
+
+    async def _final_save(self, saver: _Autosaver, *, raise_errors: bool) -> None:
+        if self.store is None:
+            return
+        try:
+            await saver.flush()
+        except LamplighterError as exc:
+            logger.error("the executed notebook could not be saved to %s: %s", self.store.description, exc)
+            if raise_errors:
+                raise
+            return
+        self.saved_to = self.store.description
+
+    async def _arm_guard(self, ks: KernelSession) -> bool:
+        result = await ks.execute(_GUARD_CELL, silent=True, store_history=False, timeout_s=30.0)
+        if not result.ok:
+            logger.info("pipelining off: the kernel refused the guard (%s: %s)", result.ename, result.evalue)
+        return result.ok
+
+    async def _run_cells(
+        self,
+        ks: KernelSession,
+        nb: dict[str, Any],
+        indices: list[int],
+        deadline: float | None,
+        saver: _Autosaver,
+    ) -> list[CellFailed]:
+        cells: list[dict[str, Any]] = nb["cells"]
+        may_fail = {i: self.allow_errors or RAISES_TAG in _tags(cells[i]) for i in indices}
+        pipelined = (
+            self.pipeline
+            and len(indices) > 1
+            and ks.implementation == "ipython"
+            and not any(may_fail.values())
+            and await self._arm_guard(ks)
+        )
+        depth = _PIPELINE_DEPTH if pipelined else 1
+        nb["metadata"]["lamplighter"]["pipelined"] = pipelined
+        allowed: list[CellFailed] = []
+        queue = deque(indices)
+        inflight: deque[_Step] = deque()
+        ticker = asyncio.create_task(self._autosave_ticker(saver), name="notebook-autosave-ticker")
+        try:
+            while queue or inflight:
+                while queue and len(inflight) < depth:
+                    index = queue.popleft()
+                    inflight.append(await self._submit(ks, index, cells[index], may_fail[index]))
+                step = inflight.popleft()
+                self.observer.cell_started(step.index, step.cell)
+                result = await self._wait(step, nb, deadline)
+                step.cell["execution_count"] = result.execution_count
+                step.cell.setdefault("metadata", {})["execution"] = dict(result.timing)
+                self.observer.cell_finished(step.index, step.cell, result)
+                saver.request()
+                if result.status == "ok":
+                    continue
+                failure = _cell_failed(step, result)
+                if step.may_fail:
+                    allowed.append(failure)
+                    continue
+                _mark(nb, step.cell, f"Execution stopped: this cell raised {result.ename}: {result.evalue}")
+                raise failure
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            # Cells sent ahead of a failure never ran (aborted or refused): show them as not run.
+            for step in inflight:
+                step.execution.discard()
+                step.cell["outputs"] = []
+                step.cell["execution_count"] = None
+        return allowed
+
+    async def _submit(self, ks: KernelSession, index: int, cell: dict[str, Any], may_fail: bool) -> _Step:
+        def on_output(msg_type: str, content: Mapping[str, Any]) -> None:
+            self.observer.cell_output(index, msg_type, content)
+
+        # The cell's own list collects the outputs, so display updates and autosaves see them live.
+        execution = await ks.submit(
+            _source(cell), stop_on_error=not may_fail, outputs=cell["outputs"], on_output=on_output
+        )
+        return _Step(index=index, cell=cell, execution=execution, may_fail=may_fail)
+
+    async def _wait(self, step: _Step, nb: dict[str, Any], deadline: float | None) -> ExecutionResult:
+        try:
+            return await step.execution.result(timeout_s=self.cell_timeout_s, deadline=deadline)
+        except RemoteTimeout as exc:
+            _mark(nb, step.cell, f"Execution stopped: {exc}")
+            raise RemoteTimeout(f"cell {step.index}: {exc}") from exc
+        except KernelDied as exc:
+            _mark(nb, step.cell, f"Execution stopped: the kernel died while this cell ran ({exc})")
+            raise
+        except asyncio.CancelledError:
+            _mark(nb, step.cell, "Execution stopped: interrupted while this cell ran")
+            raise
+
+    async def _autosave_ticker(self, saver: _Autosaver) -> None:
+        while True:
+            await asyncio.sleep(self.autosave_interval_s)
+            saver.request()
+
+
+def _cell_failed(step: _Step, result: ExecutionResult) -> CellFailed:
+    source = _source(step.cell)
+    first_line = source.strip().splitlines()[0] if source.strip() else ""
+    return CellFailed(
+        f"cell {step.index} (In [{result.execution_count}]: {first_line[:60]!r}) raised {result.ename}: {result.evalue}",
+        ename=result.ename or "Error",
+        evalue=result.evalue or "",
+        traceback=list(result.traceback),
+        cell_index=step.index,
+    )
+
+
+def _mark(nb: dict[str, Any], cell: dict[str, Any], message: str) -> None:
+    """Put a red markdown cell before ``cell`` saying why the run stopped there (once)."""
+    cells: list[dict[str, Any]] = nb["cells"]
+    position = next((i for i, c in enumerate(cells) if c is cell), None)
+    if position is None or (position > 0 and ERROR_TAG in _tags(cells[position - 1])):
+        return
+    text = message.replace("<", "&lt;").replace(">", "&gt;")
+    source = f'<span style="color:red; font-size:1.4em;">lamplighter: {text}</span>'
+    cells.insert(position, _new_cell(nb, "markdown", source, tags=[ERROR_TAG, _PAPERMILL_ERROR_TAG]))
+    cell.setdefault("metadata", {}).setdefault("lamplighter", {})["status"] = "failed"
+
+
+def _unique_path(path: str) -> str:
+    stem, ext = posixpath.splitext(path)
+    return f"{stem}.lamplighter-{uuid.uuid4().hex[:8]}{ext or '.ipynb'}"

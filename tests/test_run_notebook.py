@@ -1,0 +1,308 @@
+"""The notebook runner and ``lamplighter run notebook`` against a real Jupyter server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from lamplighter.cli import main
+from lamplighter.errors import CellFailed, RemoteTimeout
+from lamplighter.localserver import LocalServer, start_local_server
+from lamplighter.remote import (
+    Connection,
+    KernelSession,
+    LocalNotebookStore,
+    NotebookRunner,
+    shutdown_kernel,
+    start_kernel,
+)
+from lamplighter.remote.notebook import _GUARD_CELL, ERROR_TAG, INJECTED_TAG
+
+DATA = Path(__file__).parent / "data" / "remote"
+PYTHON = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """One real server for the module; every test checks it left no kernel or session behind."""
+    started = start_local_server(
+        tmp_path_factory.mktemp("notebook-server"), extra_args=["--KernelRestarter.time_to_dead=0.3"]
+    )
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def cli_env(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Token through the environment, no user config; logging handlers restored after ``main`` set them."""
+    monkeypatch.setenv("LAMPLIGHTER_TOKEN", server.token)
+    monkeypatch.delenv("LAMPLIGHTER_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(server.root_dir.parent / "xdg"))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield ["--url", server.url]
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def notebook(*sources: str, tags: dict[int, list[str]] | None = None) -> dict[str, Any]:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": PYTHON})
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    for index, cell_tags in (tags or {}).items():
+        nb.cells[index].metadata["tags"] = cell_tags
+    loaded: dict[str, Any] = json.loads(nbformat.writes(nb))
+    return loaded
+
+
+def nothing_left(server: LocalServer) -> None:
+    headers = {"Authorization": f"token {server.token}"}
+    for what in ("kernels", "sessions", "terminals"):
+        assert httpx.get(f"{server.url}api/{what}", headers=headers).json() == [], what
+
+
+def code_outputs(nb: dict[str, Any]) -> list[tuple[Any, list[Any]]]:
+    return [(c.get("execution_count"), c["outputs"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+# -- the runner ------------------------------------------------------------------------------------
+
+
+async def test_outputs_match_nbclient(server: LocalServer, tmp_path: Path) -> None:
+    ours = await LocalNotebookStore(DATA / "outputs.ipynb").load()
+    async with Connection(server.url, token=server.token) as conn:
+        result = await NotebookRunner(conn, allow_errors=True).run(ours)
+    assert [e.ename for e in result.allowed_errors] == ["ValueError"]
+
+    (tmp_path / "home").mkdir(exist_ok=True)  # the isolated HOME must exist for an in-process kernel
+    theirs = nbformat.read(DATA / "outputs.ipynb", as_version=4)
+    client = NotebookClient(
+        theirs,
+        kernel_name="python3",
+        allow_errors=True,
+        coalesce_streams=True,
+        resources={"metadata": {"path": tmp_path}},
+    )
+    await client.async_execute()
+    on_disk = [
+        json.loads(nbformat.writes(nbformat.from_dict(nb))) for nb in (ours, theirs)
+    ]  # same line splitting
+    assert code_outputs(on_disk[0]) == code_outputs(on_disk[1])
+
+    # And what that means, spelled out: streams merged, clear_output(wait=True), display updates, \r.
+    cells = ours["cells"]
+    assert cells[2]["outputs"] == [
+        {"output_type": "stream", "name": "stdout", "text": "hello\nsecond line\n"},
+        {"output_type": "stream", "name": "stderr", "text": "oops\n"},
+    ]
+    assert cells[3]["outputs"][0]["data"]["text/html"] == "<b>bold</b>"
+    assert cells[4]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "step 2\n"}]
+    assert cells[5]["outputs"][0]["data"]["text/markdown"] == "version 2"  # updated by the next cell
+    assert cells[6]["outputs"] == []
+    assert cells[7]["outputs"][0]["text"] == "100%\n"
+    assert cells[9]["execution_count"] is None and cells[9]["outputs"] == []  # skip-execution
+    nothing_left(server)
+
+
+async def test_parameters_are_injected_and_a_failure_stops_the_run(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    (server.root_dir / "after-error.txt").unlink(missing_ok=True)
+    nb = await LocalNotebookStore(DATA / "outputs.ipynb").load()
+    saved = LocalNotebookStore(tmp_path / "executed.ipynb")
+    async with Connection(server.url, token=server.token) as conn:
+        runner = NotebookRunner(conn, parameters={"greeting": "hi", "repeat": 2}, store=saved)
+        with pytest.raises(CellFailed) as failure:
+            await runner.run(nb)
+    assert failure.value.ename == "ValueError" and failure.value.evalue == "boom"
+
+    on_disk = await saved.load()
+    cells = on_disk["cells"]
+    assert "parameters" in cells[1]["metadata"]["tags"]
+    assert cells[2]["metadata"]["tags"] == [INJECTED_TAG]
+    assert cells[2]["source"] == "# Parameters\ngreeting = 'hi'\nrepeat = 2\n"
+    assert cells[3]["outputs"][0]["text"] == "hihi\nsecond line\n"
+    assert on_disk["metadata"]["papermill"]["parameters"] == {"greeting": "hi", "repeat": 2}
+    failed_at = next(i for i, c in enumerate(cells) if c["source"] == 'raise ValueError("boom")')
+    assert failure.value.cell_index == failed_at - 1  # the index before the note was put in front of it
+    assert ERROR_TAG in cells[failed_at - 1]["metadata"]["tags"]
+    assert "ValueError: boom" in cells[failed_at - 1]["source"]
+    assert cells[failed_at]["outputs"][-1]["ename"] == "ValueError"
+    assert cells[failed_at + 1]["outputs"] == [] and cells[failed_at + 1]["execution_count"] is None
+    assert on_disk["metadata"]["lamplighter"]["status"] == "failed"
+    assert not (server.root_dir / "after-error.txt").exists()
+    nothing_left(server)
+
+
+async def test_pipelined_run_never_runs_a_cell_after_a_failure(server: LocalServer) -> None:
+    nb = await LocalNotebookStore(DATA / "stops_at_error.ipynb").load()
+    async with Connection(server.url, token=server.token) as conn:
+        with pytest.raises(CellFailed) as failure:
+            await NotebookRunner(conn, parameters={"marker": "pipelined"}).run(nb)
+    assert failure.value.ename == "ZeroDivisionError"
+    assert nb["metadata"]["lamplighter"]["pipelined"] is True
+    assert (server.root_dir / "pipelined-before.txt").exists()
+    assert sorted(p.name for p in server.root_dir.glob("pipelined-after-*")) == []
+    nothing_left(server)
+
+
+async def test_the_guard_refuses_cells_sent_after_a_failure_however_late(server: LocalServer) -> None:
+    # ipykernel aborts only requests already queued when a cell fails; the guard covers a late one too.
+    async with Connection(server.url, token=server.token) as conn:
+        kernel_id = await start_kernel(conn, "python3")
+        try:
+            async with KernelSession(conn, kernel_id) as ks:
+                assert (await ks.execute(_GUARD_CELL, silent=True, store_history=False)).ok
+                assert (await ks.execute("x = 1")).ok
+                assert (await ks.execute("1 / 0")).status == "error"
+                late = await ks.execute("open('late.txt', 'w').write('ran')")
+                assert late.status == "error" and late.ename == "InputRejected"
+        finally:
+            await shutdown_kernel(conn, kernel_id)
+    assert not (server.root_dir / "late.txt").exists()
+    nothing_left(server)
+
+
+async def test_cell_timeout_interrupts_fails_and_saves(server: LocalServer, tmp_path: Path) -> None:
+    nb = notebook(
+        "print('started')", "import time\ntime.sleep(60)", "open('after-timeout.txt', 'w').write('ran')"
+    )
+    saved = LocalNotebookStore(tmp_path / "executed.ipynb")
+    began = time.monotonic()
+    async with Connection(server.url, token=server.token) as conn:
+        with pytest.raises(RemoteTimeout, match="cell 1: ran past the per-cell timeout"):
+            await NotebookRunner(conn, cell_timeout_s=1.0, store=saved).run(nb)
+    assert time.monotonic() - began < 20
+    cells = (await saved.load())["cells"]
+    assert cells[0]["outputs"][0]["text"] == "started\n"
+    assert ERROR_TAG in cells[1]["metadata"]["tags"] and "timeout" in cells[1]["source"]
+    assert cells[2]["outputs"][-1]["ename"] == "KeyboardInterrupt"
+    assert not (server.root_dir / "after-timeout.txt").exists()
+    nothing_left(server)
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def test_cli_runs_a_server_notebook_and_leaves_a_users_session_alone(
+    server: LocalServer, cli_env: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = server.root_dir / "square.ipynb"
+    path.write_text(json.dumps(notebook("n = 1", "print(n * n)", tags={0: ["parameters"]})))
+    headers = {"Authorization": f"token {server.token}"}
+    body = {"path": "square.ipynb", "type": "notebook", "kernel": {"name": "python3"}}
+    users = httpx.post(f"{server.url}api/sessions", json=body, headers=headers).json()
+    try:
+        rc = main(["run", "notebook", "square.ipynb", "-o", "square-out.ipynb", "-p", "n", "3", *cli_env])
+        assert rc == 0, capsys.readouterr().err
+        executed = nbformat.read(server.root_dir / "square-out.ipynb", as_version=4)  # joins split lines
+        assert executed["cells"][2]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "9\n"}]
+        assert "ran 3 cells" in capsys.readouterr().err
+        sessions = httpx.get(f"{server.url}api/sessions", headers=headers).json()
+        assert [s["id"] for s in sessions] == [users["id"]]  # the user's session and kernel were not touched
+    finally:
+        httpx.delete(f"{server.url}api/sessions/{users['id']}", headers=headers)
+    nothing_left(server)
+
+
+def test_cli_exit_code_for_a_failed_cell(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.ipynb"
+    argv = [
+        "run",
+        "notebook",
+        "--upload",
+        str(DATA / "stops_at_error.ipynb"),
+        "-o",
+        str(out),
+        "-r",
+        "marker",
+        "cli",
+    ]
+    assert main([*argv, *cli_env]) == 1
+    err = capsys.readouterr().err
+    assert "ZeroDivisionError" in err and f"saved to {out}" in err
+    assert any(ERROR_TAG in c["metadata"].get("tags", []) for c in json.loads(out.read_text())["cells"])
+    assert (server.root_dir / "cli-before.txt").exists() and not list(server.root_dir.glob("cli-after-*"))
+    nothing_left(server)
+
+
+@pytest.mark.parametrize(
+    ("cell", "flags", "status"),
+    [
+        ("import time\ntime.sleep(60)", ["--cell-timeout", "0.5"], 4),
+        ("import time\ntime.sleep(60)", ["--timeout", "3s"], 4),
+        ("import os\nos.kill(os.getpid(), 9)", [], 5),
+    ],
+    ids=["cell-timeout", "run-timeout", "kernel-died"],
+)
+def test_cli_exit_codes_for_timeouts_and_a_dead_kernel(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, cell: str, flags: list[str], status: int
+) -> None:
+    source = tmp_path / "nb.ipynb"
+    source.write_text(json.dumps(notebook("print('first')", cell)))
+    assert main(["run", "notebook", "--upload", str(source), *flags, *cli_env]) == status
+    nothing_left(server)
+
+
+def test_cli_exit_code_for_a_refused_token(server: LocalServer, cli_env: list[str]) -> None:
+    argv = ["run", "notebook", "--upload", str(DATA / "outputs.ipynb"), "--token", "wrong", *cli_env]
+    assert main(argv) == 3
+
+
+@pytest.mark.slow  # a fresh interpreter, then a kernel, then the interrupt
+def test_ctrl_c_keeps_finished_cells_and_shuts_everything_down(server: LocalServer, tmp_path: Path) -> None:
+    source, out = tmp_path / "slow.ipynb", tmp_path / "out.ipynb"
+    source.write_text(json.dumps(notebook("print('finished')", "import time\ntime.sleep(60)")))
+    env = {**os.environ, "LAMPLIGHTER_TOKEN": server.token}
+    code = "import sys; from lamplighter.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [
+        sys.executable,
+        "-c",
+        code,
+        "run",
+        "notebook",
+        "--upload",
+        str(source),
+        "-o",
+        str(out),
+        "--url",
+        server.url,
+    ]
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        # The first cell's output reaches the file while the second cell is still running.
+        deadline = time.monotonic() + 30
+        while not (out.exists() and json.loads(out.read_text())["cells"][0]["outputs"]):  # atomic saves
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read() if proc.stderr else ""
+            )
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    cells = json.loads(out.read_text())["cells"]
+    assert cells[0]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "finished\n"}]
+    assert ERROR_TAG in cells[1]["metadata"]["tags"] and "interrupted" in cells[1]["source"]
+    nothing_left(server)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_files(server: LocalServer) -> Iterator[None]:
+    yield
+    for leftover in server.root_dir.glob("*.txt"):
+        leftover.unlink()
+    shutil.rmtree(server.root_dir / ".ipynb_checkpoints", ignore_errors=True)
