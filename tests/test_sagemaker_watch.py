@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from lamplighter.cli import main
 from lamplighter.journal import Journal
 from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
@@ -56,3 +58,30 @@ def test_agent_inside_an_app_stops_it_with_delete_app(
     assert action.detail["stopper"] == f"DeleteApp {domain.id}/space:{domain.space}/JupyterLab/default"
     beat = json.loads(heartbeat.read_text())
     assert beat["verdict"] == "stop" and beat["version"] == 1
+
+
+def test_run_shell_in_a_studio_app_through_the_presigned_login(
+    sm: SageMakerEmulator, domain: StudioDomain, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sm.client().create_app(
+        DomainId=domain.id, AppType="JupyterLab", AppName="default", SpaceName=domain.space
+    )
+    app = sm.app(domain.id, "JupyterLab", space=domain.space)
+    deadline = time.monotonic() + 30
+    while app.status() != "InService" or app.server is None:
+        assert time.monotonic() < deadline, "the emulated app never came up"
+        time.sleep(0.05)
+    code = main(
+        [
+            "run",
+            "shell",
+            "--sagemaker-domain",
+            domain.id,
+            "--space",
+            domain.space,
+            "--",
+            "echo hello from studio; exit 7",
+        ]
+    )
+    assert code == 7
+    assert "hello from studio" in capsys.readouterr().out

@@ -10,11 +10,9 @@ import argparse
 import asyncio
 import posixpath
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-import yaml
+from typing import TYPE_CHECKING, Any, TextIO
 
 from lamplighter.cli.common import (
     CONNECTION_OPTIONS,
@@ -22,18 +20,17 @@ from lamplighter.cli.common import (
     add_settings_options,
     configure_logging,
     connection_from_args,
+    settings_from_args,
 )
 from lamplighter.errors import CellFailed, ConfigError, LamplighterError, RemoteTimeout
-from lamplighter.remote.kernel import ExecutionResult
-from lamplighter.remote.notebook import (
-    LocalNotebookStore,
-    NotebookRunner,
-    NotebookStore,
-    RunObserver,
-    ServerNotebookStore,
-)
-from lamplighter.remote.terminal import TerminalSession
 from lamplighter.settings import parse_duration
+
+if TYPE_CHECKING:
+    from lamplighter.remote.connection import Connection
+    from lamplighter.remote.notebook import NotebookStore, RunObserver
+
+# The runners (websockets, rich, yaml) are imported inside the commands, so `lamplighter watch`, which
+# imports this module to build its parser, stays small.
 
 __all__ = ["EXIT_SHELL_ERROR", "EXIT_SHELL_TIMEOUT", "add_run_parser"]
 
@@ -92,7 +89,16 @@ def _seconds(text: str) -> float:
 
 
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    add_settings_options(parser, names=CONNECTION_OPTIONS)
+    add_settings_options(parser, names=(*CONNECTION_OPTIONS, "region", "sagemaker_endpoint_url"))
+    studio = parser.add_argument_group("SageMaker Studio (instead of --url: log in with a presigned URL)")
+    studio.add_argument("--sagemaker-domain", metavar="DOMAIN", help="The Studio domain id (d-...).")
+    owner = studio.add_mutually_exclusive_group()
+    owner.add_argument("--space", metavar="SPACE", help="The space whose app runs the code.")
+    owner.add_argument("--user-profile", metavar="USER", help="The user profile (Studio Classic).")
+    studio.add_argument(
+        "--sagemaker-app-type", choices=("JupyterLab", "JupyterServer"), default="JupyterLab",
+        help="The app type [JupyterLab].",
+    )  # fmt: skip
     parser.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), default="warning",
         help="Log level on stderr [warning].",
@@ -194,6 +200,8 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
             ) from exc
     if args.parameters_yaml:
         sources.append(("--parameters-yaml", args.parameters_yaml))
+    import yaml
+
     for where, text in sources:
         try:
             loaded = yaml.safe_load(text)
@@ -211,6 +219,26 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
     return merged
 
 
+async def _connect(args: argparse.Namespace) -> Connection:
+    """The server connection: ``--url`` and a token or cookies, or a SageMaker presigned login."""
+    if not args.sagemaker_domain:
+        return connection_from_args(args)
+    if not (args.space or args.user_profile):
+        raise ConfigError("--sagemaker-domain: name the app's --space (or --user-profile for Studio Classic)")
+    from lamplighter.platforms.sagemaker import presigned_connection
+
+    settings = settings_from_args(args)
+    return await presigned_connection(
+        args.sagemaker_domain,
+        space=args.space,
+        user_profile=args.user_profile,
+        app_type=args.sagemaker_app_type,
+        region=settings.region,
+        endpoint_url=settings.sagemaker_endpoint_url,
+        verify_tls=settings.verify_tls,
+    )
+
+
 def _run_notebook(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     parameters = _parameters(args)
@@ -218,7 +246,9 @@ def _run_notebook(args: argparse.Namespace) -> int:
 
 
 async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str, Any]) -> int:
-    async with connection_from_args(args) as conn:
+    from lamplighter.remote.notebook import LocalNotebookStore, NotebookRunner, ServerNotebookStore
+
+    async with await _connect(args) as conn:
         source: NotebookStore
         output: NotebookStore | None = None
         if args.upload:
@@ -235,7 +265,7 @@ async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str,
             session_path = (args.output or args.path).strip("/")
         nb = await source.load()
         show_progress = not args.no_progress and not args.log_output and sys.stderr.isatty()
-        observer = _ConsoleObserver(log_output=args.log_output, progress=show_progress)
+        observer, close_observer = _console_observer(log_output=args.log_output, progress=show_progress)
         runner = NotebookRunner(
             conn,
             kernel_name=args.kernel,
@@ -253,16 +283,16 @@ async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str,
         try:
             result = await runner.run(nb)
         except CellFailed as exc:
-            observer.close()
+            close_observer()
             if not args.log_output:
                 _print_traceback(exc.traceback, sys.stderr)
             _print_saved(runner.saved_to)
             raise
         except (LamplighterError, asyncio.CancelledError):
-            observer.close()
+            close_observer()
             _print_saved(runner.saved_to)
             raise
-        observer.close()
+        close_observer()
         allowed = f", {len(result.allowed_errors)} allowed errors" if result.allowed_errors else ""
         print(
             f"lamplighter: ran {result.cells_executed} cells in {result.duration_s:.1f} s{allowed}",
@@ -282,57 +312,71 @@ def _print_traceback(lines: Sequence[str], stream: TextIO) -> None:
         print("\n".join(lines), file=stream)
 
 
-class _ConsoleObserver(RunObserver):
-    """The progress bar (rich, stderr, TTY only) and ``--log-output`` streaming."""
+def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver, Callable[[], None]]:
+    """The progress bar and ``--log-output`` as a run observer, and the function that closes it."""
+    from lamplighter.remote.kernel import ExecutionResult
+    from lamplighter.remote.notebook import RunObserver
 
-    def __init__(self, *, log_output: bool, progress: bool) -> None:
-        self._log_output = log_output
-        self._progress: Any = None
-        self._task: Any = None
-        if progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    class _ConsoleObserver(RunObserver):
+        """The progress bar (rich, stderr, TTY only) and ``--log-output`` streaming."""
 
-            self._progress = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
+        def __init__(self, *, log_output: bool, progress: bool) -> None:
+            self._log_output = log_output
+            self._progress: Any = None
+            self._task: Any = None
+            if progress:
+                from rich.console import Console
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
 
-    def notebook_started(self, nb: Mapping[str, Any], cell_indices: Sequence[int]) -> None:
-        if self._progress is not None:
-            self._progress.start()
-            self._task = self._progress.add_task("Executing", total=len(cell_indices))
+                self._progress = Progress(
+                    TextColumn("[progress.description]{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=Console(stderr=True),
+                    transient=False,
+                )
 
-    def cell_started(self, index: int, cell: Mapping[str, Any]) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=f"Executing cell {index}")
+        def notebook_started(self, nb: Mapping[str, Any], cell_indices: Sequence[int]) -> None:
+            if self._progress is not None:
+                self._progress.start()
+                self._task = self._progress.add_task("Executing", total=len(cell_indices))
 
-    def cell_output(self, index: int, msg_type: str, content: Mapping[str, Any]) -> None:
-        if not self._log_output:
-            return
-        if msg_type == "stream":
-            stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
-            stream.write(str(content.get("text", "")))
-            stream.flush()
-        elif msg_type in ("display_data", "execute_result"):
-            text = (content.get("data") or {}).get("text/plain")
-            if text:
-                print(text if isinstance(text, str) else "".join(text), flush=True)
-        elif msg_type == "error":
-            _print_traceback(list(content.get("traceback", [])), sys.stderr)
+        def cell_started(self, index: int, cell: Mapping[str, Any]) -> None:
+            if self._progress is not None and self._task is not None:
+                self._progress.update(self._task, description=f"Executing cell {index}")
 
-    def cell_finished(self, index: int, cell: Mapping[str, Any], result: ExecutionResult) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task)
+        def cell_output(self, index: int, msg_type: str, content: Mapping[str, Any]) -> None:
+            if not self._log_output:
+                return
+            if msg_type == "stream":
+                stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
+                stream.write(str(content.get("text", "")))
+                stream.flush()
+            elif msg_type in ("display_data", "execute_result"):
+                text = (content.get("data") or {}).get("text/plain")
+                if text:
+                    print(text if isinstance(text, str) else "".join(text), flush=True)
+            elif msg_type == "error":
+                _print_traceback(list(content.get("traceback", [])), sys.stderr)
 
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        def cell_finished(self, index: int, cell: Mapping[str, Any], result: ExecutionResult) -> None:
+            if self._progress is not None and self._task is not None:
+                self._progress.advance(self._task)
+
+        def close(self) -> None:
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+
+    observer = _ConsoleObserver(log_output=log_output, progress=progress)
+    return observer, observer.close
 
 
 # -- run shell ---------------------------------------------------------------------------------------
@@ -396,7 +440,9 @@ async def _run_shell_async(args: argparse.Namespace, command: str, script: str |
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    async with connection_from_args(args) as conn, TerminalSession(conn, args.terminal) as term:
+    from lamplighter.remote.terminal import TerminalSession
+
+    async with await _connect(args) as conn, TerminalSession(conn, args.terminal) as term:
         if script is not None:
             result = await term.run_script(script, timeout_s=args.timeout, on_output=echo)
         else:

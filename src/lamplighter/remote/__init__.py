@@ -7,25 +7,69 @@ a terminal. Nothing else in lamplighter speaks either websocket protocol.
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from lamplighter.remote.connection import Connection
-from lamplighter.remote.kernel import (
-    Execution,
-    ExecutionResult,
-    KernelSession,
-    interrupt_kernel,
-    shutdown_kernel,
-    start_kernel,
-)
-from lamplighter.remote.notebook import (
-    LocalNotebookStore,
-    NotebookResult,
-    NotebookRunner,
-    NotebookStore,
-    RunObserver,
-    ServerNotebookStore,
-    inject_parameters,
-)
-from lamplighter.remote.terminal import ShellResult, TerminalSession, run_script, run_shell, strip_ansi
+
+if TYPE_CHECKING:
+    from lamplighter.remote.kernel import (
+        Execution,
+        ExecutionResult,
+        KernelSession,
+        interrupt_kernel,
+        shutdown_kernel,
+        start_kernel,
+    )
+    from lamplighter.remote.notebook import (
+        LocalNotebookStore,
+        NotebookResult,
+        NotebookRunner,
+        NotebookStore,
+        RunObserver,
+        ServerNotebookStore,
+        inject_parameters,
+    )
+    from lamplighter.remote.terminal import ShellResult, TerminalSession, run_script, run_shell, strip_ansi
+
+# The runners load websockets; they are imported on first use so that the watch agent, which only
+# needs the connection, stays small.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "Execution",
+            "ExecutionResult",
+            "KernelSession",
+            "interrupt_kernel",
+            "shutdown_kernel",
+            "start_kernel",
+        ),
+        "lamplighter.remote.kernel",
+    ),
+    **dict.fromkeys(
+        (
+            "LocalNotebookStore",
+            "NotebookResult",
+            "NotebookRunner",
+            "NotebookStore",
+            "RunObserver",
+            "ServerNotebookStore",
+            "inject_parameters",
+        ),
+        "lamplighter.remote.notebook",
+    ),
+    **dict.fromkeys(
+        ("ShellResult", "TerminalSession", "run_script", "run_shell", "strip_ansi"),
+        "lamplighter.remote.terminal",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Connection",
