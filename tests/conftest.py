@@ -12,6 +12,13 @@ from lamplighter.localserver import LocalServer, start_local_server
 ServerFactory = Callable[..., LocalServer]
 
 
+def watch(server: LocalServer, *args: str) -> int:
+    """``lamplighter watch`` against a test server, in-process, with its token."""
+    from lamplighter.cli import main
+
+    return main(["watch", "--url", server.url, "--token", server.token, *args])
+
+
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test away from the developer's own journal, keep-alive file and config."""

@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 from websockets.sync.client import connect
 
-from lamplighter.cli import main
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, watch
 
 FAST_SIGNAL = ["--process-window", "1.5s", "--process-sample-interval", "0.2s"]
 
@@ -36,21 +35,8 @@ def test_silent_cpu_job_keeps_the_app_until_it_ends(jupyter: LocalServer, tmp_pa
     started = time.monotonic()
     journal = tmp_path / "j"
     assert (
-        main(
-            [
-                "watch",
-                "--url",
-                jupyter.url,
-                "--token",
-                jupyter.token,
-                "--idle-timeout",
-                "2s",
-                "--busy-recheck",
-                "0.5s",
-                "--journal",
-                str(journal),
-                *FAST_SIGNAL,
-            ]
+        watch(
+            jupyter, "--idle-timeout", "2s", "--busy-recheck", "0.5s", "--journal", str(journal), *FAST_SIGNAL
         )
         == 0
     )
@@ -64,23 +50,7 @@ def test_silent_cpu_job_keeps_the_app_until_it_ends(jupyter: LocalServer, tmp_pa
 def test_sleeping_background_job_does_not_keep_the_app(jupyter: LocalServer, tmp_path: Path) -> None:
     start_terminal_job(jupyter, "sleep 600")
     started = time.monotonic()
-    assert (
-        main(
-            [
-                "watch",
-                "--url",
-                jupyter.url,
-                "--token",
-                jupyter.token,
-                "--idle-timeout",
-                "2s",
-                "--journal",
-                str(tmp_path / "j"),
-                *FAST_SIGNAL,
-            ]
-        )
-        == 0
-    )
+    assert watch(jupyter, "--idle-timeout", "2s", "--journal", str(tmp_path / "j"), *FAST_SIGNAL) == 0
     assert time.monotonic() - started < 5.0
 
 

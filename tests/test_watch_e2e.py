@@ -17,6 +17,7 @@ from lamplighter.cli import main
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer, free_port
 from lamplighter.model import parse_timestamp
+from tests.conftest import watch
 
 
 def api(server: LocalServer, method: str, path: str, **kw: object) -> httpx.Response:
@@ -38,19 +39,7 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 def test_idle_app_is_stopped_within_a_second_of_its_deadline(jupyter: LocalServer, tmp_path: Path) -> None:
     journal = tmp_path / "j.sqlite3"
-    code = main(
-        [
-            "watch",
-            "--url",
-            jupyter.url,
-            "--token",
-            jupyter.token,
-            "--idle-timeout",
-            "3s",
-            "--journal",
-            str(journal),
-        ]
-    )
+    code = watch(jupyter, "--idle-timeout", "3s", "--journal", str(journal))
     assert code == 0
     assert jupyter.wait_exited(10) is not None
     with Journal(journal) as j:
@@ -91,20 +80,8 @@ def test_busy_kernel_keeps_the_app_past_the_timeout(jupyter: LocalServer, tmp_pa
             assert time.monotonic() < deadline, "the cell never started"
             time.sleep(0.05)
     started = time.monotonic()
-    code = main(
-        [
-            "watch",
-            "--url",
-            jupyter.url,
-            "--token",
-            jupyter.token,
-            "--idle-timeout",
-            "2s",
-            "--busy-recheck",
-            "0.5s",
-            "--journal",
-            str(tmp_path / "j.sqlite3"),
-        ]
+    code = watch(
+        jupyter, "--idle-timeout", "2s", "--busy-recheck", "0.5s", "--journal", str(tmp_path / "j.sqlite3")
     )
     elapsed = time.monotonic() - started
     assert code == 0
@@ -125,19 +102,7 @@ def test_terminal_output_keeps_the_app(jupyter: LocalServer, tmp_path: Path) -> 
         },
     )
     started = time.monotonic()
-    code = main(
-        [
-            "watch",
-            "--url",
-            jupyter.url,
-            "--token",
-            jupyter.token,
-            "--idle-timeout",
-            "2s",
-            "--journal",
-            str(tmp_path / "j.sqlite3"),
-        ]
-    )
+    code = watch(jupyter, "--idle-timeout", "2s", "--journal", str(tmp_path / "j.sqlite3"))
     assert code == 0
     assert time.monotonic() - started >= 4.5
 
@@ -158,21 +123,15 @@ def test_open_connection_keeps_the_app_when_counted(jupyter: LocalServer, tmp_pa
         while api(jupyter, "GET", "api/status").json()["connections"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         started = time.monotonic()
-        code = main(
-            [
-                "watch",
-                "--url",
-                jupyter.url,
-                "--token",
-                jupyter.token,
-                "--idle-timeout",
-                "2s",
-                "--count-connections",
-                "--busy-recheck",
-                "0.5s",
-                "--journal",
-                str(tmp_path / "j.sqlite3"),
-            ]
+        code = watch(
+            jupyter,
+            "--idle-timeout",
+            "2s",
+            "--count-connections",
+            "--busy-recheck",
+            "0.5s",
+            "--journal",
+            str(tmp_path / "j.sqlite3"),
         )
     finally:
         release.set()
@@ -353,22 +312,16 @@ def test_kernel_and_terminal_culling(jupyter: LocalServer, tmp_path: Path) -> No
     with connect(ws_url, additional_headers={"Authorization": f"token {jupyter.token}"}):
         wait_idle(jupyter)  # a REST-started kernel stays 'starting' until a client connects
     journal = tmp_path / "j"
-    code = main(
-        [
-            "watch",
-            "--url",
-            jupyter.url,
-            "--token",
-            jupyter.token,
-            "--idle-timeout",
-            "4s",
-            "--kernel-timeout",
-            "1s",
-            "--terminal-timeout",
-            "1s",
-            "--journal",
-            str(journal),
-        ]
+    code = watch(
+        jupyter,
+        "--idle-timeout",
+        "4s",
+        "--kernel-timeout",
+        "1s",
+        "--terminal-timeout",
+        "1s",
+        "--journal",
+        str(journal),
     )
     assert code == 0
     with Journal(journal) as j:
