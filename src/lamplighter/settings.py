@@ -369,7 +369,7 @@ class Settings:
         group="signals",
     )
     process_sample_interval: timedelta = _opt(
-        timedelta(seconds=5), "Time between two process-tree samples.", parse=parse_duration, group="signals"
+        timedelta(seconds=10), "Time between two process-tree samples.", parse=parse_duration, group="signals"
     )
     include_user_processes: bool = _opt(
         False,

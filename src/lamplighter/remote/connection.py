@@ -13,6 +13,7 @@ an HTML page is rendered, so we ``GET {base}tree`` once before the first mutatin
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -98,7 +99,7 @@ class Connection:
             base_url=base,
             headers=headers,
             cookies=dict(cookies or {}),
-            verify=verify_tls,
+            verify=_tls_context(base, verify_tls),
             timeout=httpx.Timeout(timeout_s),
             transport=transport,
             follow_redirects=False,
@@ -228,6 +229,16 @@ class Connection:
         if jar:
             headers["Cookie"] = jar
         return headers
+
+
+def _tls_context(base_url: str, verify_tls: bool) -> ssl.SSLContext | bool:
+    """A plain-http server needs no CA bundle (loading it costs the long-running agent ~1 MB).
+
+    The bare context still requires verification, so a redirect to https fails closed, never open.
+    """
+    if verify_tls and base_url.startswith("http://"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return verify_tls
 
 
 def _reason(exc: BaseException) -> str:
