@@ -30,7 +30,9 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_watch.py
+	$(BIN)/python bench/bench_watch.py --runs 10 --hold 180
+	$(BIN)/python bench/bench_remote.py
+	$(BIN)/python bench/bench_signals.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
