@@ -156,3 +156,10 @@ def test_help_lists_every_setting_with_default_and_env(capsys: pytest.CaptureFix
         assert flag in text
     assert "IDLE_TIME_IN_SECONDS" in text
     assert "Visible in process lists" in text
+
+
+def test_token_in_the_url_is_moved_out_of_it() -> None:
+    s = load_settings({"url": "http://127.0.0.1:8888/user/a/lab/tree/x.ipynb?token=abc123"}, env={})
+    assert s.url == "http://127.0.0.1:8888/user/a/"  # the login URL Jupyter prints, reduced to its base
+    assert s.token == "abc123"
+    assert "abc123" not in str(s.redacted())

@@ -602,7 +602,16 @@ def _derive(settings: Settings, env: Mapping[str, str]) -> Settings:
             raise ConfigError(f"url (JL_PORT): expected a port number, got {port!r}")
         base = "/".join(("", *filter(None, (env.get("JL_BASE_URL") or "").split("/")), ""))
         changes["url"] = f"http://{host}:{port}{base}"
-    if settings.token is None and settings.token_file is not None:
+    url = changes.get("url", settings.url)
+    if url:
+        from lamplighter.remote.connection import split_server_url
+
+        # A token pasted into the URL must not live on in the URL (it is logged and journaled).
+        base, url_token = split_server_url(url)
+        changes["url"] = base
+        if url_token and settings.token is None:
+            changes["token"] = url_token
+    if settings.token is None and "token" not in changes and settings.token_file is not None:
         try:
             changes["token"] = settings.token_file.read_text().strip().splitlines()[0].strip()
         except (OSError, IndexError):

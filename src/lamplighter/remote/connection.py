@@ -13,6 +13,7 @@ an HTML page is rendered, so we ``GET {base}tree`` once before the first mutatin
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "connection_from_settings", "parse_cookie_header", "split_server_url"]
 
+_LOGIN_PAGE = re.compile(r"^(.*?/)(?:lab|tree|notebooks)(?:/.*)?$")
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _USER_AGENT = "lamplighter"
 
@@ -55,7 +57,12 @@ def split_server_url(url: str) -> tuple[str, str | None]:
     query = parse_qsl(parts.query, keep_blank_values=True)
     token = next((v for k, v in query if k == "token"), None)
     rest = [(k, v) for k, v in query if k != "token"]
-    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    path = parts.path
+    if token:
+        # The login URL Jupyter prints ({base}lab?token=..., {base}tree?token=...) names a page, not the base.
+        page = _LOGIN_PAGE.match(path)
+        path = page.group(1) if page else path
+    path = path if path.endswith("/") else path + "/"
     base = urlunsplit((parts.scheme, parts.netloc, path, urlencode(rest), ""))
     return base, token or None
 
