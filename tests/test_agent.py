@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from lamplighter.actions import DryRun
 from lamplighter.agent import Agent
 from lamplighter.journal import Journal
 from lamplighter.model import Action, KernelInfo, ServerSnapshot, StopOutcome
@@ -88,3 +89,19 @@ async def test_still_stopping_is_not_stopped(tmp_path: Path) -> None:
     decision, stop = await agent.check()
     assert stop is not None and stop.outcome is StopOutcome.STOPPING
     assert journal.events(kind="action")[-1].verdict == "stopping"
+
+
+async def test_dry_run_says_would_stop_once_per_verdict(tmp_path: Path) -> None:
+    _, server, clock, journal = make(tmp_path, [], idle_timeout="10m", dry_run=True)
+    agent = Agent(
+        load_settings({"idle_timeout": "10m"}, env={}), server, DryRun(server), journal, clock=clock
+    )
+    clock.now = T0 + timedelta(minutes=11)
+    for _ in range(3):
+        decision, stop = await agent.check()
+        clock.now += timedelta(seconds=30)
+    assert decision.action is Action.STOP
+    assert stop is not None and stop.outcome is StopOutcome.SKIPPED
+    assert server.stops == []
+    (action,) = journal.events(kind="action")
+    assert action.summary.startswith("stop skipped: dry run: would stop with fake stop")

@@ -76,6 +76,7 @@ class Agent:
         self.on_decision = on_decision
         self.notifier = notifier
         self._warned_for: datetime | None = None
+        self._skipped: StopResult | None = None
         self.probes = 0
         self._exit = asyncio.Event()
         self._last: Decision | None = None
@@ -119,7 +120,12 @@ class Agent:
         if decision.warn and self.notifier is not None and self._warned_for != decision.stop_at:
             await self._warn(self.notifier, decision, now)
         await self._cull(decision, now)
-        stop = await self._stop(decision, now) if decision.action is Action.STOP else None
+        stop = None
+        if decision.action is Action.STOP:
+            repeat = not decision.changed_from(self._last) and self._skipped is not None
+            # A dry run or --action none says "would stop" once per verdict, not on every re-check.
+            stop = self._skipped if repeat else await self._stop(decision, now)
+            self._skipped = stop if stop is not None and stop.outcome is StopOutcome.SKIPPED else None
         self._last = decision
         self._write_heartbeat(decision, now)
         return decision, stop
