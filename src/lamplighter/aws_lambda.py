@@ -149,9 +149,8 @@ def app_from_event(event: Mapping[str, Any], config: OnStartConfig) -> AppIdenti
 
 def load_script(config: OnStartConfig) -> str:
     """The script text, from the environment or from S3; raises ``ConfigError``."""
-    if config.script:
-        return config.script
-    assert config.script_uri is not None
+    if config.script or not config.script_uri:
+        return config.script or ""
     bucket, _, key = config.script_uri[len("s3://") :].partition("/")
     if not bucket or not key:
         raise ConfigError("LAMPLIGHTER_ONSTART_SCRIPT_URI: expected s3://bucket/key")

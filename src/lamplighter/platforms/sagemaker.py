@@ -624,8 +624,7 @@ async def presigned_connection(
         raise ConfigError("a presigned login needs a user profile or a space")
     base_path = jupyter_base_url(app_type)
     client = client or sagemaker_client(region=region, endpoint_url=endpoint_url)
-    if not user_profile:
-        assert space is not None
+    if not user_profile and space:
         user_profile = await resolve_user_profile(client, domain_id, space)
     params: dict[str, Any] = {
         "DomainId": domain_id,
