@@ -38,7 +38,7 @@ import ssl
 import struct
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import TracebackType
@@ -70,6 +70,7 @@ __all__ = [
     "OutputCallback",
     "interrupt_kernel",
     "open_websocket",
+    "reopen_websocket",
     "shutdown_kernel",
     "start_kernel",
     "websocket_error",
@@ -199,6 +200,41 @@ def _subprotocol(name: str) -> Any:
 
 
 # -- REST helpers for the kernel's lifecycle ----------------------------------------------------
+
+
+async def reopen_websocket(
+    open_once: Callable[[float], Awaitable[ClientConnection]],
+    *,
+    what: str,
+    timeout_s: float,
+    connect_timeout_s: float,
+    gone: Callable[[RemoteError], RemoteError],
+) -> ClientConnection:
+    """Reopen a dropped websocket with backoff within ``timeout_s``; shared by kernels and terminals.
+
+    ``open_once(open_timeout_s)`` makes one attempt. Refused credentials are final; a 404 means the
+    kernel or terminal is gone and becomes ``gone(exc)``.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    logger.warning("%s: websocket dropped; reconnecting", what)
+    while True:
+        # A short pause first lets the server notice the drop and start buffering for our session.
+        await asyncio.sleep(delay)
+        try:
+            ws = await open_once(max(0.1, min(connect_timeout_s, deadline - time.monotonic())))
+        except AuthRejected:
+            raise
+        except RemoteError as exc:
+            if exc.status == 404:
+                raise gone(exc) from exc
+            if time.monotonic() + delay >= deadline:
+                raise
+            logger.info("%s: reconnect failed (%s); retrying", what, exc)
+            delay = min(delay * 2, 2.0)
+            continue
+        logger.info("%s: reconnected", what)
+        return ws
 
 
 async def start_kernel(conn: Connection, name: str | None = None, *, path: str | None = None) -> str:
@@ -829,27 +865,15 @@ class KernelSession:
             self._connected.set()
 
     async def _reopen(self) -> ClientConnection:
-        """Reconnect with the same session_id, backing off, within ``reconnect_timeout_s``."""
-        deadline = time.monotonic() + self.reconnect_timeout_s
-        delay = 0.05
-        logger.warning("%r: websocket dropped; reconnecting", self)
-        while True:
-            # A short pause first lets the server notice the drop and start buffering for our session.
-            await asyncio.sleep(delay)
-            try:
-                ws = await self._open(max(0.1, min(self.connect_timeout_s, deadline - time.monotonic())))
-            except AuthRejected:
-                raise
-            except RemoteError as exc:
-                if exc.status == 404:
-                    raise KernelDied(f"kernel {self.kernel_id} is gone (HTTP 404 on reconnect)") from exc
-                if time.monotonic() + delay >= deadline:
-                    raise
-                logger.info("%r: reconnect failed (%s); retrying", self, exc)
-                delay = min(delay * 2, 2.0)
-                continue
-            logger.info("%r: reconnected", self)
-            return ws
+        """Reconnect with the same session_id (the server replays what it buffered for it)."""
+
+        def gone(exc: RemoteError) -> RemoteError:
+            return KernelDied(f"kernel {self.kernel_id} is gone (HTTP 404 on reconnect)")
+
+        return await reopen_websocket(
+            self._open, what=repr(self), timeout_s=self.reconnect_timeout_s,
+            connect_timeout_s=self.connect_timeout_s, gone=gone,
+        )  # fmt: skip
 
     def _dispatch(self, frame: str | bytes) -> None:
         msg = _decode_frame(frame, self._v1)

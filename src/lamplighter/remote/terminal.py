@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 
 from lamplighter.errors import ConfigError, MalformedAnswer, RemoteError, RemoteTimeout
 from lamplighter.remote.connection import Connection
-from lamplighter.remote.kernel import open_websocket
+from lamplighter.remote.kernel import open_websocket, reopen_websocket
 
 __all__ = ["ShellResult", "TerminalSession", "run_script", "run_shell", "strip_ansi"]
 
@@ -249,19 +249,13 @@ class TerminalSession:
         )
 
     async def _reopen(self) -> ClientConnection:
-        deadline = time.monotonic() + self.reconnect_timeout_s
-        delay = 0.05
-        logger.warning("%r: websocket dropped; reconnecting", self)
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                return await self._open()
-            except RemoteError as exc:
-                if exc.status == 404:
-                    raise RemoteError(f"terminal {self.name} is gone", status=404) from exc
-                if time.monotonic() + delay >= deadline or exc.status in (401, 403):
-                    raise
-                delay = min(delay * 2, 2.0)
+        def gone(exc: RemoteError) -> RemoteError:
+            return RemoteError(f"terminal {self.name} is gone", status=404)
+
+        return await reopen_websocket(
+            lambda _timeout_s: self._open(), what=repr(self), timeout_s=self.reconnect_timeout_s,
+            connect_timeout_s=self.connect_timeout_s, gone=gone,
+        )  # fmt: skip
 
     def _require_ws(self) -> ClientConnection:
         if self._ws is None:
