@@ -215,6 +215,7 @@ def test_snooze_holds_the_deadline() -> None:
     d = decide(snap(readings=(hold,)), Memory(), settings(), NOW)
     assert d.action is Action.KEEP
     assert d.stop_at == NOW + HOUR
+    assert d.next_check_at == NOW + timedelta(seconds=30)  # `snooze off` takes effect soon
 
 
 @pytest.mark.parametrize(

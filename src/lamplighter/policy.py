@@ -195,6 +195,8 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
         if reading.hold_until is not None and reading.hold_until > stop_at:
             stop_at = reading.hold_until
             reasons.append(reading.detail)
+            # A snooze can be called off; look again now and then rather than only at its end.
+            next_checks.append(now + settings.busy_recheck)
 
     if latest is not None and not interacting_now:
         reasons.insert(0, f"latest interaction: {latest.why}")
