@@ -37,8 +37,9 @@ from typing import Any
 import httpx
 import psutil
 
-from lamplighter.errors import ConnectFailed, MalformedAnswer, RemoteError, RemoteTimeout, Unsupported
+from lamplighter.errors import MalformedAnswer, Unsupported
 from lamplighter.model import ActivityReading, Clock, ServerSnapshot, format_time, parse_timestamp
+from lamplighter.remote.connection import Connection
 from lamplighter.signals.processes import find_listening_pid
 
 __all__ = [
@@ -162,19 +163,14 @@ class CodeEditorProbe:
 
     async def _read_healthz(self, url: str) -> ActivityReading:
         where = f"GET {url}"
+        # The one HTTP client of the project, so failures map onto the same errors as every probe.
+        base, _, endpoint = url.rpartition("/")
+        async with Connection(
+            base + "/", timeout_s=self.options.request_timeout_s, transport=self._transport
+        ) as conn:
+            # code-server is no Jupyter server: send the bare path, without Jupyter's no_track_activity.
+            body: Any = await conn.request("GET", endpoint, track_activity=True)
         try:
-            async with httpx.AsyncClient(
-                timeout=self.options.request_timeout_s, transport=self._transport, follow_redirects=False
-            ) as client:
-                response = await client.get(url)
-        except httpx.TimeoutException as exc:
-            raise RemoteTimeout(f"{where}: no answer in {self.options.request_timeout_s:g} s") from exc
-        except httpx.HTTPError as exc:
-            raise ConnectFailed(f"{where}: cannot connect ({exc or type(exc).__name__})") from exc
-        if response.status_code != 200:
-            raise RemoteError(f"{where}: HTTP {response.status_code}", status=response.status_code)
-        try:
-            body: Any = response.json()
             status = str(body.get("status", "?"))
             beat_ms = body.get("lastHeartbeat")
             at = datetime.fromtimestamp(float(beat_ms) / 1000.0, UTC) if beat_ms else None
