@@ -99,6 +99,11 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"journal {path}: cannot create ({exc.strerror})") from exc
 
+    @classmethod
+    def in_memory(cls) -> Journal:
+        """A scratch journal that lives and dies with this process (``status`` acts through one)."""
+        return cls(Path(":memory:"))
+
     def __enter__(self) -> Journal:
         return self
 
