@@ -108,6 +108,10 @@ def _status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, dry_run=True)
     configure_logging("warning")
     decision = asyncio.run(_status_async(settings))
+    if decision.action is Action.SKIP:
+        # The probe failed: one line naming why, as for every connect or auth failure.
+        print(f"lamplighter: {decision.reasons[0]}", file=sys.stderr)
+        return EXIT_REMOTE
     if args.json:
         print(json.dumps({**decision.to_dict(), "settings": settings.redacted()}, indent=2))
     else:
@@ -119,8 +123,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  next check   {format_time(decision.next_check_at)}")
         for line in decision.reasons[1:]:
             print(f"  - {line}")
-    # SKIP means the probe failed: the verdict is printed, and the status says we could not look.
-    return EXIT_REMOTE if decision.action is Action.SKIP else EXIT_OK
+    return EXIT_OK
 
 
 async def _status_async(settings: Settings) -> Decision:
