@@ -182,7 +182,7 @@ def test_random_secrets_never_appear_anywhere(
                 "--url",
                 server.url,
                 env=env,
-            ),  # fmt: skip
+            ),
             cli(
                 "watch",
                 "--log-level",
@@ -196,7 +196,7 @@ def test_random_secrets_never_appear_anywhere(
                 "--command",
                 f"env > {hook_env}",
                 env=env,
-            ),  # fmt: skip
+            ),
         ]
         assert [r.returncode for r in outputs] == [2, 0, 0, 0, 0, 0], [r.stderr[-500:] for r in outputs]
         written = [r.stdout + r.stderr for r in outputs]

@@ -30,7 +30,7 @@ from lamplighter.errors import (
     RemoteError,
     RemoteTimeout,
 )
-from lamplighter.redaction import CREDENTIAL_PARAMS, hide, redact
+from lamplighter.redaction import CREDENTIAL_PARAMS, MASK, hide, redact
 
 if TYPE_CHECKING:
     from lamplighter.settings import Settings
@@ -56,20 +56,20 @@ def split_server_url(url: str) -> tuple[str, str | None]:
         parts = urlsplit(text)
         hostname = parts.hostname
     except ValueError as exc:  # an unclosed IPv6 bracket, for one
-        raise ConfigError(f"url: not a valid URL ({exc}): {redact(text)!r}") from None
+        raise ConfigError(f"url: not a valid URL ({exc}): {_shown(text)!r}") from None
     if parts.scheme not in ("http", "https") or not hostname:
-        raise ConfigError(f"url: expected http(s)://host[:port]/base/, got {redact(text)!r}")
+        raise ConfigError(f"url: expected http(s)://host[:port]/base/, got {_shown(text)!r}")
     try:
         port = parts.port
     except ValueError:
         port = 0
     if port == 0:
-        raise ConfigError(f"url: the port must be a number from 1 to 65535, got {redact(text)!r}")
+        raise ConfigError(f"url: the port must be a number from 1 to 65535, got {_shown(text)!r}")
     if "@" in parts.netloc:
         hide(parts.password, parts.username)
         raise ConfigError(
             "url: user info (user:password@) is not supported; give the token with LAMPLIGHTER_TOKEN "
-            f"or --token-file, or login cookies with LAMPLIGHTER_COOKIES: {redact(text)!r}"
+            f"or --token-file, or login cookies with LAMPLIGHTER_COOKIES: {_shown(text)!r}"
         )
     token: str | None = None
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -94,6 +94,17 @@ def split_server_url(url: str) -> tuple[str, str | None]:
         path = page.group(1) if page else path
     path = path if path.endswith("/") else path + "/"
     return urlunsplit((parts.scheme, parts.netloc, path, "", "")), token
+
+
+def _shown(text: str) -> str:
+    """A URL that failed to parse, fit for an error line: no query or fragment, user info masked."""
+    head = re.split(r"[?#]", text, maxsplit=1)[0]
+    scheme, sep, rest = head.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rpartition("@")[2]
+    head = scheme + sep + netloc + slash + path if sep else (MASK if "@" in head else head)
+    return redact(head if len(head) <= 80 else head[:77] + "...")
 
 
 def _display(url: str) -> str:
