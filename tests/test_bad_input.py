@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -286,3 +287,28 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_watch_once_exits_1_when_the_stop_failed(jupyter: LocalServer, tmp_path: Path) -> None:
+    journal = tmp_path / "j.sqlite3"
+    common = (
+        "--url",
+        jupyter.url,
+        "--token",
+        jupyter.token,
+        "--idle-timeout",
+        "1s",
+        "--journal",
+        str(journal),
+    )
+    deadline = time.monotonic() + 30
+    while True:  # until the server is past its idle deadline (it started a moment ago)
+        status = cli("status", "--json", *common)
+        if json.loads(status.stdout)["verdict"] == "stop":
+            break
+        assert time.monotonic() < deadline, status.stdout
+    result = cli("watch", "--once", *common, "--action", "command", "--command", "echo refused; exit 7")
+    assert result.returncode == 1, result.stderr
+    with Journal(journal) as j:
+        (stop,) = j.events(kind="action")
+    assert stop.verdict == "failed" and "exited 7: refused" in stop.summary

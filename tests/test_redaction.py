@@ -206,3 +206,11 @@ def test_random_secrets_never_appear_anywhere(
                 assert secret not in text
     finally:
         server.stop()
+
+
+def test_every_secret_setting_variable_is_kept_from_hooks() -> None:
+    from lamplighter.redaction import SECRET_VARIABLES
+    from lamplighter.settings import secret_variables
+
+    assert secret_variables() <= SECRET_VARIABLES
+    assert {"LAMPLIGHTER_TOKEN", "JUPYTER_TOKEN", "LAMPLIGHTER_COOKIES"} <= secret_variables()

@@ -463,7 +463,8 @@ class Settings:
     )
     command: str | None = _opt(
         None,
-        "Shell command run by --action command; gets LAMPLIGHTER_TARGET, _REASON, _IDLE_SINCE, _STOP_AT.",
+        "Shell command run by --action command; gets LAMPLIGHTER_TARGET, _REASON, _REASONS, _IDLE_SINCE, "
+        "_STOP_AT and the environment without lamplighter's secrets.",
         parse=_parse_optional_str,
         group="action",
     )

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 _EPILOG = """\
-exit status: 0 ok, 1 the work failed (a cell, a command, a stop), 2 bad usage or settings,
-3 cannot connect or not authorised, 4 a time budget ran out, 5 the kernel died, 130 interrupted.
+exit status: 0 ok, 1 the work failed (a cell, a command, a stop), 2 bad usage or settings (the
+journal included), 3 cannot connect or not authorised (watch --once: its probe failed), 4 a time
+budget ran out, 5 the kernel died, 130 interrupted.
 Every setting is also an environment variable LAMPLIGHTER_<NAME> and a key in the --config TOML file."""
 
 
