@@ -76,7 +76,10 @@ async def test_history_backups_and_the_timestamp_file_are_interaction(layout: Co
     }
     assert all(r.clock is Clock.INTERACTION and not r.active_now for r in snap.readings)
     assert by_source["code-editor history"].at == t0 + timedelta(minutes=5)
-    assert by_source["code-editor history"].detail == "History/-3b1c2d/AbC1.py modified at 2030-01-02 04:05:00 UTC"
+    assert (
+        by_source["code-editor history"].detail
+        == "History/-3b1c2d/AbC1.py modified at 2030-01-02 04:05:00 UTC"
+    )
     assert by_source["code-editor backups"].at == t0 + timedelta(minutes=7)
     stamp = by_source["activity file .sagemaker-last-active-timestamp"]
     assert stamp.at == datetime(2030, 1, 2, 4, 9, 30, 250000, tzinfo=UTC)
