@@ -63,7 +63,13 @@ def test_idle_kernel_before_timeout_keeps_and_sleeps_until_deadline() -> None:
     d = decide(snap(kernels=(kernel(active=ago(minutes=20)),)), Memory(), settings(), NOW)
     assert d.action is Action.KEEP
     assert d.stop_at == ago(minutes=20) + HOUR
-    assert d.next_check_at == d.stop_at  # O(1) probes while idle
+    # While idle the agent looks again at the deadline, or after probe_interval if that is sooner,
+    # so a kernel that comes and goes in between is seen.
+    assert d.next_check_at == NOW + timedelta(minutes=1)
+    lazy = decide(
+        snap(kernels=(kernel(active=ago(minutes=20)),)), Memory(), settings(probe_interval="2h"), NOW
+    )
+    assert lazy.next_check_at == lazy.stop_at
 
 
 @pytest.mark.parametrize("state", ["busy"])
@@ -176,7 +182,7 @@ def test_kernel_and_terminal_culling() -> None:
         ),
         terminals=(TerminalInfo("1", ago(minutes=20)), TerminalInfo("2", ago(minutes=1))),
     )
-    d = decide(s, Memory(), settings(kernel_timeout="10m", terminal_timeout="10m"), NOW)
+    d = decide(s, Memory(), settings(kernel_timeout="10m", terminal_timeout="10m", probe_interval="2h"), NOW)
     assert d.action is Action.KEEP
     assert d.cull_kernels == ("aaaa-old",)
     assert d.cull_terminals == ("1",)
@@ -236,3 +242,72 @@ def test_memory_round_trips_and_survives_damage() -> None:
     memory = Memory(last_interaction=ago(minutes=1), busy_since={"k": ago(minutes=2)}, failing_since=NOW)
     assert Memory.from_json(memory.to_json()) == memory
     assert Memory.from_json("{not json") == Memory()
+
+
+# -- running work on every path: a signal that has not looked, short timeouts, culls on time -----
+
+
+def work(
+    *, ready_in: timedelta | None = None, active: bool = False, at: datetime | None = None
+) -> ActivityReading:
+    return ActivityReading(
+        "processes",
+        Clock.WORK,
+        NOW if active else at,
+        "pid 42 `python train.py` used 97 % CPU"
+        if active
+        else "waiting for the process signal's first window",
+        active_now=active,
+        ready_at=NOW + ready_in if ready_in is not None else None,
+    )
+
+
+def test_no_stop_while_a_work_signal_has_not_looked() -> None:
+    s = snap(kernels=(kernel(active=ago(hours=2)),), readings=(work(ready_in=timedelta(seconds=4)),))
+    d = decide(s, Memory(), settings(), NOW)
+    assert d.action is Action.KEEP and d.provisional
+    assert d.next_check_at == NOW + timedelta(seconds=4)
+    assert "first window" in d.reason
+    # Once it has looked and seen nothing, the same app stops.
+    ready = decide(
+        snap(kernels=(kernel(active=ago(hours=2)),), readings=(work(),)), Memory(), settings(), NOW
+    )
+    assert ready.action is Action.STOP and not ready.provisional
+
+
+def test_a_signal_still_looking_keeps_terminals_too() -> None:
+    s = snap(terminals=(TerminalInfo("1", ago(hours=2)),), readings=(work(ready_in=timedelta(seconds=1)),))
+    d = decide(s, Memory(), settings(terminal_timeout="10m"), NOW)
+    assert d.cull_terminals == ()
+
+
+def test_after_work_the_next_check_is_never_later_than_the_idle_timeout() -> None:
+    s = snap(kernels=(kernel(active=ago(hours=2)),), readings=(work(active=True),))
+    d = decide(s, Memory(), settings(idle_timeout="5s", busy_recheck="30s"), NOW)
+    assert d.action is Action.KEEP
+    assert d.next_check_at <= NOW + timedelta(seconds=5)
+
+
+def test_kernels_not_seen_yet_are_culled_on_time() -> None:
+    fresh = snap(started=ago(seconds=10))  # no kernel yet; one may be born right after this probe
+    d = decide(fresh, Memory(), settings(idle_timeout="60s", kernel_timeout="3s", probe_interval="1h"), NOW)
+    assert d.next_check_at == NOW + timedelta(seconds=3)
+    t = decide(fresh, Memory(), settings(idle_timeout="60s", terminal_timeout="4s", probe_interval="1h"), NOW)
+    assert t.next_check_at == NOW + timedelta(seconds=4)
+
+
+def test_decision_has_one_json_form() -> None:
+    d = decide(snap(kernels=(kernel(active=ago(minutes=20)),)), Memory(), settings(), NOW)
+    body = d.to_dict()
+    assert body["verdict"] == "keep" and body["stop_at"] == (ago(minutes=20) + HOUR).isoformat()
+    assert set(body) == {
+        "verdict",
+        "reason",
+        "reasons",
+        "idle_since",
+        "stop_at",
+        "next_check_at",
+        "cull_kernels",
+        "cull_terminals",
+        "provisional",
+    }

@@ -158,7 +158,7 @@ def test_an_idle_gpu_and_other_peoples_work_do_not_count(sleeper: int) -> None:
         assert not sig.reading(now()).active_now
     reading = sig.reading(now())
     assert reading.at is None
-    assert reading.detail == "no GPU use of 5 % for 0.2 s of the last 0.6 s on 1 GPU(s)"
+    assert reading.detail == "no GPU use of 5 % for 0.1 s of the last 0.6 s on 1 GPU(s)"
 
 
 async def test_without_per_process_figures_the_device_counts_for_the_tree(sleeper: int) -> None:

@@ -1,9 +1,13 @@
 """The watch loop: probe → decide → act → journal → sleep until the verdict could change.
 
-Activity can only move a deadline later, so while an app is idle the agent needs one probe at the
-deadline, not one per fixed interval; it wakes at ``Decision.next_check_at``, probes, and acts on
-that fresh probe. That is how the stop lands within a second of its deadline with O(1) probes.
-``now`` is read here, once per pass, after the probe and right before acting.
+Activity can only move a deadline later, so the agent wakes at ``Decision.next_check_at`` (the
+deadline, a cull deadline, the end of a work signal's first window, or at most ``probe_interval``
+away), probes, and acts on that fresh probe. That is how the stop lands within a second of its
+deadline. Before acting on a STOP, the work signals take one fresh sample and the verdict is taken
+again, so a job begun a moment ago is not killed. ``now`` is read here, after the probe.
+
+:meth:`Agent.assess` is the one observation path (probe + every signal + keep-alive/snooze +
+memory → decision) shared by ``watch``, ``watch --once``, ``status`` and the in-server extension.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from lamplighter.errors import AuthRejected, LamplighterError, RemoteError
@@ -65,6 +69,7 @@ class Agent:
         *,
         signals: Sequence[Signal] = (),
         clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         on_decision: Callable[[Decision], None] | None = None,
         notifier: Notifier | None = None,
     ) -> None:
@@ -74,12 +79,15 @@ class Agent:
         self.journal = journal
         self.signals = tuple(signals)
         self.clock = clock
+        # Tests drive the loop with a fake clock whose sleep moves time on; None: real waiting.
+        self._sleep = sleep
         self.on_decision = on_decision
         self.notifier = notifier
         self._warned_for: datetime | None = None
         self._skipped: StopResult | None = None
         self.probes = 0
-        self._exit = asyncio.Event()
+        self._alarm = asyncio.Event()  # set by request_exit() and wake(): ends the current sleep
+        self._exit_requested = False
         self._last: Decision | None = None
         self._memory = journal.load_memory(probe.target)
         self._heartbeat_at: datetime | None = None
@@ -90,33 +98,55 @@ class Agent:
 
     def request_exit(self) -> None:
         """Finish the current pass, then return from :meth:`run` (SIGTERM / first Ctrl-C)."""
-        self._exit.set()
+        self._exit_requested = True
+        self._alarm.set()
+
+    def wake(self) -> None:
+        """Look again now (a kernel or terminal was just started): the current sleep ends early."""
+        self._alarm.set()
 
     # -- one pass -----------------------------------------------------------------------------
 
-    async def observe(self) -> Observation:
+    async def _probe(self) -> Observation:
         """Probe once; a failure becomes a :class:`ProbeFailure` observation, never an exception."""
         self.probes += 1
         try:
-            snapshot = await self.probe.snapshot()
+            return await self.probe.snapshot()
         except RemoteError as exc:
             # A wrong token or base URL on the very first probe is a configuration error, not an
             # outage; a server that does not answer yet (an app still starting) is waited for.
             if self._last is None and (isinstance(exc, AuthRejected) or exc.status == 404):
                 raise
             return ProbeFailure(self.target, str(exc), unreachable=exc.status is None)
-        if self.signals:
+
+    def _with_readings(self, observation: Observation, now: datetime) -> Observation:
+        if not self.signals or isinstance(observation, ProbeFailure):
+            return observation
+        readings = tuple(signal.reading(now) for signal in self.signals)
+        return replace(observation, readings=observation.readings + readings)
+
+    async def observe(self) -> Observation:
+        """Probe once and add every signal's reading."""
+        return self._with_readings(await self._probe(), self.clock())
+
+    async def assess(self) -> tuple[Decision, datetime]:
+        """The verdict now and the ``now`` it was taken at: probe, read the signals, decide. Acts on nothing.
+
+        A STOP is taken again after the work signals sampled once more, on the same probe: a job
+        begun since their last sample keeps the app.
+        """
+        probed = await self._probe()
+        now = self.clock()
+        decision = decide(self._with_readings(probed, now), self._memory, self.settings, now)
+        if decision.action is Action.STOP and self.signals:
+            await asyncio.gather(*(signal.refresh() for signal in self.signals))
             now = self.clock()
-            snapshot = replace(
-                snapshot, readings=snapshot.readings + tuple(s.reading(now) for s in self.signals)
-            )
-        return snapshot
+            decision = decide(self._with_readings(probed, now), self._memory, self.settings, now)
+        return decision, now
 
     async def check(self) -> tuple[Decision, StopResult | None]:
         """Probe, decide, journal and act once."""
-        observation = await self.observe()
-        now = self.clock()
-        decision = decide(observation, self._memory, self.settings, now)
+        decision, now = await self.assess()
         self._remember(decision, now)
         if decision.warn and self.notifier is not None and self._warned_for != decision.stop_at:
             await self._warn(self.notifier, decision, now)
@@ -204,7 +234,11 @@ class Agent:
     # -- the loop -----------------------------------------------------------------------------
 
     async def run(self, *, once: bool = False) -> WatchResult:
-        """Watch until the app is stopped (or ``once``, or :meth:`request_exit`)."""
+        """Watch until the app is stopped (or ``once``, or :meth:`request_exit`).
+
+        ``once`` decides once and acts; while a work signal cannot tell yet (its first window), it
+        waits for it first, bounded by :meth:`settle_limit`.
+        """
         self.journal.record(
             self.target,
             "agent",
@@ -212,18 +246,42 @@ class Agent:
             at=self.clock(),
             detail={"pid": os.getpid(), "settings": self.settings.redacted()},
         )
+        async with self._signals_running():
+            return await self._loop(once)
+
+    async def settle(self) -> Decision:
+        """The verdict once the work signals can tell (bounded), acting on nothing: for ``status``."""
+        async with self._signals_running():
+            give_up = self.clock() + self.settle_limit()
+            while True:
+                decision, _ = await self.assess()
+                if not decision.provisional or decision.next_check_at > give_up:
+                    return decision
+                if await self._sleep_until(decision.next_check_at):
+                    return decision
+
+    def settle_limit(self) -> timedelta:
+        """How long ``--once`` and ``status`` wait at most for the work signals' first window."""
+        return self.settings.effective_process_window + 2 * self.settings.effective_process_sample_interval
+
+    @contextlib.asynccontextmanager
+    async def _signals_running(self) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(s.run(), name=f"signal {s.name}") for s in self.signals]
         try:
-            return await self._loop(once)
+            yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _loop(self, once: bool) -> WatchResult:
+        give_up = self.clock() + self.settle_limit()
         while True:
             decision, stop = await self.check()
-            if once or (stop is not None and stop.outcome is StopOutcome.STOPPED):
+            if stop is not None and stop.outcome is StopOutcome.STOPPED:
+                return WatchResult(decision, stop)
+            settling = decision.provisional and decision.next_check_at <= give_up
+            if once and not settling:
                 return WatchResult(decision, stop)
             wake_at = decision.next_check_at
             if stop is not None:
@@ -233,19 +291,26 @@ class Agent:
                 self.journal.record(self.target, "agent", "exiting on request", at=self.clock())
                 return WatchResult(decision, stop)
 
+    async def _pause(self, delay_s: float) -> None:
+        if self._sleep is not None:
+            await self._sleep(delay_s)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._alarm.wait(), timeout=delay_s)
+
     async def _sleep_until(self, wake_at: datetime) -> bool:
-        """Sleep until ``wake_at`` (rewriting the heartbeat on the way); True if asked to exit."""
+        """Sleep until ``wake_at`` or :meth:`wake` (rewriting the heartbeat on the way); True if asked to exit."""
         while True:
             now = self.clock()
             target = wake_at
             if self.settings.heartbeat is not None and self._heartbeat_at is not None:
                 target = min(target, self._heartbeat_at + self.settings.heartbeat_interval)
-            delay = max((target - now).total_seconds(), _MIN_SLEEP_S)
-            try:
-                await asyncio.wait_for(self._exit.wait(), timeout=delay)
+            await self._pause(max((target - now).total_seconds(), _MIN_SLEEP_S))
+            if self._exit_requested:
                 return True
-            except asyncio.TimeoutError:
-                pass
+            if self._alarm.is_set():
+                self._alarm.clear()
+                return False
             if self.clock() >= wake_at:
                 return False
             if self._last is not None:
@@ -261,10 +326,7 @@ class Agent:
             "target": self.target,
             "pid": os.getpid(),
             "updated_at": now.isoformat(),
-            "verdict": decision.action.value,
-            "idle_since": decision.idle_since.isoformat() if decision.idle_since else None,
-            "stop_at": decision.stop_at.isoformat() if decision.stop_at else None,
-            "reason": decision.reason,
+            **decision.to_dict(),
         }
         try:
             _write_atomically(path, json.dumps(redact_data(record), indent=1))

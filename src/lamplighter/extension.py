@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,7 +28,16 @@ from lamplighter.actions import DryRun, NoStop, build_stopper
 from lamplighter.agent import Agent
 from lamplighter.errors import LamplighterError
 from lamplighter.journal import Journal
-from lamplighter.model import Decision, ServerSnapshot, StopOutcome, StopResult
+from lamplighter.model import (
+    ActivityReading,
+    Clock,
+    Decision,
+    ServerSnapshot,
+    StopOutcome,
+    StopResult,
+    format_time,
+    parse_timestamp,
+)
 from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import parse_snapshot
 from lamplighter.remote.connection import Connection
@@ -36,6 +47,8 @@ from lamplighter.targets import build_signals
 __all__ = ["InServerAgent", "Lamplighter"]
 
 logger = logging.getLogger(__name__)
+
+_KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 
 # The server is the target itself: how to reach it is not configurable here.
 _NOT_IN_SERVER = frozenset({"url", "token", "token_file", "cookies", "verify_tls", "request_timeout"})
@@ -72,7 +85,8 @@ class InProcessServer:
 
     async def snapshot(self) -> ServerSnapshot:
         settings = self._web_app.settings
-        kernels = settings["kernel_manager"].list_kernels()
+        kernel_manager = settings["kernel_manager"]
+        kernels = kernel_manager.list_kernels()
         terminals = settings["terminal_manager"].list() if settings.get("terminal_manager") else []
         sessions = (
             await settings["session_manager"].list_sessions() if settings.get("session_manager") else []
@@ -82,12 +96,37 @@ class InProcessServer:
             "last_activity": self._web_app.last_activity(),
             "connections": sum(k.get("connections", 0) for k in kernels),
         }
-        return parse_snapshot(self._target, status, kernels, terminals, sessions)
+        snapshot = parse_snapshot(self._target, status, kernels, terminals, sessions)
+        return replace(snapshot, readings=self._departed(kernel_manager.last_kernel_activity, settings))
+
+    @staticmethod
+    def _departed(kernel_activity: Any, settings: Any) -> tuple[ActivityReading, ...]:
+        """What the managers remember after a kernel or terminal is gone (a probe only sees the living).
+
+        Not the server's own ``last_activity``: that counts every API call, open browser tabs' polls
+        included, and would keep every app with a forgotten tab alive.
+        """
+        readings = []
+        for source, value, what in (
+            ("kernel manager", kernel_activity, "kernel activity"),
+            ("terminal manager", settings.get("terminal_last_activity"), "terminal activity"),
+        ):
+            if isinstance(value, datetime):
+                at = parse_timestamp(value)
+                readings.append(
+                    ActivityReading(
+                        source, Clock.INTERACTION, at, f"latest {what} on this server at {format_time(at)}"
+                    )
+                )
+        return tuple(readings)
 
     async def cull_kernel(self, kernel_id: str) -> None:
         manager = self._web_app.settings["kernel_manager"]
         if kernel_id in manager:
+            before = manager.last_kernel_activity
             await ensure_async(manager.shutdown_kernel(kernel_id))
+            # The manager counts a shutdown as kernel activity; our own cull is nobody's activity.
+            manager.last_kernel_activity = before
 
     async def cull_terminal(self, name: str) -> None:
         manager = self._web_app.settings.get("terminal_manager")
@@ -126,10 +165,23 @@ class InServerAgent:
             self.probe,
             self.stopper,
             self.journal,
-            signals=build_signals(settings),
+            # The server is this process: its tree is ours to read, whatever port it listens on.
+            signals=build_signals(settings, server_pid=os.getpid()),
             on_decision=self._seen,
         )
         self.task: asyncio.Task[Any] | None = None
+        self._listen_for_kernels(serverapp)
+
+    def _listen_for_kernels(self, serverapp: Any) -> None:
+        """A kernel started, restarted or shut down re-plans at once (a new kernel has its cull deadline)."""
+        events = getattr(serverapp, "event_logger", None)
+        if events is None or not hasattr(events, "add_listener"):
+            return  # jupyter_server < 2.4: the probe interval bounds the delay instead
+
+        async def on_kernel_action(logger: Any, schema_id: str, data: Any) -> None:
+            self.agent.wake()
+
+        events.add_listener(schema_id=_KERNEL_ACTIONS, listener=on_kernel_action)
 
     @staticmethod
     def _stopper(serverapp: Any, settings: Settings, target: str) -> Stopper:
@@ -155,13 +207,11 @@ class InServerAgent:
 
     def status(self) -> dict[str, Any]:
         decision = self.last
+        verdict: dict[str, Any] = (
+            decision.to_dict() if decision else {"verdict": None, "reason": "no check yet", "reasons": []}
+        )
         return {
-            "verdict": decision.action.value if decision else None,
-            "reason": decision.reason if decision else "no check yet",
-            "reasons": list(decision.reasons) if decision else [],
-            "idle_since": decision.idle_since.isoformat() if decision and decision.idle_since else None,
-            "stop_at": decision.stop_at.isoformat() if decision and decision.stop_at else None,
-            "next_check_at": decision.next_check_at.isoformat() if decision else None,
+            **verdict,
             "checks": self.agent.probes,
             "now": datetime.now(timezone.utc).isoformat(),
             "stopper": self.stopper.description,

@@ -112,6 +112,11 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
 
+    @classmethod
+    def in_memory(cls) -> Journal:
+        """A scratch journal that lives and dies with this process (``status`` acts through one)."""
+        return cls(Path(":memory:"))
+
     def __enter__(self) -> Journal:
         return self
 

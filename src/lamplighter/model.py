@@ -158,7 +158,9 @@ class ActivityReading:
 
     ``active_now`` means the signal sees activity at this very moment (a busy process tree); ``at``
     is then the time of the reading. ``hold_until`` asks the policy not to stop before that moment
-    (a snooze).
+    (a snooze). ``ready_at`` says the signal cannot tell yet whether work runs (its first window is
+    not covered, or a busy spell has begun but is not yet long enough to count): the policy never
+    stops before that moment.
     """
 
     source: str
@@ -167,6 +169,7 @@ class ActivityReading:
     detail: str
     active_now: bool = False
     hold_until: datetime | None = None
+    ready_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,27 @@ class Decision:
     cull_terminals: tuple[str, ...] = ()
     warn: bool = False
     memory: Memory = field(default_factory=Memory, compare=False, repr=False)
+    provisional: bool = False
+    """True while a work signal cannot tell yet: the verdict is KEEP and will be taken again at
+    ``next_check_at`` (``watch --once`` and ``status`` wait for that)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one JSON form of a decision (``status --json``, the extension, the heartbeat, the journal)."""
+
+        def iso(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment else None
+
+        return {
+            "verdict": self.action.value,
+            "reason": self.reason,
+            "reasons": list(self.reasons),
+            "idle_since": iso(self.idle_since),
+            "stop_at": iso(self.stop_at),
+            "next_check_at": iso(self.next_check_at),
+            "cull_kernels": list(self.cull_kernels),
+            "cull_terminals": list(self.cull_terminals),
+            "provisional": self.provisional,
+        }
 
     def changed_from(self, other: Decision | None) -> bool:
         """A verdict worth journaling: a new action, a new deadline or new things to cull."""

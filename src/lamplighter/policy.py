@@ -35,6 +35,8 @@ _SETTLED = frozenset({"idle", "dead"})
 _RETRY_MIN = timedelta(seconds=2)
 _RETRY_MAX = timedelta(seconds=60)
 _NOTICE_ECHO = timedelta(seconds=2)
+# A signal that said "ready at t" is asked again no sooner than this, even when t has just passed.
+_SETTLE_MIN = timedelta(milliseconds=100)
 
 
 @dataclass(frozen=True)
@@ -207,18 +209,21 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
     if last_work is not None and not working and last_work >= (last_interaction or last_work):
         reasons.insert(0, f"work last seen {format_time(last_work)}")
 
-    kernels_to_cull, terminals_to_cull = _culls(snap, settings, now, bool(working), reasons, next_checks)
+    kernels_to_cull, terminals_to_cull = _culls(snap, settings, now, reasons, next_checks)
+    # Something may start between two probes and end before the next: bound the sleep (README).
+    next_checks.append(now + settings.effective_probe_interval)
 
     if working or interacting_now:
         active = working + interacting_now
         summary = f"in use: {active[0]}" + (f" (+{len(active) - 1} more)" if len(active) > 1 else "")
+        # The earliest the verdict can become STOP is when the work ends plus the idle timeout.
         return Decision(
             Action.KEEP,
             summary,
             (*active, *reasons),
             None,
             None,  # no deadline while in use: it depends on when the work ends
-            min([now + settings.busy_recheck, *next_checks]),
+            min([now + settings.busy_recheck, now + settings.idle_timeout, *next_checks]),
             kernels_to_cull,
             terminals_to_cull,
             memory=remembered,
@@ -229,6 +234,23 @@ def _decide_snapshot(snap: ServerSnapshot, memory: Memory, settings: Settings, n
             f"idle for {format_duration(idle_for)} since {format_time(idle_since)}, "
             f"past the {format_duration(settings.idle_timeout)} idle timeout"
         )
+        waiting = [r for r in snap.readings if r.clock is Clock.WORK and r.ready_at is not None]
+        if waiting:
+            # No stop on a work signal that has not looked yet: that is how running jobs get killed.
+            ready = max(min(r.ready_at for r in waiting if r.ready_at is not None), now + _SETTLE_MIN)
+            why = f"kept until the work signals can tell (at {format_time(ready)}): {waiting[0].detail}"
+            return Decision(
+                Action.KEEP,
+                why,
+                (why, summary, *reasons),
+                idle_since,
+                stop_at,
+                min([ready, *next_checks]),
+                kernels_to_cull,
+                terminals_to_cull,
+                memory=remembered,
+                provisional=True,
+            )
         return Decision(
             Action.STOP, summary, (summary, *reasons), idle_since, stop_at, now, memory=remembered
         )
@@ -263,22 +285,29 @@ def _culls(
     snap: ServerSnapshot,
     settings: Settings,
     now: datetime,
-    work_running: bool,
     reasons: list[str],
     next_checks: list[datetime],
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Kernels and terminals idle past their own timeouts; appends reasons and their next deadlines."""
+    """Kernels and terminals idle past their own timeouts; appends reasons and their next deadlines.
+
+    A kernel or terminal born after this probe is due no sooner than ``now`` plus its timeout, so
+    that moment is a next check too: it is culled on time though nobody has seen it yet.
+    """
     kernels: list[str] = []
     if settings.kernel_timeout is not None:
+        next_checks.append(now + settings.kernel_timeout)
         for kernel in snap.kernels:
             if _kernel_cullable(kernel, settings.kernel_timeout, settings, now, reasons, next_checks):
                 kernels.append(kernel.id)
     terminals: list[str] = []
     timeout = settings.terminal_timeout
     if timeout is not None and not settings.keep_terminals:
+        next_checks.append(now + timeout)
         # A silent job (nohup, sleep) in a terminal shows only in the process tree; while that tree is
-        # busy we cannot tell which terminal owns it, so none is closed.
-        busy_tree = work_running and any(r.clock is Clock.WORK and r.active_now for r in snap.readings)
+        # busy (or may be: a signal still looking) we cannot tell which terminal owns it: none is closed.
+        busy_tree = any(
+            r.clock is Clock.WORK and (r.active_now or r.ready_at is not None) for r in snap.readings
+        )
         for terminal in snap.terminals:
             idle_for = now - terminal.last_activity
             if idle_for < timeout:

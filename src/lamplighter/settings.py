@@ -45,6 +45,7 @@ ACTIONS = ("shutdown", "command", "none")
 PLATFORMS = ("jupyter", "sagemaker")
 APP_TYPES = ("jupyter", "code-editor")
 UNREACHABLE_ACTIONS = ("report", "stop")
+PROCESS_SCOPES = ("auto", "tree", "user", "container")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -331,8 +332,16 @@ class Settings:
     )
     busy_recheck: timedelta = _opt(
         timedelta(seconds=30),
-        "While work is running, look again after this long (idle apps are only looked at on their deadline).",
+        "While work is running, look again after this long (never later than the idle timeout).",
         parse=parse_duration,
+        group="policy",
+        bounds=(timedelta(milliseconds=100), _DAY),
+    )
+    probe_interval: timedelta | None = _opt(
+        None,
+        "Longest sleep between two probes: a kernel or terminal that starts and ends within it can go "
+        "unseen (default: a tenth of idle_timeout, 0.2 s to 1 min).",
+        parse=_parse_optional_duration,
         group="policy",
         bounds=(timedelta(milliseconds=100), _DAY),
     )
@@ -389,23 +398,32 @@ class Settings:
         group="signals",
         bounds=(0.001, 64.0),
     )
-    process_window: timedelta = _opt(
-        timedelta(seconds=60),
-        "The busy test looks at this much history; a third of it must be busy (brief spikes never count).",
-        parse=parse_duration,
+    process_window: timedelta | None = _opt(
+        None,
+        "The busy test looks at this much history; two busy samples in it count as work, one spike never "
+        "does (default: half of idle_timeout, 4 samples to 10 min).",
+        parse=_parse_optional_duration,
         group="signals",
         bounds=(timedelta(milliseconds=100), _DAY),
     )
-    process_sample_interval: timedelta = _opt(
-        timedelta(seconds=10),
-        "Time between two process-tree samples.",
-        parse=parse_duration,
+    process_sample_interval: timedelta | None = _opt(
+        None,
+        "Time between two process-tree samples (default: a tenth of idle_timeout, 0.1 s to 10 s).",
+        parse=_parse_optional_duration,
         group="signals",
         bounds=(timedelta(milliseconds=50), timedelta(hours=1)),
     )
+    process_scope: str = _opt(
+        "auto",
+        "Processes that count besides the server's tree: 'tree' (none), 'user' (the server user's own, "
+        "never root's), 'container' (every process of this container), 'auto' (container inside one, "
+        "else user unless the server runs as root, else tree).",
+        parse=_choice(*PROCESS_SCOPES),
+        group="signals",
+    )
     include_user_processes: bool = _opt(
         False,
-        "Also count the server user's processes outside its tree (disowned nohup/setsid jobs).",
+        "Same as process_scope=user (kept for existing configurations).",
         parse=parse_bool,
         group="signals",
     )
@@ -532,6 +550,32 @@ class Settings:
     @property
     def effective_startup_grace(self) -> timedelta:
         return self.idle_timeout if self.startup_grace is None else self.startup_grace
+
+    @property
+    def effective_probe_interval(self) -> timedelta:
+        if self.probe_interval is not None:
+            return self.probe_interval
+        return _clamp(self.idle_timeout / 10, timedelta(seconds=0.2), timedelta(minutes=1))
+
+    @property
+    def effective_process_sample_interval(self) -> timedelta:
+        # Scales with the timeout: two busy samples must fit well inside it, or jobs die unseen.
+        if self.process_sample_interval is not None:
+            return self.process_sample_interval
+        return _clamp(self.idle_timeout / 10, timedelta(seconds=0.1), timedelta(seconds=10))
+
+    @property
+    def effective_process_window(self) -> timedelta:
+        if self.process_window is not None:
+            return self.process_window
+        interval = self.effective_process_sample_interval
+        return _clamp(self.idle_timeout / 2, 4 * interval, max(timedelta(minutes=10), 4 * interval))
+
+    @property
+    def effective_process_scope(self) -> str:
+        if self.process_scope == "auto" and self.include_user_processes:
+            return "user"
+        return self.process_scope
 
     def redacted(self) -> dict[str, str]:
         """Every setting as text, secrets replaced: for ``status --json`` and the extension."""
@@ -669,6 +713,31 @@ def load_settings(
     return _derive(settings, env)
 
 
+def _clamp(value: timedelta, low: timedelta, high: timedelta) -> timedelta:
+    return max(low, min(value, high))
+
+
+def _check_process_timing(settings: Settings) -> None:
+    """A work signal must be able to see a job well inside the idle timeout, or it cannot protect it."""
+    interval = settings.effective_process_sample_interval
+    window = settings.effective_process_window
+    if interval <= timedelta(0):
+        raise ConfigError("process_sample_interval: must be more than 0 seconds")
+    if window < 2 * interval:
+        raise ConfigError(
+            f"process_window: {window.total_seconds():g}s holds fewer than two samples of "
+            f"process_sample_interval {interval.total_seconds():g}s"
+        )
+    if settings.process_signal and 2 * interval >= settings.idle_timeout:
+        raise ConfigError(
+            f"process_sample_interval: two samples ({2 * interval.total_seconds():g}s) must fit inside "
+            f"idle_timeout ({settings.idle_timeout.total_seconds():g}s), or a job dies before it is seen; "
+            "shorten it or leave it unset"
+        )
+    if settings.probe_interval is not None and settings.probe_interval <= timedelta(0):
+        raise ConfigError("probe_interval: must be more than 0 seconds")
+
+
 def _derive(settings: Settings, env: Mapping[str, str]) -> Settings:
     """Fill derived values and check combinations; the only place defaults depend on other settings."""
     changes: dict[str, Any] = {}
@@ -699,6 +768,7 @@ def _derive(settings: Settings, env: Mapping[str, str]) -> Settings:
         changes["heartbeat"] = Path(os.path.expanduser("~/.lamplighter/heartbeat.json"))
     if settings.action == "command" and not settings.command:
         raise ConfigError("command: --action command needs --command 'shell command'")
+    _check_process_timing(settings)
     final = replace(settings, **changes) if changes else settings
     # A token from a file or lifted from the URL is masked like one given directly (_parse_value).
     hide(final.token)

@@ -48,36 +48,46 @@ def local_port(settings: Settings) -> int | None:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def build_signals(settings: Settings) -> tuple[Signal, ...]:
-    """The signals the settings turn on; the keep-alive file is always read (one stat per check)."""
+def build_signals(settings: Settings, *, server_pid: int | None = None) -> tuple[Signal, ...]:
+    """The signals the settings turn on; the keep-alive file is always read (one stat per check).
+
+    ``server_pid`` names the server when the caller knows it (in-server mode: our own pid); otherwise
+    it is ``--server-pid``, or the process listening on the URL's port.
+    """
     signals: list[Signal] = [KeepAliveFile(settings.keep_alive_file)]
     tree_pids = None
-    port = local_port(settings)
-    if settings.process_signal and (settings.server_pid or port):
+    pid = server_pid or settings.server_pid
+    port = None if pid else local_port(settings)
+    interval_s = settings.effective_process_sample_interval.total_seconds()
+    window_s = settings.effective_process_window.total_seconds()
+    if settings.process_signal and (pid or port):
         from lamplighter.signals.processes import DEFAULT_PROCESS_IGNORE, ProcessSignal, ProcessSignalOptions
 
         process = ProcessSignal(
-            settings.server_pid,
+            pid,
             ProcessSignalOptions(
-                sample_interval_s=settings.process_sample_interval.total_seconds(),
-                window_s=settings.process_window.total_seconds(),
+                sample_interval_s=interval_s,
+                window_s=window_s,
                 cpu_threshold=settings.cpu_threshold,
-                include_user_processes=settings.include_user_processes,
+                scope=settings.effective_process_scope,
                 ignore=DEFAULT_PROCESS_IGNORE + settings.process_ignore,
             ),
-            port=None if settings.server_pid else port,
+            port=port,
         )
         signals.append(process)
         tree_pids = process.tree_pids
     if settings.gpu_signal:
         from lamplighter.signals.gpu import GpuSignal, GpuSignalOptions
 
-        signals.append(GpuSignal(GpuSignalOptions(gpu_threshold=settings.gpu_threshold), pids=tree_pids))
+        options = GpuSignalOptions(
+            sample_interval_s=interval_s, window_s=window_s, gpu_threshold=settings.gpu_threshold
+        )
+        signals.append(GpuSignal(options, pids=tree_pids))
     if settings.watch_paths:
         from lamplighter.signals.files import DEFAULT_FILE_IGNORE, FileSignal, FileSignalOptions
 
-        options = FileSignalOptions(ignore=DEFAULT_FILE_IGNORE + settings.watch_ignore)
-        signals.append(FileSignal(settings.watch_paths, options, journal_path=settings.journal))
+        file_options = FileSignalOptions(ignore=DEFAULT_FILE_IGNORE + settings.watch_ignore)
+        signals.append(FileSignal(settings.watch_paths, file_options, journal_path=settings.journal))
     return tuple(signals)
 
 

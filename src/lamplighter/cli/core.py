@@ -7,7 +7,6 @@ import asyncio
 import json
 import sys
 from datetime import datetime, timezone
-from typing import Any
 
 from lamplighter.cli.common import (
     EXIT_CONFIG,
@@ -21,7 +20,7 @@ from lamplighter.cli.common import (
 )
 from lamplighter.errors import ConfigError
 from lamplighter.journal import Journal, JournalEvent
-from lamplighter.model import Decision, Memory, StopOutcome, format_time, parse_timestamp
+from lamplighter.model import Action, Decision, Memory, StopOutcome, format_time, parse_timestamp
 from lamplighter.settings import Settings, parse_duration
 
 __all__ = ["add_core_parsers"]
@@ -116,8 +115,12 @@ def _status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, dry_run=True)
     configure_logging("warning")
     decision = asyncio.run(_status_async(settings))
+    if decision.action is Action.SKIP:
+        # The probe failed: one line naming why, as for every connect or auth failure.
+        print(error_line(decision.reasons[0]), file=sys.stderr)
+        return EXIT_REMOTE
     if args.json:
-        print(json.dumps(decision_to_dict(decision, settings), indent=2))
+        print(json.dumps({**decision.to_dict(), "settings": settings.redacted()}, indent=2))
     else:
         print(f"{decision.action.value.upper()}: {decision.reason}")
         if decision.idle_since:
@@ -131,13 +134,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 async def _status_async(settings: Settings) -> Decision:
-    from lamplighter.policy import decide
+    """The watching agent's verdict, taken the agent's way (every signal, the snooze, its memory)."""
+    from lamplighter.actions import NoStop
+    from lamplighter.agent import Agent, utcnow
     from lamplighter.targets import open_target
 
     async with open_target(settings) as target:
-        snapshot = await target.probe.snapshot()  # a failing probe is an error here, not a verdict
-        memory = _read_memory(settings, target.probe.target)
-        return decide(snapshot, memory, settings, datetime.now(timezone.utc))
+        with Journal.in_memory() as scratch:
+            # The agent's memory, if a journal exists; status never creates one, nor writes to it.
+            scratch.save_memory(target.probe.target, _read_memory(settings, target.probe.target), at=utcnow())
+            agent = Agent(settings, target.probe, NoStop(), scratch, signals=target.signals)
+            return await agent.settle()
 
 
 def _read_memory(settings: Settings, target: str) -> Memory:
@@ -146,23 +153,6 @@ def _read_memory(settings: Settings, target: str) -> Memory:
         return Memory()
     with Journal(settings.journal) as journal:
         return journal.load_memory(target)
-
-
-def decision_to_dict(decision: Decision, settings: Settings) -> dict[str, Any]:
-    def iso(moment: datetime | None) -> str | None:
-        return moment.isoformat() if moment else None
-
-    return {
-        "verdict": decision.action.value,
-        "reason": decision.reason,
-        "reasons": list(decision.reasons),
-        "idle_since": iso(decision.idle_since),
-        "stop_at": iso(decision.stop_at),
-        "next_check_at": iso(decision.next_check_at),
-        "cull_kernels": list(decision.cull_kernels),
-        "cull_terminals": list(decision.cull_terminals),
-        "settings": settings.redacted(),
-    }
 
 
 # -- journal ------------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ class Signal(Protocol):
         """The latest reading, from memory only (no I/O); ``now`` is the agent's clock."""
         ...
 
+    async def refresh(self) -> None:
+        """Sample now, so a stop is never decided on a reading one sample interval old (no-op if cheap)."""
+        ...
+
 
 def format_share(share: float) -> str:
     """``97 %``: a share of one core or one device, as a reason line shows it."""
@@ -78,10 +82,14 @@ class BusyWindow:
 
     Each sample covers ``dt`` seconds and reports usage seconds per user (a process, a device): one
     core fully busy for 5 s is 5.0. A sample is *busy* when the total usage divided by ``dt`` reaches
-    ``threshold``. The window is *active* while the newest sample is busy and busy samples cover at
-    least ``min_busy_s`` of the window, so a single short spike never counts. ``last_busy_wall`` is
-    the end of the last sample that was busy while the window was active: the time work was last
-    seen, which stays right after the work ends.
+    ``threshold``. The window *counts* when its busy samples cover at least ``min_busy_s``, so a
+    single short spike never counts, while a job that computes in bursts (a duty cycle) does as long
+    as its bursts add up within the window. ``active`` means the window counts and the newest sample
+    is busy: work right now. ``last_busy_wall`` is the end of the newest busy sample of a window that
+    counted: the time work was last seen, which stays right after the work ends.
+
+    Until the samples cover ``min_busy_s`` at all, or while a busy spell has begun that is not yet
+    long enough to count, the window cannot tell: :meth:`ready_at` says from when it can.
     """
 
     def __init__(self, *, window_s: float, min_busy_s: float, threshold: float) -> None:
@@ -89,6 +97,7 @@ class BusyWindow:
         self.min_busy_s = min_busy_s
         self.threshold = threshold
         self._samples: deque[_Sample] = deque()
+        self._covered_s = 0.0
         self.active = False
         self.last_sample_wall: float | None = None
         self.last_busy_wall: float | None = None
@@ -101,15 +110,37 @@ class BusyWindow:
         kept = {label: used for label, used in usage.items() if used > 0}
         busy = sum(kept.values()) / dt >= self.threshold
         self._samples.append(_Sample(mono=mono, wall=wall, dt=dt, busy=busy, usage=kept))
+        self._covered_s += dt
         while self._samples and self._samples[0].mono <= mono - self.window_s:
             self._samples.popleft()
         self.last_sample_wall = wall
-        busy_s = sum(sample.dt for sample in self._samples if sample.busy)
         # A tiny tolerance: five 0.2 s samples must make 1.0 s despite float sums.
-        self.active = busy and busy_s >= self.min_busy_s - 1e-6
-        if self.active:
-            self.last_busy_wall = wall
+        counts = self._busy_s() >= self.min_busy_s - 1e-6
+        self.active = busy and counts
+        if counts:
+            # Samples arrive in time order, so this never moves back.
+            self.last_busy_wall = max(sample.wall for sample in self._samples if sample.busy)
             self.last_busy_summary = self.summary()
+
+    @property
+    def covered_s(self) -> float:
+        """Seconds all samples so far have covered (not only those in the window)."""
+        return self._covered_s
+
+    def _busy_s(self) -> float:
+        return sum(sample.dt for sample in self._samples if sample.busy)
+
+    def ready_at(self) -> float | None:
+        """Wall time from which the window can tell busy from idle; None when it can now."""
+        if self.last_sample_wall is None:
+            return None  # no sample at all: the signal itself says why (it has not started)
+        missing = self.min_busy_s - self._covered_s
+        if missing > 1e-6:
+            return self.last_sample_wall + missing
+        newest = self._samples[-1] if self._samples else None
+        if newest is not None and newest.busy and not self.active:
+            return self.last_sample_wall + max(self.min_busy_s - self._busy_s(), 0.0)
+        return None
 
     def summary(self) -> UsageSummary | None:
         """The heaviest user and the total over the samples now in the window; None when nothing was used."""

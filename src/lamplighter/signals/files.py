@@ -183,6 +183,9 @@ class FileSignal:
         """The paths (relative to the watched root) of the latest changes that counted, oldest first."""
         return tuple(self._recent)
 
+    async def refresh(self) -> None:
+        """Nothing to sample: changes are noted as they happen."""
+
     def reading(self, now: datetime) -> ActivityReading:
         if self._last_wall is None:
             return ActivityReading(source=self.name, clock=Clock.INTERACTION, at=None, detail=self._status)

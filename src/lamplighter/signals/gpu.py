@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psutil
@@ -55,7 +55,7 @@ class GpuSignalOptions:
     gpu_threshold: float = 0.05
     """Share of one device (0.05 = 5 %) the app must use for a sample to be busy."""
     min_busy_s: float | None = None
-    """Busy seconds needed within the window to count as work; None means a third of ``window_s``."""
+    """Busy seconds needed within the window to count as work; None means two sample intervals."""
     per_process: bool = True
     """Count only GPU use by the app's processes where NVML can tell; False: any use of a device counts."""
 
@@ -69,7 +69,10 @@ class GpuSignalOptions:
 
     @property
     def effective_min_busy_s(self) -> float:
-        return self.min_busy_s if self.min_busy_s is not None else self.window_s / 3
+        # Two busy samples: one spike never counts, a job that bursts now and then does.
+        return (
+            self.min_busy_s if self.min_busy_s is not None else min(2 * self.sample_interval_s, self.window_s)
+        )
 
 
 @dataclass
@@ -121,6 +124,8 @@ class GpuSignal:
         self._memory: dict[str, int] = {}
         self._labels: dict[int, str] = {}
         self._status = "GPU signal starting"
+        self._created_wall = time.time()
+        self._lock = asyncio.Lock()  # one NVML sample at a time: run() and refresh() share the devices
 
     @property
     def unavailable(self) -> str | None:
@@ -135,15 +140,39 @@ class GpuSignal:
         try:
             while True:
                 started = time.monotonic()
-                try:
-                    measured = await asyncio.to_thread(self._measure)
-                except Exception as exc:
-                    self._note_failure(exc)
-                else:
-                    self._record(measured)
+                await self._sample_async()
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
         finally:
             self._stop()
+
+    async def refresh(self) -> None:
+        """Sample now unless the latest sample is fresh (a quarter interval), so a stop sees a job just begun."""
+        last = self._window.last_sample_wall
+        if not self._devices or (
+            last is not None and time.time() - last < self.options.sample_interval_s / 4
+        ):
+            return
+        await self._sample_async()
+
+    async def _sample_async(self) -> None:
+        async with self._lock:
+            try:
+                measured = await asyncio.to_thread(self._measure)
+            except Exception as exc:
+                self._note_failure(exc)
+            else:
+                self._record(measured)
+
+    def _ready_at(self, now: datetime) -> datetime | None:
+        """When the window can tell busy from idle; None if it can now, or never will (unavailable, failing)."""
+        if self._unavailable is not None or self._failing is not None:
+            return None
+        if self._window.last_sample_wall is None:
+            if now.timestamp() - self._created_wall > max(3 * self.options.sample_interval_s, 5.0):
+                return None  # NVML never answered: its reading says so; not waited for forever
+            return now + timedelta(seconds=self.options.sample_interval_s)
+        ready = self._window.ready_at()
+        return datetime.fromtimestamp(ready, UTC) if ready is not None else None
 
     def sample(self) -> None:
         """Take one sample now, blocking; starts NVML on first use. For tests and benchmarks."""
@@ -181,8 +210,15 @@ class GpuSignal:
             parts.append(f"no GPU use since {format_time(at)}; before that {before}")
         elif self._failing is None:
             parts.append(self._status)
+        ready_at = self._ready_at(now)
+        if ready_at is not None:
+            parts.insert(0, f"waiting for the GPU signal's window (until {format_time(ready_at)})")
         return ActivityReading(
-            source=self.name, clock=Clock.WORK, at=min(at, now) if at else None, detail="; ".join(parts)
+            source=self.name,
+            clock=Clock.WORK,
+            at=min(at, now) if at else None,
+            detail="; ".join(parts),
+            ready_at=ready_at,
         )
 
     # -- NVML ---------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ class KeepAliveFile:
     async def run(self) -> None:
         await asyncio.Event().wait()  # read on demand in reading(); nothing to sample
 
+    async def refresh(self) -> None:
+        """Nothing to sample: read on demand in reading()."""
+
     def reading(self, now: datetime) -> ActivityReading:
         try:
             stat = self.path.stat()

@@ -11,9 +11,10 @@ started) every ``sample_interval_s``, and reports sustained use (see
 What counts:
 
 - the server's descendants, not the server itself: its own CPU is its pollers and request handling;
-- with ``include_user_processes``, also every other process of the server's user (jobs that were
-  ``disown``-ed and outlived their terminal are reparented to init or a subreaper, out of the tree),
-  except the ancestors of the server and of the agent (supervisors, login shells);
+- besides the tree, what the scope adds (:data:`SCOPES`): inside a container every process of the
+  container, on a host the server user's own processes (jobs that were ``disown``-ed, ``setsid``-ed
+  or double-forked are reparented to init or a subreaper, out of the tree), except the ancestors of
+  the server and of the agent (supervisors, login shells);
 - never the agent and what it started, nor a process matching an ``ignore`` glob (language servers
   by default) and everything that process started;
 - CPU of short-lived children that exited between two samples, through their parent's "children"
@@ -31,9 +32,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatchcase
 
 import psutil
@@ -44,6 +45,7 @@ from lamplighter.signals import BusyWindow, UsageSummary, format_seconds, format
 
 __all__ = [
     "DEFAULT_PROCESS_IGNORE",
+    "SCOPES",
     "ProcessSignal",
     "ProcessSignalOptions",
     "describe_process",
@@ -64,7 +66,7 @@ DEFAULT_PROCESS_IGNORE: tuple[str, ...] = (
     "ruff-lsp",
     "*-language-server",
     "*-langserver",
-    # Per-user daemons: only met with include_user_processes, and never somebody's job.
+    # Per-user daemons: only met outside the tree (user or container scope), and never somebody's job.
     "systemd",
     "(sd-pam)",
     "dbus-daemon",
@@ -75,6 +77,13 @@ DEFAULT_PROCESS_IGNORE: tuple[str, ...] = (
     "sshd:*",
 )
 """Globs of processes that never count (their descendants don't either)."""
+
+SCOPES: tuple[str, ...] = ("auto", "tree", "user", "container")
+"""``tree``: the server's descendants only. ``user``: also the server user's other processes (jobs that
+left the tree: a deleted terminal's ``nohup``, ``setsid``, a double fork), never another user's, and
+never root's on a host (that would be every daemon). ``container``: every process in this PID
+namespace, which inside a container is the app's own. ``auto``: ``container`` inside a container,
+else ``user`` for a server that does not run as root, else ``tree``."""
 
 _LABEL_MAX = 60
 _SECRET_ARG = re.compile(r"(?i)(token|password|passwd|secret|key|credential)")
@@ -93,9 +102,9 @@ class ProcessSignalOptions:
     cpu_threshold: float = 0.1
     """Share of one core (0.1 = 10 %) the tree must use for a sample to be busy."""
     min_busy_s: float | None = None
-    """Busy seconds needed within the window to count as work; None means a third of ``window_s``."""
-    include_user_processes: bool = False
-    """Also count processes of the server's user outside its tree (detached ``nohup``/``setsid`` jobs)."""
+    """Busy seconds needed within the window to count as work; None means two sample intervals."""
+    scope: str = "auto"
+    """Which processes count besides the server's tree (see :data:`SCOPES`)."""
     ignore: tuple[str, ...] = DEFAULT_PROCESS_IGNORE
     """Globs matched against a process's name, the base names of its first three command-line words and
     its whole command line; a match is ignored together with everything it started."""
@@ -110,6 +119,8 @@ class ProcessSignalOptions:
             )
         if self.cpu_threshold <= 0:
             raise ConfigError(f"process signal: cpu_threshold must be positive, got {self.cpu_threshold:g}")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"process signal: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.min_busy_s is not None and not 0 < self.min_busy_s <= self.window_s:
             raise ConfigError(
                 f"process signal: min_busy_s must be in (0, window_s={self.window_s:g}], "
@@ -118,7 +129,10 @@ class ProcessSignalOptions:
 
     @property
     def effective_min_busy_s(self) -> float:
-        return self.min_busy_s if self.min_busy_s is not None else self.window_s / 3
+        # Two busy samples: one spike never counts, a job that bursts now and then does.
+        return (
+            self.min_busy_s if self.min_busy_s is not None else min(2 * self.sample_interval_s, self.window_s)
+        )
 
 
 def find_listening_pid(port: int) -> int | None:
@@ -255,6 +269,7 @@ class _Measured:
     usage: dict[str, float]
     scope: frozenset[int]
     root_label: str
+    scope_name: str = "tree"
     status: str | None = None  # why there is no tree to look at (no server, server gone)
     baseline: bool = False  # the first sample: nothing to compare with yet
 
@@ -287,10 +302,12 @@ class _Scanner:
         scope: frozenset[int] = frozenset()
         usage: dict[str, float] = {}
         root_label = ""
+        scope_name = "tree"
         if status is None and self.root_pid is not None:
             root = table[self.root_pid]
             root_label = self._known(self.root_pid, root).label
-            scope = self._scope(table, self.root_pid)
+            scope_name = self._scope_name(table, self.root_pid)
+            scope = self._scope(table, self.root_pid, scope_name)
             if not baseline:
                 usage = self._usage(table, scope)
         self.prev, self.prev_mono = table, mono
@@ -302,6 +319,7 @@ class _Scanner:
             usage=usage,
             scope=scope,
             root_label=root_label,
+            scope_name=scope_name,
             status=status,
             baseline=baseline,
         )
@@ -354,8 +372,17 @@ class _Scanner:
                 known.uid = -1  # unknown owner: never counted as the user's
         return known.uid
 
-    def _scope(self, table: Mapping[int, _Stat], root: int) -> frozenset[int]:
-        """The pids whose CPU counts: the root's descendants, plus the user's other processes if asked."""
+    def _scope_name(self, table: Mapping[int, _Stat], root: int) -> str:
+        """The scope in force: the asked one, or what ``auto`` means on this machine for this server."""
+        scope = self.options.scope
+        if scope != "auto":
+            return scope
+        if self.use_procfs and _in_pid_namespace(table):
+            return "container"
+        return "user" if self._uid(root, table[root]) not in (0, -1) else "tree"
+
+    def _scope(self, table: Mapping[int, _Stat], root: int, scope_name: str) -> frozenset[int]:
+        """The pids whose CPU counts: the root's descendants, plus what the scope adds."""
         children: dict[int, list[int]] = {}
         for pid, stat in table.items():
             children.setdefault(stat.ppid, []).append(pid)
@@ -363,23 +390,41 @@ class _Scanner:
         todo = list(children.get(root, ()))
         while todo:
             pid = todo.pop()
-            if pid == self.agent_pid or pid == root or self._known(pid, table[pid]).ignored:
+            if self._is_agent(pid, root) or pid == root or self._known(pid, table[pid]).ignored:
                 continue  # the agent, or an ignored daemon: skip it and all it started
             scope.add(pid)
             todo.extend(children.get(pid, ()))
-        if self.options.include_user_processes:
-            scope |= self._user_processes(table, root, scope)
+        if scope_name == "user":
+            uid = self._uid(root, table[root])
+            if uid == 0 and not self.warned_root_uid:
+                self.warned_root_uid = True
+                logger.warning(
+                    "process signal: the server runs as root on a host, so only its tree counts "
+                    "(root's other processes are the host's daemons); inside a container use scope container"
+                )
+            if uid not in (0, -1):
+                scope |= self._outside_tree(table, root, scope, lambda pid, stat: self._uid(pid, stat) == uid)
+        elif scope_name == "container":
+            scope |= self._outside_tree(table, root, scope, lambda pid, stat: True)
         return frozenset(scope)
 
-    def _user_processes(self, table: Mapping[int, _Stat], root: int, tree: set[int]) -> set[int]:
-        uid = self._uid(root, table[root])
-        if uid == 0 and not self.warned_root_uid:
-            self.warned_root_uid = True
-            logger.warning(
-                "process signal: the server runs as root, so include_user_processes counts every root "
-                "process outside the server's tree except ignored ones"
-            )
-        excluded = _ancestors(table, root) | _ancestors(table, self.agent_pid) | {root, self.agent_pid, 1}
+    def _is_agent(self, pid: int, root: int) -> bool:
+        # In-server mode the agent *is* the server: then nothing below it is the agent's own.
+        return pid == self.agent_pid and pid != root
+
+    def _outside_tree(
+        self,
+        table: Mapping[int, _Stat],
+        root: int,
+        tree: set[int],
+        wanted: Callable[[int, _Stat], bool],
+    ) -> set[int]:
+        """Processes outside the tree that ``wanted`` accepts, minus the server's and the agent's
+        ancestors (supervisors, login shells), the agent's descendants and ignored processes."""
+        agent = self.agent_pid if self.agent_pid != root else None
+        excluded = _ancestors(table, root) | {root, 1}
+        if agent is not None:
+            excluded |= _ancestors(table, agent) | {agent}
         verdict: dict[int, bool] = {}
 
         def counts(pid: int) -> bool:
@@ -393,7 +438,7 @@ class _Scanner:
                     break
                 chain.append(current)
                 stat = table[current]
-                if current == self.agent_pid or self._known(current, stat).ignored:
+                if current == agent or self._known(current, stat).ignored:
                     answer = False
                     break
                 current = stat.ppid
@@ -405,7 +450,7 @@ class _Scanner:
         for pid, stat in table.items():
             if pid in tree or pid in excluded or pid in _KERNEL_PIDS or stat.ppid in _KERNEL_PIDS:
                 continue
-            if self._uid(pid, stat) == uid and counts(pid):
+            if wanted(pid, stat) and counts(pid):
                 found.add(pid)
         return found
 
@@ -444,6 +489,12 @@ class _Scanner:
         if len(self.known) > 2 * len(table) + 64:
             alive = {(pid, stat.ident, stat.name) for pid, stat in table.items()}
             self.known = {key: value for key, value in self.known.items() if key in alive}
+
+
+def _in_pid_namespace(table: Mapping[int, _Stat]) -> bool:
+    """True inside a container's PID namespace: the host's kthreadd (pid 2, parent 0) is not visible there."""
+    kthreadd = table.get(2)
+    return kthreadd is None or kthreadd.ppid != 0 or kthreadd.name != "kthreadd"
 
 
 def _ancestors(table: Mapping[int, _Stat], pid: int) -> set[int]:
@@ -495,29 +546,69 @@ class ProcessSignal:
         )
         self._scope: frozenset[int] = frozenset()
         self._status = "no sample yet"
+        self._watching = True  # False while there is no server tree to look at
         self._failing = False
+        self._created_wall = time.time()
+        self._baseline_wall: float | None = None
+        self._lock = asyncio.Lock()  # one sample at a time: run() and refresh() share the scanner
 
     async def run(self) -> None:
         """Sample every ``sample_interval_s`` until cancelled; a failed sample is logged and skipped."""
         interval = self.options.sample_interval_s
         while True:
             started = time.monotonic()
+            await self._sample_async()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def refresh(self) -> None:
+        """Sample now unless the latest sample is fresh (a quarter interval), so a stop sees a job just begun."""
+        last = self._window.last_sample_wall or self._baseline_wall
+        if last is not None and time.time() - last < self.options.sample_interval_s / 4:
+            return
+        await self._sample_async()
+
+    async def _sample_async(self) -> None:
+        async with self._lock:
             try:
                 measured = await asyncio.to_thread(self._scanner.measure)
             except Exception:
                 if not self._failing:
-                    logger.exception("process signal: a sample failed; retrying every %g s", interval)
+                    logger.exception(
+                        "process signal: a sample failed; retrying every %g s", self.options.sample_interval_s
+                    )
                 self._failing = True
             else:
                 if self._failing:
                     logger.info("process signal: sampling works again")
                 self._failing = False
                 self._record(measured)
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     def sample(self) -> None:
         """Take one sample now, blocking (``run`` does this off the event loop); for tests and benchmarks."""
         self._record(self._scanner.measure())
+
+    def _ready_at(self, now: datetime, fresh: bool) -> tuple[datetime | None, str]:
+        """When this signal can tell busy from idle (see :meth:`BusyWindow.ready_at`); None if it can now.
+
+        A signal with nothing to watch, or whose sampler stopped, is not waited for: that would keep
+        an app up forever on a broken sampler. Its reading says why instead.
+        """
+        first = "waiting for the process signal's first window"
+        if not self._watching:
+            return None, ""
+        if self._baseline_wall is None:
+            waited = now.timestamp() - self._created_wall
+            if waited > max(3 * self.options.sample_interval_s, 5.0):
+                return None, ""
+            return now + timedelta(seconds=self.options.sample_interval_s), first
+        if not fresh and self._window.last_sample_wall is not None:
+            return None, ""
+        if self._window.last_sample_wall is None:
+            return _utc(self._baseline_wall + self.options.effective_min_busy_s), first
+        ready = _utc(self._window.ready_at())
+        if ready is not None and self._window.covered_s >= self.options.effective_min_busy_s:
+            return ready, "a process just became busy: waiting to see whether it keeps on"
+        return ready, first
 
     def tree_pids(self) -> frozenset[int]:
         """The pids that counted in the latest sample (for the GPU signal's attribution)."""
@@ -528,6 +619,7 @@ class ProcessSignal:
         stale_s = max(3 * self.options.sample_interval_s, 30.0)
         last_sample = window.last_sample_wall
         fresh = last_sample is not None and now.timestamp() - last_sample <= stale_s
+        ready_at, waiting = self._ready_at(now, fresh)
         if window.active and fresh and window.last_busy_summary is not None:
             return ActivityReading(
                 source=self.name,
@@ -543,11 +635,19 @@ class ProcessSignal:
             else:
                 detail = f"no busy process since {format_time(at)}; before that "
             detail += _describe_busy(window.last_busy_summary)
-            return ActivityReading(source=self.name, clock=Clock.WORK, at=min(at, now), detail=detail)
-        return ActivityReading(source=self.name, clock=Clock.WORK, at=None, detail=self._status)
+            return ActivityReading(
+                source=self.name, clock=Clock.WORK, at=min(at, now), detail=detail, ready_at=ready_at
+            )
+        detail = self._status
+        if ready_at is not None:
+            detail = f"{waiting} (until {format_time(ready_at)}); {detail}"
+        return ActivityReading(source=self.name, clock=Clock.WORK, at=None, detail=detail, ready_at=ready_at)
 
     def _record(self, measured: _Measured) -> None:
         self._scope = measured.scope
+        if self._baseline_wall is None:
+            self._baseline_wall = measured.wall
+        self._watching = measured.status is None
         if measured.status is not None:
             self._status = f"process signal: {measured.status}"
             if not measured.baseline:  # nothing to watch is nothing busy: end a busy spell now
@@ -557,8 +657,8 @@ class ProcessSignal:
         self._status = (
             f"no process used {format_share(opts.cpu_threshold)} CPU for "
             f"{format_seconds(opts.effective_min_busy_s)} of the last {format_seconds(opts.window_s)} "
-            f"({len(measured.scope)} processes watched under "
-            f"pid {self._scanner.root_pid} `{measured.root_label}`)"
+            f"({len(measured.scope)} processes watched in {measured.scope_name} scope, "
+            f"server pid {self._scanner.root_pid} `{measured.root_label}`)"
         )
         if not measured.baseline:
             self._window.add(mono=measured.mono, wall=measured.wall, dt=measured.dt, usage=measured.usage)
