@@ -299,7 +299,7 @@ class Settings:
         "A freshly started app is never stopped before this long after its start (default: the idle timeout).",
         parse=_parse_optional_duration,
         group="policy",
-        bounds=_LONG,
+        bounds=(timedelta(0), _YEAR),  # 0s: no grace at all (off, or 0, means the idle timeout)
     )
     ignore_connections: bool = _opt(
         True,
@@ -617,8 +617,10 @@ def _format_bound(value: Any) -> str:
     if not isinstance(value, timedelta):
         return f"{value:g}" if isinstance(value, float) else str(value)
     ms = round(value.total_seconds() * 1000)
+    if ms == 0:
+        return "0s"
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms and ms % size == 0:
+        if ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
 
