@@ -76,11 +76,14 @@ async def test_history_backups_and_the_timestamp_file_are_interaction(layout: Co
     }
     assert all(r.clock is Clock.INTERACTION and not r.active_now for r in snap.readings)
     assert by_source["code-editor history"].at == t0 + timedelta(minutes=5)
-    assert by_source["code-editor history"].detail == "History/-3b1c2d/AbC1.py modified at 04:05:00 UTC"
+    assert (
+        by_source["code-editor history"].detail
+        == "History/-3b1c2d/AbC1.py modified at 2030-01-02 04:05:00 UTC"
+    )
     assert by_source["code-editor backups"].at == t0 + timedelta(minutes=7)
     stamp = by_source["activity file .sagemaker-last-active-timestamp"]
     assert stamp.at == datetime(2030, 1, 2, 4, 9, 30, 250000, tzinfo=UTC)
-    assert stamp.detail.endswith("says last active at 04:09:30 UTC")
+    assert stamp.detail.endswith("says last active at 2030-01-02 04:09:30 UTC")
     assert snap.last_activity == stamp.at
 
 
@@ -106,7 +109,7 @@ async def test_missing_sources_say_so_and_odd_files_fall_back(
     assert details["code-editor backups"].at is not None  # the symlink itself, by lstat
     assert details["activity file .sagemaker-last-active-timestamp"].at is None
     assert details["activity file heartbeat"].at == AGENT_STARTED + timedelta(hours=1)
-    assert details["activity file heartbeat"].detail.endswith("heartbeat modified at 04:04:05 UTC")
+    assert details["activity file heartbeat"].detail.endswith("heartbeat modified at 2030-01-02 04:04:05 UTC")
     assert (
         details["activity file planted"].at is None
         and "cannot be read" in details["activity file planted"].detail
@@ -195,7 +198,7 @@ async def test_code_server_heartbeat(code_server: tuple[str, type[_Healthz]]) ->
     snap = await probe.snapshot()
     (reading,) = snap.readings
     assert reading.source == "code-server healthz" and reading.clock is Clock.INTERACTION
-    assert reading.at == beat and reading.detail == "code-server heartbeat at 05:06:07 UTC (alive)"
+    assert reading.at == beat and reading.detail == "code-server heartbeat at 2030-01-02 05:06:07 UTC (alive)"
     assert snap.last_activity == beat and snap.target == "code-server"
 
     handler.answer = json.dumps({"status": "expired", "lastHeartbeat": 0}).encode()

@@ -111,7 +111,7 @@ def test_token_file_and_redaction(tmp_path: Path) -> None:
         ),
         ({"action": "explode"}, {}, "action (--action): expected one of shutdown, command, none"),
         ({"action": "command"}, {}, "command: --action command needs"),
-        ({"idle_timeout": "0"}, {}, "idle_timeout: must be more than 0"),
+        ({"idle_timeout": "0"}, {}, "idle_timeout (--idle-timeout): must be between 1s and 365d"),
         ({}, {"JL_PORT": "eighty"}, "JL_PORT"),
         ({"token": None, "token_file": "/nonexistent/token"}, {}, "token_file"),
     ],

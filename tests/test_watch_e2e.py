@@ -219,7 +219,7 @@ def test_unreachable_server_is_not_idle(tmp_path: Path) -> None:
                 str(journal),
             ]
         )
-        == 0
+        == 3  # cron must see that nothing was read (EXIT_REMOTE), though the verdict is journaled
     )
     with Journal(journal) as j:
         (decision,) = j.events(kind="decision")

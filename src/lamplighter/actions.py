@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 
 from lamplighter.errors import ConfigError
 from lamplighter.model import Decision, StopOutcome, StopResult, format_time
 from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import JupyterShutdown
+from lamplighter.redaction import redact, without_secrets
 from lamplighter.remote.connection import Connection
-from lamplighter.settings import Settings
+from lamplighter.settings import Settings, secret_variables
 
-__all__ = ["CommandStopper", "DryRun", "NoStop", "ProcessStopper", "build_stopper"]
+# Every variable a secret setting is read from, so a secret added to settings is never inherited.
+_SECRET_SETTING_VARIABLES = secret_variables()
+
+__all__ = ["CommandStopper", "DryRun", "NoStop", "ProcessStopper", "build_stopper", "hook_environment"]
 
 _OUTPUT_TAIL = 500
 
@@ -25,8 +30,9 @@ _OUTPUT_TAIL = 500
 class CommandStopper:
     """Runs a shell command to stop the app; exit status 0 counts as stopped.
 
-    The command gets ``LAMPLIGHTER_TARGET``, ``LAMPLIGHTER_REASON``, ``LAMPLIGHTER_IDLE_SINCE`` and
-    ``LAMPLIGHTER_STOP_AT`` (ISO-8601 UTC) in its environment.
+    The command gets :func:`hook_environment`: the inherited environment without secrets, plus
+    ``LAMPLIGHTER_TARGET``, ``LAMPLIGHTER_REASON``, ``LAMPLIGHTER_REASONS`` (one per line),
+    ``LAMPLIGHTER_IDLE_SINCE`` and ``LAMPLIGHTER_STOP_AT`` (ISO-8601 UTC, empty when unknown).
     """
 
     def __init__(self, command: str, target: str, *, timeout_s: float = 300.0) -> None:
@@ -39,14 +45,7 @@ class CommandStopper:
         return f"command {self._command!r}"
 
     async def stop(self, decision: Decision) -> StopResult:
-        env = dict(os.environ)
-        env.update(
-            LAMPLIGHTER_TARGET=self._target,
-            LAMPLIGHTER_REASON=decision.reason,
-            LAMPLIGHTER_REASONS="\n".join(decision.reasons),
-            LAMPLIGHTER_IDLE_SINCE=decision.idle_since.isoformat() if decision.idle_since else "",
-            LAMPLIGHTER_STOP_AT=decision.stop_at.isoformat() if decision.stop_at else "",
-        )
+        env = hook_environment(self._target, decision)
         try:
             process = await asyncio.create_subprocess_shell(
                 self._command,
@@ -63,12 +62,33 @@ class CommandStopper:
             process.kill()
             await process.wait()
             return StopResult(StopOutcome.FAILED, f"the command did not finish within {self._timeout_s:g} s")
-        tail = output.decode(errors="replace")[-_OUTPUT_TAIL:].strip()
+        # The tail is journaled and logged: a hook that prints a secret must not leak it there.
+        tail = redact(output.decode(errors="replace")[-_OUTPUT_TAIL:].strip())
         if process.returncode == 0:
             return StopResult(StopOutcome.STOPPED, "the command exited 0" + (f": {tail}" if tail else ""))
         return StopResult(
             StopOutcome.FAILED, f"the command exited {process.returncode}" + (f": {tail}" if tail else "")
         )
+
+
+def hook_environment(
+    target: str, decision: Decision, *, inherited: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a hook (``--command``, ``--warn-command``): minimal and without secrets.
+
+    The inherited environment (``os.environ``) loses every secret setting's variables and any variable
+    holding a registered secret (:func:`lamplighter.redaction.without_secrets`); then come the five
+    ``LAMPLIGHTER_*`` variables that describe the verdict, redacted like every other output.
+    """
+    env = without_secrets(os.environ if inherited is None else inherited, also=_SECRET_SETTING_VARIABLES)
+    env.update(
+        LAMPLIGHTER_TARGET=redact(target),
+        LAMPLIGHTER_REASON=redact(decision.reason),
+        LAMPLIGHTER_REASONS=redact("\n".join(decision.reasons)),
+        LAMPLIGHTER_IDLE_SINCE=decision.idle_since.isoformat() if decision.idle_since else "",
+        LAMPLIGHTER_STOP_AT=decision.stop_at.isoformat() if decision.stop_at else "",
+    )
+    return env
 
 
 class NoStop:

@@ -29,6 +29,7 @@ from lamplighter.model import Action, Decision, Observation, ProbeFailure, StopO
 from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Probe, Stopper
 from lamplighter.policy import decide
+from lamplighter.redaction import redact_data
 from lamplighter.settings import Settings
 from lamplighter.signals import Signal
 
@@ -328,7 +329,7 @@ class Agent:
             **decision.to_dict(),
         }
         try:
-            _write_atomically(path, json.dumps(record, indent=1))
+            _write_atomically(path, json.dumps(redact_data(record), indent=1))
         except OSError as exc:
             logger.warning("cannot write the heartbeat %s: %s", path, exc.strerror)
 

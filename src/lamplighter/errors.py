@@ -4,7 +4,8 @@ Every failure a user can cause or meet is one of these; the CLI turns each into 
 an exit status, with no traceback unless ``--debug``::
 
     LamplighterError
-    ├── ConfigError            a setting, flag, file or argument is wrong          (exit 2)
+    ├── ConfigError            a setting, flag, file, URL or argument is wrong,    (exit 2)
+    │                          or the journal cannot be opened
     ├── RemoteError            talking to a Jupyter server went wrong               (exit 3)
     │   ├── ConnectFailed      nothing answered at the URL
     │   ├── AuthRejected       the server refused our token or cookies
@@ -16,9 +17,10 @@ an exit status, with no traceback unless ``--debug``::
     ├── PlatformError          the platform could not do what we asked
     │   ├── StopFailed         stopping an app failed or did not take effect
     │   └── Unsupported        the platform cannot do this at all
-    └── JournalError           the journal database cannot be read or written
+    └── JournalError           the open journal fails while reading or writing     (exit 1)
 
-Messages never contain tokens, cookies or presigned URLs: callers pass display URLs only.
+Messages never contain tokens, cookies or presigned URLs: callers pass display URLs only, and the
+CLI prints every message through :func:`lamplighter.redaction.redact` as a second guard.
 """
 
 from __future__ import annotations
@@ -112,4 +114,4 @@ class Unsupported(PlatformError):
 
 
 class JournalError(LamplighterError):
-    """Raised when the SQLite journal cannot be opened, read or written."""
+    """Raised when the open SQLite journal cannot be read or written (one that cannot be opened is a ConfigError)."""

@@ -2,11 +2,15 @@
 
 All SQL of the project lives here, parameterised. The database runs in WAL mode so ``lamplighter
 journal`` can read while an agent writes. Timestamps are stored as UTC ISO-8601 text. sqlite3
-errors are translated to :class:`JournalError` here and nowhere else.
+errors are translated here and nowhere else: a journal that cannot be opened (not SQLite, a folder
+that cannot be made, a newer schema) is a bad ``--journal`` setting, :class:`ConfigError` (exit 2);
+one that fails later, while reading or writing, is :class:`JournalError`. What is written goes
+through :func:`~lamplighter.redaction.redact` first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -17,8 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lamplighter.errors import JournalError
+from lamplighter.errors import ConfigError, JournalError
 from lamplighter.model import Decision, Memory, parse_timestamp
+from lamplighter.redaction import redact, redact_data
 
 __all__ = ["Journal", "JournalEvent"]
 
@@ -93,11 +98,19 @@ class Journal:
             if row is None:
                 self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif row[0] > SCHEMA_VERSION:
-                raise JournalError(f"journal {path}: written by a newer lamplighter (schema {row[0]})")
+                self._db.close()
+                raise ConfigError(f"journal {path}: written by a newer lamplighter (schema {row[0]})")
         except sqlite3.Error as exc:
-            raise JournalError(f"journal {path}: cannot open ({exc})") from exc
+            self._close_quietly()
+            raise ConfigError(f"journal {path}: cannot open ({exc}); check --journal") from exc
         except OSError as exc:
-            raise JournalError(f"journal {path}: cannot create ({exc.strerror})") from exc
+            raise ConfigError(f"journal {path}: cannot create ({exc.strerror}); check --journal") from exc
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
 
     @classmethod
     def in_memory(cls) -> Journal:
@@ -142,13 +155,13 @@ class Journal:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     at.isoformat(),
-                    target,
+                    redact(target),
                     kind,
                     verdict,
-                    summary,
+                    redact(summary),
                     _iso(idle_since),
                     _iso(stop_at),
-                    json.dumps(detail or {}, sort_keys=True, default=str),
+                    json.dumps(redact_data(detail or {}), sort_keys=True, default=str),
                 ),
             )
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -26,6 +28,7 @@ __all__ = [
     "StopOutcome",
     "StopResult",
     "TerminalInfo",
+    "dates_relative_to",
     "format_duration",
     "format_time",
     "parse_timestamp",
@@ -34,31 +37,67 @@ __all__ = [
 UTC = timezone.utc
 
 
+#: Timestamps outside these are not believed (a server's clock or data is broken); they also keep
+#: every later sum with a duration (at most ten years) far from ``datetime.max``.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+_reference: ContextVar[datetime | None] = ContextVar("lamplighter_time_reference", default=None)
+
+
 def parse_timestamp(value: object) -> datetime:
-    """Parse a Jupyter/ISO-8601 timestamp into an aware UTC datetime.
+    """Parse a Jupyter/ISO-8601 timestamp into an aware UTC datetime between :data:`EARLIEST` and :data:`LATEST`.
 
     Jupyter writes ``...Z`` and drops the fraction when microseconds are 0, so no fixed format is
-    used. A naive timestamp is taken as UTC (that is what Jupyter means). Raises ``ValueError``.
+    used. A naive timestamp is taken as UTC (that is what Jupyter means). Raises ``ValueError`` (and
+    nothing else) for anything else, quoting at most 40 characters of it.
     """
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str) and value:
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        parsed = datetime.fromisoformat(text)
-    else:
-        raise ValueError(f"not a timestamp: {value!r}")
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        if isinstance(value, datetime):
+            parsed = value
+        elif isinstance(value, str) and value:
+            text = value.strip()
+            if text.endswith(("Z", "z")):
+                text = text[:-1] + "+00:00"
+            parsed = datetime.fromisoformat(text)
+        else:
+            raise ValueError("not a string")
+        moment = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # astimezone overflows for year 1 with a positive offset
+        raise ValueError(f"not a timestamp: {_quote(value)}") from None
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError(f"timestamp out of range ({EARLIEST.year} to {LATEST.year}): {_quote(value)}")
+    return moment
 
 
-def format_time(moment: datetime | None) -> str:
-    """``13:02:05 UTC`` style, for reasons a person reads."""
+def _quote(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def format_time(moment: datetime | None, now: datetime | None = None) -> str:
+    """``13:02:05 UTC`` when ``moment`` falls on the day of ``now``, else ``2026-11-23 08:38:05 UTC``.
+
+    Without ``now``, the day is the one set by :func:`dates_relative_to` (the policy's ``now``), or
+    else today: a line printed as it is made.
+    """
     if moment is None:
         return "never"
-    return moment.astimezone(UTC).strftime("%H:%M:%S UTC")
+    reference = now or _reference.get() or datetime.now(UTC)
+    moment = moment.astimezone(UTC)
+    if moment.date() == reference.astimezone(UTC).date():
+        return moment.strftime("%H:%M:%S UTC")
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@contextmanager
+def dates_relative_to(now: datetime) -> Iterator[None]:
+    """Within the block, :func:`format_time` without ``now`` dates times relative to ``now``'s day."""
+    token = _reference.set(now)
+    try:
+        yield
+    finally:
+        _reference.reset(token)
 
 
 def format_duration(delta: timedelta | float) -> str:

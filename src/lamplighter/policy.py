@@ -22,6 +22,7 @@ from lamplighter.model import (
     Observation,
     ProbeFailure,
     ServerSnapshot,
+    dates_relative_to,
     format_duration,
     format_time,
 )
@@ -48,9 +49,10 @@ class _Moment:
 
 def decide(observation: Observation, memory: Memory, settings: Settings, now: datetime) -> Decision:
     """The verdict for one observation; ``Decision.memory`` is what to remember for the next one."""
-    if isinstance(observation, ProbeFailure):
-        return _decide_unreachable(observation, memory, settings, now)
-    return _decide_snapshot(observation, memory, settings, now)
+    with dates_relative_to(now):  # reasons show a date for any time not on now's day
+        if isinstance(observation, ProbeFailure):
+            return _decide_unreachable(observation, memory, settings, now)
+        return _decide_snapshot(observation, memory, settings, now)
 
 
 def _decide_unreachable(failure: ProbeFailure, memory: Memory, settings: Settings, now: datetime) -> Decision:

@@ -9,6 +9,7 @@ generated from the declarations below. Derived defaults are computed in :func:`_
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lamplighter.errors import ConfigError
+from lamplighter.redaction import hide, redact
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,13 +29,16 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "ACTIONS",
+    "MAX_DURATION",
     "PLATFORMS",
     "Settings",
     "default_journal_path",
+    "describe_bounds",
     "load_settings",
     "option_specs",
     "parse_bool",
     "parse_duration",
+    "secret_variables",
 ]
 
 ACTIONS = ("shutdown", "command", "none")
@@ -47,22 +52,32 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _OFF = {"off", "none", "never", "0", "false", "no", ""}
 
+#: No duration is longer: anything added to a date stays far from ``datetime.max`` (year 9999).
+MAX_DURATION = timedelta(days=3650)
+
 
 def parse_duration(text: object) -> timedelta:
-    """Plain seconds or ``90s``/``15m``/``2h``/``1d``; raises ``ValueError``."""
+    """Plain seconds or ``90s``/``15m``/``2h``/``1d``, from 0 to :data:`MAX_DURATION`; raises ``ValueError``.
+
+    Each setting checks its own, narrower range (:func:`describe_bounds`); this cap only guarantees
+    that no parsed duration overflows date arithmetic later.
+    """
     if isinstance(text, bool):
         raise ValueError("a duration, not a boolean")
-    if isinstance(text, int | float):
-        value = float(text)
-        if value < 0:
-            raise ValueError("negative")
-        return timedelta(seconds=value)
     if isinstance(text, timedelta):
-        return text
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError("not a duration")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()])
+        seconds = text.total_seconds()
+    elif isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise ValueError("not a duration")
+        seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("not a finite, non-negative duration")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError("longer than ten years")
+    return timedelta(seconds=seconds)
 
 
 def _parse_optional_duration(text: object) -> timedelta | None:
@@ -108,10 +123,7 @@ def _parse_share(text: object) -> float:
     if isinstance(text, bool):
         raise ValueError("a share, not a boolean")
     raw = str(text).strip()
-    value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    if not 0 < value <= 64:
-        raise ValueError("out of range")
-    return value
+    return float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
 
 
 def _parse_optional_int(text: object) -> int | None:
@@ -119,10 +131,7 @@ def _parse_optional_int(text: object) -> int | None:
         return None
     if isinstance(text, bool):
         raise ValueError("a number, not a boolean")
-    value = int(str(text).strip())
-    if value <= 0:
-        raise ValueError("not positive")
-    return value
+    return int(str(text).strip())
 
 
 def _parse_list(text: object) -> tuple[str, ...]:
@@ -155,7 +164,7 @@ _EXPECTED: dict[Callable[[object], Any], str] = {
     _parse_path: "a path",
     _parse_optional_path: "a path, or 'off'",
     _parse_share: "a share of one core or device, like 0.1 or 10%",
-    _parse_optional_int: "a positive whole number, or 'off'",
+    _parse_optional_int: "a whole number, or 'off'",
     _parse_list: "a comma-separated list",
     _parse_paths: "a comma-separated list of paths",
 }
@@ -171,6 +180,7 @@ def _opt(
     secret: bool = False,
     flag: bool = True,
     negative: str | None = None,
+    bounds: tuple[Any, Any] | None = None,
 ) -> Any:
     # A callable default is a factory (the journal path depends on the environment at load time).
     kind = {"default_factory": default} if callable(default) else {"default": default}
@@ -184,8 +194,14 @@ def _opt(
             "secret": secret,
             "flag": flag,
             "negative": negative,
+            "bounds": bounds,
         },
     )
+
+
+_DAY = timedelta(days=1)
+_YEAR = timedelta(days=365)
+_LONG = (timedelta(seconds=1), _YEAR)  # a timeout a person sets: a second to a year
 
 
 def default_journal_path() -> Path:
@@ -235,6 +251,7 @@ class Settings:
         "Time budget for one HTTP request to the server.",
         parse=parse_duration,
         group="target",
+        bounds=(timedelta(milliseconds=100), timedelta(minutes=10)),
     )
     platform: str = _opt(
         "jupyter",
@@ -275,12 +292,14 @@ class Settings:
         parse=parse_duration,
         group="policy",
         env=("LAMPLIGHTER_IDLE_TIMEOUT", "IDLE_TIME_IN_SECONDS"),
+        bounds=_LONG,
     )
     startup_grace: timedelta | None = _opt(
         None,
         "A freshly started app is never stopped before this long after its start (default: the idle timeout).",
         parse=_parse_optional_duration,
         group="policy",
+        bounds=(timedelta(0), _YEAR),  # 0s: no grace at all (off, or 0, means the idle timeout)
     )
     ignore_connections: bool = _opt(
         True,
@@ -302,18 +321,21 @@ class Settings:
         "A kernel busy longer than this stops counting as work (default off: a busy kernel always keeps the app).",
         parse=_parse_optional_duration,
         group="policy",
+        bounds=_LONG,
     )
     stuck_after: timedelta = _opt(
         timedelta(minutes=10),
         "A kernel stuck starting, restarting or in an unknown state this long stops counting as work.",
         parse=parse_duration,
         group="policy",
+        bounds=_LONG,
     )
     busy_recheck: timedelta = _opt(
         timedelta(seconds=30),
         "While work is running, look again after this long (never later than the idle timeout).",
         parse=parse_duration,
         group="policy",
+        bounds=(timedelta(milliseconds=100), _DAY),
     )
     probe_interval: timedelta | None = _opt(
         None,
@@ -321,18 +343,21 @@ class Settings:
         "unseen (default: a tenth of idle_timeout, 0.2 s to 1 min).",
         parse=_parse_optional_duration,
         group="policy",
+        bounds=(timedelta(milliseconds=100), _DAY),
     )
     kernel_timeout: timedelta | None = _opt(
         None,
         "Shut down single kernels idle this long (default off).",
         parse=_parse_optional_duration,
         group="policy",
+        bounds=_LONG,
     )
     terminal_timeout: timedelta | None = _opt(
         None,
         "Close single terminals idle this long (default off).",
         parse=_parse_optional_duration,
         group="policy",
+        bounds=_LONG,
     )
     keep_terminals: bool = _opt(
         False, "Never close terminals, even past terminal_timeout.", parse=parse_bool, group="policy"
@@ -342,6 +367,7 @@ class Settings:
         "After the server has been unreachable this long, apply unreachable_action (default off: only report).",
         parse=_parse_optional_duration,
         group="policy",
+        bounds=_LONG,
     )
     unreachable_action: str = _opt(
         "report",
@@ -363,12 +389,14 @@ class Settings:
         "Pid of the server whose process tree counts (default: the process listening on the URL's port).",
         parse=_parse_optional_int,
         group="signals",
+        bounds=(1, 4_194_304),
     )
     cpu_threshold: float = _opt(
         0.1,
         "Share of one core (0.1 or 10%) that makes a process-tree sample busy.",
         parse=_parse_share,
         group="signals",
+        bounds=(0.001, 64.0),
     )
     process_window: timedelta | None = _opt(
         None,
@@ -376,12 +404,14 @@ class Settings:
         "does (default: half of idle_timeout, 4 samples to 10 min).",
         parse=_parse_optional_duration,
         group="signals",
+        bounds=(timedelta(milliseconds=100), _DAY),
     )
     process_sample_interval: timedelta | None = _opt(
         None,
         "Time between two process-tree samples (default: a tenth of idle_timeout, 0.1 s to 10 s).",
         parse=_parse_optional_duration,
         group="signals",
+        bounds=(timedelta(milliseconds=50), timedelta(hours=1)),
     )
     process_scope: str = _opt(
         "auto",
@@ -410,7 +440,11 @@ class Settings:
         group="signals",
     )
     gpu_threshold: float = _opt(
-        0.05, "Share of one GPU that makes a sample busy.", parse=_parse_share, group="signals"
+        0.05,
+        "Share of one GPU that makes a sample busy.",
+        parse=_parse_share,
+        group="signals",
+        bounds=(0.001, 64.0),
     )
     watch_paths: tuple[Path, ...] = _opt(
         (),
@@ -435,6 +469,7 @@ class Settings:
         "Port of the Code Editor / code-server process (its start is the app's start; its tree counts as work).",
         parse=_parse_optional_int,
         group="signals",
+        bounds=(1, 65535),
     )
 
     # -- the action ---------------------------------------------------------------------------
@@ -446,7 +481,8 @@ class Settings:
     )
     command: str | None = _opt(
         None,
-        "Shell command run by --action command; gets LAMPLIGHTER_TARGET, _REASON, _IDLE_SINCE, _STOP_AT.",
+        "Shell command run by --action command; gets LAMPLIGHTER_TARGET, _REASON, _REASONS, _IDLE_SINCE, "
+        "_STOP_AT and the environment without lamplighter's secrets.",
         parse=_parse_optional_str,
         group="action",
     )
@@ -458,6 +494,7 @@ class Settings:
         "How long to wait for a stopped app to go away before counting it as 'still stopping'.",
         parse=parse_duration,
         group="action",
+        bounds=(timedelta(0), timedelta(hours=1)),
     )
 
     warn_before: timedelta | None = _opt(
@@ -466,6 +503,7 @@ class Settings:
         "terminal and to --notice-file.",
         parse=_parse_optional_duration,
         group="action",
+        bounds=(timedelta(seconds=1), timedelta(days=30)),
     )
     warn_command: str | None = _opt(
         None,
@@ -504,6 +542,7 @@ class Settings:
         "Rewrite the heartbeat at least this often.",
         parse=parse_duration,
         group="journal",
+        bounds=(timedelta(seconds=1), _DAY),
     )
     log_level: str = _opt("info", "Log level.", parse=_choice(*LOG_LEVELS), group="journal")
 
@@ -548,13 +587,21 @@ class Settings:
             elif isinstance(value, timedelta):
                 out[spec.name] = f"{value.total_seconds():g}s"
             else:
-                out[spec.name] = "" if value is None else str(value)
+                # A --command or --url may still hold something shaped like a credential.
+                out[spec.name] = "" if value is None else redact(str(value))
         return out
 
 
 def option_specs() -> list[Any]:
     """The dataclass fields of :class:`Settings` with their metadata, in declaration order."""
     return list(fields(Settings))
+
+
+def secret_variables() -> frozenset[str]:
+    """Every environment variable a secret setting (token, cookies) is read from."""
+    return frozenset(
+        name for spec in fields(Settings) if spec.metadata["secret"] for name in _env_names(spec)
+    )
 
 
 def _env_names(spec: Any) -> tuple[str, ...]:
@@ -565,15 +612,47 @@ def _flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _format_bound(value: Any) -> str:
+    """``100ms``, ``90s``, ``10m``, ``365d``: the largest unit that states the bound exactly."""
+    if not isinstance(value, timedelta):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    ms = round(value.total_seconds() * 1000)
+    if ms == 0:
+        return "0s"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def describe_bounds(spec: Any) -> str | None:
+    """``"1s to 365d"``: an option's documented range, or None for options without one."""
+    bounds = spec.metadata.get("bounds")
+    if bounds is None:
+        return None
+    return f"{_format_bound(bounds[0])} to {_format_bound(bounds[1])}"
+
+
 def _parse_value(spec: Any, raw: object, source: str) -> Any:
     parse: Callable[[object], Any] = spec.metadata["parse"]
+    shown = "***" if spec.metadata.get("secret") else repr(raw)
     try:
-        return parse(raw)
-    except (ValueError, TypeError):
+        value = parse(raw)
+    except (ValueError, TypeError, OverflowError):
         choices = getattr(parse, "choices", None)
         expected = "one of " + ", ".join(choices) if choices else _EXPECTED.get(parse, "a valid value")
-        shown = "***" if spec.metadata.get("secret") else repr(raw)
+        if spec.metadata.get("bounds") is not None:
+            expected += f" between {describe_bounds(spec).replace(' to ', ' and ')}"  # type: ignore[union-attr]
         raise ConfigError(f"{spec.name} ({source}): expected {expected}, got {shown}") from None
+    if spec.metadata.get("secret") and isinstance(value, str):
+        # From here on masked in every output, wherever it turns up; a cookie string's values too.
+        hide(value, *(part.partition("=")[2].strip() for part in value.split(";")))
+    bounds = spec.metadata.get("bounds")
+    # `not lo <= v <= hi` also rejects NaN, which compares false with everything.
+    if bounds is not None and value is not None and not bounds[0] <= value <= bounds[1]:
+        limits = describe_bounds(spec).replace(" to ", " and ")  # type: ignore[union-attr]
+        raise ConfigError(f"{spec.name} ({source}): must be between {limits}, got {shown}")
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -689,11 +768,10 @@ def _derive(settings: Settings, env: Mapping[str, str]) -> Settings:
             raise ConfigError(f"token_file: cannot read a token from {settings.token_file}") from None
     if settings.platform == "sagemaker" and settings.heartbeat is None:
         changes["heartbeat"] = Path(os.path.expanduser("~/.lamplighter/heartbeat.json"))
-    if settings.idle_timeout <= timedelta(0):
-        raise ConfigError("idle_timeout: must be more than 0 seconds")
     if settings.action == "command" and not settings.command:
         raise ConfigError("command: --action command needs --command 'shell command'")
-    if settings.busy_recheck <= timedelta(0):
-        raise ConfigError("busy_recheck: must be more than 0 seconds")
     _check_process_timing(settings)
-    return replace(settings, **changes) if changes else settings
+    final = replace(settings, **changes) if changes else settings
+    # A token from a file or lifted from the URL is masked like one given directly (_parse_value).
+    hide(final.token)
+    return final

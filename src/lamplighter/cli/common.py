@@ -21,8 +21,9 @@ from lamplighter.errors import (
     RemoteError,
     RemoteTimeout,
 )
+from lamplighter.redaction import RedactingFilter, redact
 from lamplighter.remote.connection import Connection, connection_from_settings
-from lamplighter.settings import Settings, load_settings, option_specs
+from lamplighter.settings import Settings, describe_bounds, load_settings, option_specs
 
 __all__ = [
     "CONNECTION_OPTIONS",
@@ -37,6 +38,7 @@ __all__ = [
     "add_settings_options",
     "configure_logging",
     "connection_from_args",
+    "error_line",
     "exit_code_for",
     "settings_from_args",
 ]
@@ -65,6 +67,11 @@ def exit_code_for(exc: LamplighterError) -> int:
     if isinstance(exc, ConnectFailed | AuthRejected | RemoteError):
         return EXIT_REMOTE
     return EXIT_FAILED
+
+
+def error_line(problem: BaseException | str) -> str:
+    """The one line an expected failure prints, under the redaction rule."""
+    return redact(f"lamplighter: {problem}")
 
 
 def _describe_default(value: Any) -> str:
@@ -97,7 +104,9 @@ def add_settings_options(
         section = sections.setdefault(meta["group"], parser.add_argument_group(f"{meta['group']} settings"))
         env = meta["env"] or (f"LAMPLIGHTER_{spec.name.upper()}",)
         default = "a state-dir file" if spec.name == "journal" else _describe_default(spec.default)
-        text = f"{meta['help']} [default: {default}; env {', '.join(env)}]".replace("%", "%%")
+        bounds = describe_bounds(spec)
+        limits = f"range {bounds}; " if bounds else ""
+        text = f"{meta['help']} [{limits}default: {default}; env {', '.join(env)}]".replace("%", "%%")
         flag = "--" + spec.name.replace("_", "-")
         if meta["parse"].__name__ == "parse_bool":
             negative = "--" + (meta["negative"] or f"no-{spec.name.replace('_', '-')}")
@@ -145,7 +154,11 @@ def connection_from_args(args: argparse.Namespace) -> Connection:
 
 
 def configure_logging(level: str, *, stream: Any = None) -> None:
-    """Plain timestamped lines on stderr; httpx's per-request lines only at debug."""
+    """Plain timestamped lines on stderr, redacted; httpx's per-request lines only at debug.
+
+    The redaction sits on the one handler, so it covers every logger at every level, the
+    libraries' (httpx, httpcore, websockets, botocore) included.
+    """
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         stream=stream or sys.stderr,
@@ -153,6 +166,8 @@ def configure_logging(level: str, *, stream: Any = None) -> None:
         datefmt="%Y-%m-%dT%H:%M:%S%z",
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
     for noisy in ("httpx", "httpcore", "websockets", "asyncio", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(max(quiet, logging.getLogger().level))

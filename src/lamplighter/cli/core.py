@@ -15,6 +15,7 @@ from lamplighter.cli.common import (
     EXIT_REMOTE,
     add_settings_options,
     configure_logging,
+    error_line,
     settings_from_args,
 )
 from lamplighter.errors import ConfigError
@@ -98,6 +99,12 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
                 result = await agent.run(once=once)
     if result.stop is not None and result.stop.outcome is StopOutcome.FAILED:
         return EXIT_FAILED
+    if once and result.stop is None and result.decision.memory.failing_since is not None:
+        # The one probe failed: journaled as "cannot tell", but cron must not read that as healthy.
+        print(
+            error_line(f"watch --once could not read the server: {result.decision.reason}"), file=sys.stderr
+        )
+        return EXIT_REMOTE
     return EXIT_OK
 
 
@@ -110,7 +117,7 @@ def _status(args: argparse.Namespace) -> int:
     decision = asyncio.run(_status_async(settings))
     if decision.action is Action.SKIP:
         # The probe failed: one line naming why, as for every connect or auth failure.
-        print(f"lamplighter: {decision.reasons[0]}", file=sys.stderr)
+        print(error_line(decision.reasons[0]), file=sys.stderr)
         return EXIT_REMOTE
     if args.json:
         print(json.dumps({**decision.to_dict(), "settings": settings.redacted()}, indent=2))

@@ -20,6 +20,7 @@ from lamplighter.cli.common import (
     add_settings_options,
     configure_logging,
     connection_from_args,
+    error_line,
     settings_from_args,
 )
 from lamplighter.errors import CellFailed, ConfigError, LamplighterError, RemoteTimeout
@@ -419,10 +420,10 @@ def _run_shell(args: argparse.Namespace) -> int:
         script = _read_script(args.script) if args.script else None
         return asyncio.run(_run_shell_async(args, " ".join(words), script))
     except RemoteTimeout as exc:
-        print(f"lamplighter: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return EXIT_SHELL_TIMEOUT
     except LamplighterError as exc:
-        print(f"lamplighter: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return EXIT_SHELL_ERROR
 
 
