@@ -3,38 +3,22 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from lamplighter.cli import main
 from lamplighter.journal import Journal
-from lamplighter.localserver import free_port
+from tests.ports import start_http_server
 
 
 @pytest.fixture
 def editor(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """A stand-in editor server process (a plain HTTP server) listening on a free port."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    port, process = start_http_server(tmp_path)
     yield port, process
     process.kill()
     process.wait()

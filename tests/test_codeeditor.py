@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,9 +17,9 @@ import psutil
 import pytest
 
 from lamplighter.errors import ConnectFailed, MalformedAnswer, RemoteError, Unsupported
-from lamplighter.localserver import free_port
 from lamplighter.model import Clock
 from lamplighter.platforms.codeeditor import CodeEditorOptions, CodeEditorProbe
+from tests.ports import start_http_server
 
 UTC = timezone.utc
 AGENT_STARTED = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -137,22 +135,11 @@ async def test_started_is_the_editor_process_start_so_the_grace_holds(
     assert snap.started == AGENT_STARTED == snap.last_activity
 
 
-async def test_started_from_the_editor_port(layout: CodeEditorOptions) -> None:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+async def test_started_from_the_editor_port(layout: CodeEditorOptions, tmp_path: Path) -> None:
+    port, server = start_http_server(tmp_path)
     try:
-        deadline = time.monotonic() + 10
         options = CodeEditorOptions(activity_dirs=(), timestamp_files=(), server_port=port)
-        probe = CodeEditorProbe(options, agent_started=AGENT_STARTED)
-        snap = await probe.snapshot()
-        while snap.started == AGENT_STARTED:  # until the server listens
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-            snap = await probe.snapshot()
+        snap = await CodeEditorProbe(options, agent_started=AGENT_STARTED).snapshot()
         assert snap.started == datetime.fromtimestamp(psutil.Process(server.pid).create_time(), UTC)
     finally:
         server.kill()

@@ -6,9 +6,10 @@ import httpx
 import pytest
 
 from lamplighter.errors import AuthRejected, ConfigError, ConnectFailed, MalformedAnswer
-from lamplighter.localserver import LocalServer, free_port
+from lamplighter.localserver import LocalServer
 from lamplighter.remote.connection import Connection, split_server_url
 from tests.conftest import ServerFactory
+from tests.ports import refused_port
 
 
 def test_split_server_url_lifts_token_and_normalises() -> None:
@@ -58,9 +59,10 @@ async def test_wrong_token_is_auth_rejected(jupyter: LocalServer) -> None:
 
 
 async def test_nothing_listening_is_connect_failed() -> None:
-    async with Connection(f"http://127.0.0.1:{free_port()}/", token="t") as conn:
-        with pytest.raises(ConnectFailed, match="cannot connect"):
-            await conn.get("api/status")
+    with refused_port() as port:
+        async with Connection(f"http://127.0.0.1:{port}/", token="t") as conn:
+            with pytest.raises(ConnectFailed, match="cannot connect"):
+                await conn.get("api/status")
 
 
 async def test_non_json_answer_is_malformed() -> None:

@@ -15,9 +15,10 @@ from websockets.sync.client import connect
 
 from lamplighter.cli import main
 from lamplighter.journal import Journal
-from lamplighter.localserver import LocalServer, free_port
+from lamplighter.localserver import LocalServer
 from lamplighter.model import parse_timestamp
 from tests.conftest import watch
+from tests.ports import refused_port
 
 
 def api(server: LocalServer, method: str, path: str, **kw: object) -> httpx.Response:
@@ -203,31 +204,32 @@ def test_restart_keeps_remembered_activity(
 
 def test_unreachable_server_is_not_idle(tmp_path: Path) -> None:
     journal = tmp_path / "j.sqlite3"
-    url = f"http://127.0.0.1:{free_port()}/"
-    assert (
-        main(
-            [
-                "watch",
-                "--once",
-                "--url",
-                url,
-                "--token",
-                "t",
-                "--idle-timeout",
-                "1s",
-                "--journal",
-                str(journal),
-            ]
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}/"
+        assert (
+            main(
+                [
+                    "watch",
+                    "--once",
+                    "--url",
+                    url,
+                    "--token",
+                    "t",
+                    "--idle-timeout",
+                    "1s",
+                    "--journal",
+                    str(journal),
+                ]
+            )
+            == 3  # cron must see that nothing was read (EXIT_REMOTE), though the verdict is journaled
         )
-        == 3  # cron must see that nothing was read (EXIT_REMOTE), though the verdict is journaled
-    )
-    with Journal(journal) as j:
-        (decision,) = j.events(kind="decision")
-    assert decision.verdict == "skip"
-    assert "cannot connect" in decision.summary
-    result = cli("status", "--url", url, "--token", "t", "--journal", str(journal))
-    assert result.returncode == 3
-    assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr
+        with Journal(journal) as j:
+            (decision,) = j.events(kind="decision")
+        assert decision.verdict == "skip"
+        assert "cannot connect" in decision.summary
+        result = cli("status", "--url", url, "--token", "t", "--journal", str(journal))
+        assert result.returncode == 3
+        assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr
 
 
 def test_wrong_token_and_bad_url_fail_clearly(jupyter: LocalServer, tmp_path: Path) -> None:

@@ -3,14 +3,18 @@
 It needs the ``demo`` extra (jupyter_server, jupyter_server_terminals, ipykernel) in the same
 environment. The server gets its own config, data and runtime folders, so nothing from the user's
 Jupyter setup leaks in, and it binds 127.0.0.1 only.
+
+The server picks its own port (``--port=0``) and we read it back from the ``jpserver-<pid>.json`` it
+writes once it listens: choosing a free port here and handing it over would race with every other
+process binding ports meanwhile (the tests run many servers at once).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +26,7 @@ import httpx
 
 from lamplighter.errors import ConfigError, RemoteTimeout
 
-__all__ = ["LocalServer", "free_port", "start_local_server"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["LocalServer", "start_local_server"]
 
 
 @dataclass
@@ -50,14 +47,7 @@ class LocalServer:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it; a no-op if it already exited."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout_s)
+        _terminate(self.process, timeout_s)
 
     def wait_exited(self, timeout_s: float) -> int | None:
         """Wait up to ``timeout_s`` for the server to exit by itself; its return code, or None."""
@@ -76,7 +66,10 @@ def start_local_server(
     extra_args: Sequence[str] = (),
     startup_timeout_s: float = 30.0,
 ) -> LocalServer:
-    """Start ``jupyter server`` with its files under ``workdir`` and wait until its API answers."""
+    """Start ``jupyter server`` with its files under ``workdir`` and wait until its API answers.
+
+    Without ``port`` the server binds a port the kernel gives it, reported back through its runtime file.
+    """
     try:
         import jupyter_server  # noqa: F401
     except ImportError:
@@ -84,7 +77,6 @@ def start_local_server(
             "the local Jupyter server needs the demo extra: pip install 'lamplighter[demo]'"
         ) from None
     token = token or secrets.token_hex(16)
-    port = port or free_port()
     root = workdir / "root"
     for sub in ("root", "config", "data", "runtime"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -105,7 +97,7 @@ def start_local_server(
         "jupyter_server",
         "--no-browser",
         "--ip=127.0.0.1",
-        f"--port={port}",
+        f"--port={port or 0}",
         "--port-retries=0",
         f"--ServerApp.base_url={base}",
         f"--ServerApp.root_dir={root}",
@@ -120,9 +112,9 @@ def start_local_server(
         process = subprocess.Popen(
             argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    url = f"http://127.0.0.1:{port}{base}"
-    server = LocalServer(url=url, token=token, root_dir=root, port=port, process=process, log_path=log_path)
     deadline = time.monotonic() + startup_timeout_s
+    info_file = workdir / "runtime" / f"jpserver-{process.pid}.json"
+    bound: int | None = None
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -130,12 +122,48 @@ def start_local_server(
                 raise RemoteTimeout(
                     f"the local Jupyter server exited with status {process.returncode}:\n{tail}"
                 )
-            try:
-                answer = client.get(url + "api/status", headers={"Authorization": f"token {token}"})
-                if answer.status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
+            bound = bound or _listening_port(info_file)
+            if bound:
+                url = f"http://127.0.0.1:{bound}{base}"
+                try:
+                    answer = client.get(url + "api/status", headers={"Authorization": f"token {token}"})
+                    if answer.status_code == 200:
+                        return LocalServer(
+                            url=url,
+                            token=token,
+                            root_dir=root,
+                            port=bound,
+                            process=process,
+                            log_path=log_path,
+                        )
+                except httpx.TransportError:
+                    pass  # the port is chosen before the server listens on it
             time.sleep(0.1)
-    server.stop()
+    _terminate(process)
     raise RemoteTimeout(f"the local Jupyter server did not answer within {startup_timeout_s:.0f} s")
+
+
+def _listening_port(info_file: Path) -> int | None:
+    """The port the server chose, from its runtime file; None until the file is written.
+
+    jupyter_server resolves ``--port=0`` itself: the kernel hands it a port nobody holds, and it listens
+    on it moments later in the same start-up; a port chosen here would stay free for a whole Python
+    start-up (about a second) for others to take.
+    """
+    try:
+        info = json.loads(info_file.read_text())
+    except (OSError, ValueError):
+        return None  # not written yet, or caught half-written
+    port = info.get("port") if isinstance(info, dict) else None
+    return port if isinstance(port, int) and port > 0 else None
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
