@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# JupyterHub's proxy, from npm, for the tests that stop a server behind it (tests/chp.py finds it here).
+CHP := configurable-http-proxy@4
+NODE_STAMP := $(VENV)/node/.installed-$(subst @,-,$(CHP))
 
 .PHONY: demo test lint typecheck unit bench clean
 
@@ -14,6 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
+$(NODE_STAMP): | $(BIN)/python
+	npm install --prefix $(VENV)/node --no-audit --no-fund --silent $(CHP)
+	touch $(NODE_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/lamplighter demo
 
@@ -24,7 +31,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

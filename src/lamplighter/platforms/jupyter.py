@@ -13,7 +13,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from lamplighter.errors import ConnectFailed, MalformedAnswer, RemoteError
+from lamplighter.backoff import backoff_delays
+from lamplighter.errors import AuthRejected, ConnectFailed, MalformedAnswer, RemoteError, RemoteTimeout
 from lamplighter.model import (
     Decision,
     KernelInfo,
@@ -173,36 +174,91 @@ def _as_list(value: Any, what: str) -> list[dict[str, Any]]:
     return value
 
 
-class JupyterShutdown:
-    """Stops the server with ``POST /api/shutdown`` and waits until it no longer answers."""
+# Answers that come from a proxy or hub in front of a server that is no longer there, never from a
+# Jupyter server's own /api/status: 404 (the proxy has no route any more and no default target), 424
+# (JupyterHub: "the user's server is not running"), 502/503 (the proxy cannot reach its target).
+_GONE_STATUSES = frozenset({404, 424, 502, 503})
 
-    def __init__(self, conn: Connection, *, verify_timeout_s: float = 30.0) -> None:
+
+class JupyterShutdown:
+    """Stops the server with ``POST /api/shutdown`` and verifies, with bounded backoff, that it is gone.
+
+    Gone is a refused or dropped connection (the server itself is gone), or an answer from whatever
+    stands in front of it: 404, 424, 502 or 503 from a proxy or a hub. A 401, 403 or login redirect
+    counts as gone too: the same credentials were accepted by the probe moments before, and a Jupyter
+    server does not change its auth while it shuts down, so the refusal comes from the hub, which
+    answers once the proxy's route to the stopped server is gone. Only a server that answers
+    ``api/status`` after refusing our POST has refused the stop (FAILED); one that still answers after
+    ``verify_timeout_s`` is STOPPING, which the agent looks at again later.
+
+    Verification polls quickly at first (a server exits within a second or two) and backs off to one
+    request every ``longest_delay_s``: about 15 requests in the default 30 s, not one every 50 ms.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        verify_timeout_s: float = 30.0,
+        first_delay_s: float = 0.1,
+        longest_delay_s: float = 3.0,
+    ) -> None:
         self._conn = conn
         self._verify_timeout_s = verify_timeout_s
+        self._first_delay_s = first_delay_s
+        self._longest_delay_s = longest_delay_s
 
     @property
     def description(self) -> str:
         return f"POST {self._conn.display_url}api/shutdown"
 
     async def stop(self, decision: Decision) -> StopResult:
+        refusal: AuthRejected | None = None
         try:
             await self._conn.request("POST", "api/shutdown")
-        except ConnectFailed:
-            # The server may close the connection before answering: that is the shutdown happening.
+        except (ConnectFailed, RemoteTimeout):
+            # jupyter_server stops its loop before it answers: a dropped (or unanswered) POST is the
+            # shutdown under way, not a failure. The verification says how it ended.
             pass
+        except AuthRejected as exc:
+            refusal = exc  # refused by the server, or answered by a hub for a server already gone
         except RemoteError as exc:
-            return StopResult(StopOutcome.FAILED, str(exc))
+            if exc.status not in _GONE_STATUSES:
+                return StopResult(StopOutcome.FAILED, str(exc))
+            # A proxy answered: the server dropped our POST while stopping, or is gone already (another
+            # agent stopped it first).
+            logger.debug("shutdown answered by the proxy: %s", exc)
+        return await self._verify(refusal)
+
+    async def _verify(self, refusal: AuthRejected | None) -> StopResult:
         deadline = time.monotonic() + self._verify_timeout_s
+        delays = backoff_delays(self._longest_delay_s, self._first_delay_s)
+        checks = 0
         while True:
+            checks += 1
             try:
                 await self._conn.get("api/status")
             except ConnectFailed:
-                return StopResult(StopOutcome.STOPPED, "the server stopped answering")
+                return StopResult(StopOutcome.STOPPED, f"the server stopped answering (check {checks})")
+            except AuthRejected as exc:
+                return StopResult(
+                    StopOutcome.STOPPED,
+                    f"the hub in front refuses with HTTP {exc.status} for a server that is gone (check {checks})",
+                )
             except RemoteError as exc:
+                if exc.status in _GONE_STATUSES:
+                    return StopResult(
+                        StopOutcome.STOPPED,
+                        f"the proxy in front answers HTTP {exc.status}: the server is gone (check {checks})",
+                    )
                 logger.debug("still stopping: %s", exc)
-            if time.monotonic() >= deadline:
+            else:
+                if refusal is not None:
+                    return StopResult(StopOutcome.FAILED, str(refusal))
+            delay = next(delays)
+            if time.monotonic() + delay > deadline:
                 return StopResult(
                     StopOutcome.STOPPING,
                     f"shutdown accepted but still answering after {self._verify_timeout_s:g} s",
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(delay)

@@ -27,7 +27,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from lamplighter.backoff import backoff_delays
 from lamplighter.errors import (
     AuthRejected,
     ConfigError,
@@ -482,14 +483,6 @@ async def wait_until_in_service(
             )
         await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover - backoff_delays never ends
-
-
-def backoff_delays(longest_s: float, first_s: float = 0.25) -> Iterator[float]:
-    """``first_s``, doubling, then ``longest_s`` for ever: quick first looks, then a steady pace."""
-    delay = min(first_s, longest_s)
-    while True:
-        yield delay
-        delay = min(delay * 2, longest_s)
 
 
 # -- stopping -------------------------------------------------------------------------------------
