@@ -51,7 +51,9 @@ def start_http_server(cwd: Path, *, timeout_s: float = 10.0) -> tuple[int, subpr
         process.kill()
         process.wait()
         raise
-    # Nothing reads the pipe from here on; http.server writes its request log to stderr, not stdout.
+    finally:
+        # http.server writes nothing else to stdout (its request log goes to stderr), so the pipe can go.
+        process.stdout.close()
     return int(match.group(1)), process
 
 
