@@ -237,8 +237,13 @@ class Agent:
         """Watch until the app is stopped (or ``once``, or :meth:`request_exit`).
 
         ``once`` decides once and acts; while a work signal cannot tell yet (its first window), it
-        waits for it first, bounded by :meth:`settle_limit`.
+        waits for it first, bounded by :meth:`settle_limit`. One agent per target: the journal's claim
+        on the target is held meanwhile.
         """
+        with self.journal.claim(self.target):
+            return await self._watch(once)
+
+    async def _watch(self, once: bool) -> WatchResult:
         self.journal.record(
             self.target,
             "agent",

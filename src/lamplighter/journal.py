@@ -6,12 +6,20 @@ errors are translated here and nowhere else: a journal that cannot be opened (no
 that cannot be made, a newer schema) is a bad ``--journal`` setting, :class:`ConfigError` (exit 2);
 one that fails later, while reading or writing, is :class:`JournalError`. What is written goes
 through :func:`~lamplighter.redaction.redact` first.
+
+The journal also keeps one agent per target: :meth:`Journal.claim` holds an ``flock`` on a lock file
+next to the database, named by a hash of the target, for as long as the agent runs. The kernel drops
+the lock when the process ends, however it ends, so a crashed agent never blocks its successor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,6 +135,40 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def claim(self, target: str) -> Iterator[None]:
+        """Be the one agent watching ``target`` with this journal while the block runs.
+
+        Raises :class:`ConfigError` (exit 2), naming the holder's pid, when another agent holds the
+        claim: two agents would both stop the app and journal it twice.
+        """
+        digest = hashlib.sha256(target.encode()).hexdigest()[:16]
+        lock_path = self.path.with_name(f"{self.path.name}.{digest}.lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # Like a journal that cannot be opened: a bad --journal setting, found at start.
+            raise ConfigError(f"journal {self.path}: cannot create {lock_path} ({exc.strerror})") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise ConfigError(
+                        f"journal {self.path}: cannot lock {lock_path} ({exc.strerror})"
+                    ) from exc
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise ConfigError(
+                    f"{target} is already watched by pid {holder} with the journal {self.path}; "
+                    "stop that agent first"
+                ) from None
+            # The pid is for the message above; the lock itself is the flock, not the file's content.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
 
     @contextmanager
     def _sql(self, what: str) -> Iterator[sqlite3.Connection]:

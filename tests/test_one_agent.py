@@ -1,0 +1,91 @@
+"""One agent per target and journal: a second ``watch`` refuses with one line; a dead agent's claim is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lamplighter.errors import ConfigError
+from lamplighter.journal import Journal
+from lamplighter.localserver import LocalServer
+from tests.waiting import wait_until
+
+
+def watch(server: LocalServer, journal: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lamplighter",
+        "watch",
+        "--url",
+        server.url,
+        "--journal",
+        str(journal),
+        *extra,
+    ]
+
+
+def env(server: LocalServer) -> dict[str, str]:
+    return {**os.environ, "LAMPLIGHTER_TOKEN": server.token}
+
+
+def watching(journal: Path) -> bool:
+    if not journal.exists():
+        return False
+    with Journal(journal) as j:
+        return any(e.summary.startswith("watching") for e in j.events(kind="agent"))
+
+
+def test_a_second_agent_on_the_same_target_refuses_in_one_line(jupyter: LocalServer, tmp_path: Path) -> None:
+    journal = tmp_path / "j.sqlite3"
+    first = subprocess.Popen(
+        watch(jupyter, journal, "--idle-timeout", "1h"),
+        env=env(jupyter),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: watching(journal), timeout_s=30, what="the first agent to start watching")
+        # --once, so that an agent that does not refuse ends anyway and fails the test instead of hanging.
+        second = subprocess.run(
+            watch(jupyter, journal, "--once", "--idle-timeout", "1s", "--startup-grace", "0"),
+            env=env(jupyter),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert f"already watched by pid {first.pid}" in second.stderr
+        assert jupyter.running, "the refused agent must not have stopped the server"
+        # The claim dies with its process, however it ends: no stale lock to clean up by hand.
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        third = subprocess.run(
+            watch(jupyter, journal, "--once"),
+            env=env(jupyter),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert third.returncode == 0, third.stderr
+    finally:
+        first.kill()
+        first.wait(10)
+
+
+def test_claims_are_per_target(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite3") as one, Journal(tmp_path / "j.sqlite3") as other:
+        with one.claim("http://127.0.0.1:1/"), other.claim("http://127.0.0.1:2/"):
+            refused = pytest.raises(ConfigError, match=f"already watched by pid {os.getpid()}")
+            with refused, other.claim("http://127.0.0.1:1/"):
+                pass
+        with other.claim("http://127.0.0.1:1/"):  # released when the first block ended
+            pass
