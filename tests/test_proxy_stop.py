@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lamplighter.journal import Journal
@@ -106,3 +107,47 @@ async def test_a_stop_that_finds_the_server_gone_is_stopped(behind_proxy: tuple[
         second = await JupyterShutdown(conn).stop(decision)
     assert second.outcome is StopOutcome.STOPPED, second.detail
     assert "503" in second.detail
+
+
+def _answer(status: int | None) -> httpx.Response:
+    if status is None:
+        raise httpx.ConnectError("connection refused")
+    return httpx.Response(status, json={"message": "from the hub"})
+
+
+@pytest.mark.parametrize(
+    ("post", "statuses", "outcome"),
+    [
+        # (POST answer, api/status answers in turn, outcome); None is a refused connection.
+        (None, [200, 200, None], StopOutcome.STOPPED),  # the server dropped the POST, then went away
+        (503, [200, 503], StopOutcome.STOPPED),  # the proxy lost the POST; its route's server then died
+        (200, [424], StopOutcome.STOPPED),  # JupyterHub: the user's server is not running
+        (200, [502], StopOutcome.STOPPED),
+        (200, [404], StopOutcome.STOPPED),  # the route is gone and the proxy has no default target
+        (200, [403], StopOutcome.STOPPED),  # the hub, not the server: these credentials worked a moment ago
+        (403, [200], StopOutcome.FAILED),  # the server itself refused the shutdown and still runs
+        (403, [424], StopOutcome.STOPPED),  # the hub refused for a server that was gone already
+        (500, [], StopOutcome.FAILED),
+        (200, [500, 200, 200, 200], StopOutcome.STOPPING),  # still answering when the time is up
+    ],
+)
+async def test_what_counts_as_gone(
+    post: int | None, statuses: list[int | None], outcome: StopOutcome
+) -> None:
+    answers = iter(statuses)
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        if request.method == "POST":
+            return _answer(post)
+        return _answer(next(answers, 200))
+
+    now = datetime.now(timezone.utc)
+    decision = Decision(Action.STOP, "idle", ("idle",), idle_since=now, stop_at=now, next_check_at=now)
+    transport = httpx.MockTransport(handler)
+    async with Connection("http://hub.invalid/user/a/", token="t", transport=transport) as conn:
+        stopper = JupyterShutdown(conn, verify_timeout_s=0.3, first_delay_s=0.01, longest_delay_s=0.05)
+        result = await stopper.stop(decision)
+    assert result.outcome is outcome, result.detail
+    assert seen.count("POST") == 1
