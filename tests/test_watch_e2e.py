@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from lamplighter.localserver import LocalServer
 from lamplighter.model import parse_timestamp
 from tests.conftest import watch
 from tests.ports import refused_port
+from tests.waiting import wait_until
 
 
 def api(server: LocalServer, method: str, path: str, **kw: object) -> httpx.Response:
@@ -76,10 +78,11 @@ def test_busy_kernel_keeps_the_app_past_the_timeout(jupyter: LocalServer, tmp_pa
                 }
             )
         )
-        deadline = time.monotonic() + 15
-        while api(jupyter, "GET", f"api/kernels/{kernel['id']}").json()["execution_state"] != "busy":
-            assert time.monotonic() < deadline, "the cell never started"
-            time.sleep(0.05)
+        wait_until(
+            lambda: api(jupyter, "GET", f"api/kernels/{kernel['id']}").json()["execution_state"] == "busy",
+            timeout_s=15,
+            what="the cell to start",
+        )
     started = time.monotonic()
     code = watch(
         jupyter, "--idle-timeout", "2s", "--busy-recheck", "0.5s", "--journal", str(tmp_path / "j.sqlite3")
@@ -120,9 +123,11 @@ def test_open_connection_keeps_the_app_when_counted(jupyter: LocalServer, tmp_pa
     holder = threading.Thread(target=hold_open)
     holder.start()
     try:
-        deadline = time.monotonic() + 10
-        while api(jupyter, "GET", "api/status").json()["connections"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(
+            lambda: api(jupyter, "GET", "api/status").json()["connections"] >= 1,
+            timeout_s=10,
+            what="the websocket to count as a connection",
+        )
         started = time.monotonic()
         code = watch(
             jupyter,
@@ -146,9 +151,8 @@ def test_ignored_connection_does_not_keep_the_app(
 ) -> None:
     kernel = api(jupyter, "POST", "api/kernels", json={"name": "python3"}).json()
     ws_url = jupyter.url.replace("http", "ws", 1) + f"api/kernels/{kernel['id']}/channels"
-    with connect(ws_url, additional_headers={"Authorization": f"token {jupyter.token}"}):
-        wait_idle(jupyter)
-        time.sleep(1.1)
+
+    def stop_verdict() -> dict[str, Any] | None:
         capsys.readouterr()
         code = main(
             [
@@ -166,20 +170,25 @@ def test_ignored_connection_does_not_keep_the_app(
                 str(tmp_path / "j.sqlite3"),
             ]
         )
-    assert code == 0
-    status = json.loads(capsys.readouterr().out)
-    assert status["verdict"] == "stop"
+        assert code == 0
+        verdict: dict[str, Any] = json.loads(capsys.readouterr().out)
+        return verdict if verdict["verdict"] == "stop" else None
+
+    with connect(ws_url, additional_headers={"Authorization": f"token {jupyter.token}"}):
+        wait_idle(jupyter)
+        # The open connection must not hold the verdict off once the idle second has passed.
+        status = wait_until(
+            stop_verdict, timeout_s=10, poll_s=0.2, what="a stop verdict despite the open connection"
+        )
     assert any("not counted (ignore_connections)" in r for r in status["reasons"])
 
 
 def wait_idle(server: LocalServer) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def idle() -> bool:
         kernels = api(server, "GET", "api/kernels").json()
-        if kernels and all(k["execution_state"] == "idle" for k in kernels):
-            return
-        time.sleep(0.05)
-    raise AssertionError("kernels did not become idle")
+        return bool(kernels) and all(k["execution_state"] == "idle" for k in kernels)
+
+    wait_until(idle, timeout_s=20, what="the kernels to become idle")
 
 
 def test_restart_keeps_remembered_activity(
@@ -255,9 +264,21 @@ def test_watching_creates_no_activity(jupyter: LocalServer, tmp_path: Path) -> N
     ws_url = jupyter.url.replace("http", "ws", 1) + f"api/kernels/{kernel['id']}/channels"
     with connect(ws_url, additional_headers={"Authorization": f"token {jupyter.token}"}):
         wait_idle(jupyter)
-    time.sleep(0.5)  # let the kernel's own start-up messages settle before the baseline
-    before = api(jupyter, "GET", "api/status").json()["last_activity"]
-    kernel_before = api(jupyter, "GET", f"api/kernels/{kernel['id']}").json()["last_activity"]
+    # The kernel's own start-up messages may still move its activity: the baseline is taken once it holds
+    # still for half a second.
+    seen: list[tuple[str, str]] = []
+
+    def settled() -> tuple[str, str] | None:
+        now = (
+            api(jupyter, "GET", "api/status").json()["last_activity"],
+            api(jupyter, "GET", f"api/kernels/{kernel['id']}").json()["last_activity"],
+        )
+        seen.append(now)
+        return now if len(seen) > 1 and seen[-2] == now else None
+
+    before, kernel_before = wait_until(
+        settled, timeout_s=10, poll_s=0.5, what="the kernel's activity to settle"
+    )
     for _ in range(3):
         assert (
             main(["status", "--url", jupyter.url, "--token", jupyter.token, "--journal", str(tmp_path / "j")])
