@@ -1,4 +1,4 @@
-"""Fixtures that start real Jupyter servers on free loopback ports."""
+"""Fixtures that start real Jupyter servers on loopback ports they pick themselves (see localserver)."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from lamplighter.remote import (
     start_kernel,
 )
 from lamplighter.remote.notebook import _GUARD_CELL, ERROR_TAG, INJECTED_TAG
+from tests.waiting import wait_until
 
 DATA = Path(__file__).parent / "data" / "remote"
 PYTHON = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -285,12 +286,11 @@ def test_ctrl_c_keeps_finished_cells_and_shuts_everything_down(server: LocalServ
     ]
     with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         # The first cell's output reaches the file while the second cell is still running.
-        deadline = time.monotonic() + 30
-        while not (out.exists() and json.loads(out.read_text())["cells"][0]["outputs"]):  # atomic saves
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                proc.stderr.read() if proc.stderr else ""
-            )
-            time.sleep(0.05)
+        def first_output() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            return out.exists() and bool(json.loads(out.read_text())["cells"][0]["outputs"])  # atomic saves
+
+        wait_until(first_output, timeout_s=30, what="the first cell's output in the saved notebook")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from websockets.sync.client import connect
@@ -13,6 +14,7 @@ from websockets.sync.client import connect
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer
 from tests.conftest import ServerFactory, watch
+from tests.waiting import wait_until
 
 FAST_SIGNAL = ["--process-window", "1.5s", "--process-sample-interval", "0.2s"]
 
@@ -70,25 +72,19 @@ def test_extension_culls_reports_and_stops(server_factory: ServerFactory, tmp_pa
         server.url + "api/kernels", headers=headers, json={"name": "python3"}, timeout=10
     ).json()
     ws_url = server.url.replace("http", "ws", 1) + f"api/kernels/{kernel['id']}/channels"
+
+    def get(path: str) -> Any:
+        return httpx.get(
+            server.url + path, headers=headers, params={"no_track_activity": 1}, timeout=10
+        ).json()
+
     with connect(ws_url, additional_headers=headers):
-        deadline = time.monotonic() + 20
-        while (
-            httpx.get(
-                server.url + f"api/kernels/{kernel['id']}",
-                headers=headers,
-                params={"no_track_activity": 1},
-                timeout=10,
-            ).json()["execution_state"]
-            != "idle"
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    deadline = time.monotonic() + 15
-    while httpx.get(
-        server.url + "api/kernels", headers=headers, params={"no_track_activity": 1}, timeout=10
-    ).json():
-        assert time.monotonic() < deadline, "the idle kernel was not culled"
-        time.sleep(0.1)
+        wait_until(
+            lambda: get(f"api/kernels/{kernel['id']}")["execution_state"] == "idle",
+            timeout_s=20,
+            what="the kernel to become idle",
+        )
+    wait_until(lambda: not get("api/kernels"), timeout_s=15, what="the idle kernel to be culled")
     status = httpx.get(server.url + "lamplighter/api/status", headers=headers, timeout=10)
     assert status.status_code == 200
     body = json.loads(status.text)

@@ -9,8 +9,7 @@ import re
 import signal
 import stat
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from lamplighter.cli import main
 from lamplighter.errors import ConfigError
 from lamplighter.lcc import MAX_CONTENT_CHARS, RenderOptions, default_lcc_name, install_lcc, render_on_start
 from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
+from tests.waiting import wait_until
 
 pytest_plugins = ["tests.emulators.conftest_sagemaker"]
 
@@ -102,11 +102,8 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _wait(predicate: object, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+def _wait(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    wait_until(predicate, timeout_s=timeout_s, what="the supervised processes")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,7 @@ def test_agent_inside_an_app_stops_it_with_delete_app(
         DomainId=domain.id, AppType="JupyterLab", AppName="default", SpaceName=domain.space
     )
     app = sm.app(domain.id, "JupyterLab", space=domain.space)
-    deadline = time.monotonic() + 30
-    while app.status() != "InService" or app.server is None:
-        assert time.monotonic() < deadline, "the emulated app never came up"
-        time.sleep(0.05)
+    sm.wait_for(lambda: app.status() == "InService" and app.server is not None)
     server = app.server
     journal = tmp_path / "j.sqlite3"
     heartbeat = tmp_path / "heartbeat.json"
@@ -67,10 +63,7 @@ def test_run_shell_in_a_studio_app_through_the_presigned_login(
         DomainId=domain.id, AppType="JupyterLab", AppName="default", SpaceName=domain.space
     )
     app = sm.app(domain.id, "JupyterLab", space=domain.space)
-    deadline = time.monotonic() + 30
-    while app.status() != "InService" or app.server is None:
-        assert time.monotonic() < deadline, "the emulated app never came up"
-        time.sleep(0.05)
+    sm.wait_for(lambda: app.status() == "InService" and app.server is not None)
     code = main(
         [
             "run",

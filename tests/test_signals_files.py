@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lamplighter.model import ActivityReading, Clock
 from lamplighter.signals.files import DEFAULT_FILE_IGNORE, FileSignal, FileSignalOptions
+from tests.waiting import wait_until_async
 
 UTC = timezone.utc
 FAST = FileSignalOptions(debounce_ms=200, retry_interval_s=0.2)
@@ -39,15 +40,16 @@ async def until(
     sig: FileSignal, predicate: Callable[[ActivityReading], bool], *, touch: Path | None = None
 ) -> ActivityReading:
     """Poll until ``predicate`` holds; rewrite ``touch`` meanwhile, since the watcher may not be set up yet."""
-    deadline = time.monotonic() + 10
-    reading = sig.reading(now())
-    while not predicate(reading):
-        assert time.monotonic() < deadline, f"condition not met; last reading: {reading}"
+
+    def met() -> ActivityReading | None:
+        reading = sig.reading(now())
+        if predicate(reading):
+            return reading
         if touch is not None:
             write(touch, str(time.time()))
-        await asyncio.sleep(0.1)
-        reading = sig.reading(now())
-    return reading
+        return None
+
+    return await wait_until_async(met, timeout_s=10, poll_s=0.1, what="the file signal's reading")
 
 
 async def test_an_edit_is_interaction(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from lamplighter.model import ActivityReading, Clock
 from lamplighter.signals.gpu import GpuSignal, GpuSignalOptions
+from tests.waiting import wait_until_async
 
 UTC = timezone.utc
 FAST = GpuSignalOptions(sample_interval_s=0.05, window_s=0.6)
@@ -113,13 +114,11 @@ def sleeper() -> Iterator[int]:
 async def until(
     sig: GpuSignal, predicate: Callable[[ActivityReading], bool], timeout_s: float = 5.0
 ) -> ActivityReading:
-    deadline = time.monotonic() + timeout_s
-    reading = sig.reading(now())
-    while not predicate(reading):
-        assert time.monotonic() < deadline, f"condition not met in {timeout_s} s; last reading: {reading}"
-        await asyncio.sleep(0.02)
+    def met() -> ActivityReading | None:
         reading = sig.reading(now())
-    return reading
+        return reading if predicate(reading) else None
+
+    return await wait_until_async(met, timeout_s=timeout_s, poll_s=0.02, what="the GPU signal's reading")
 
 
 async def run_until(sig: GpuSignal, predicate: Callable[[ActivityReading], bool]) -> ActivityReading:
@@ -243,10 +242,8 @@ async def test_a_driver_error_mid_run_keeps_the_last_use_and_recovers(
             assert reading.at is not None and failed_at - 0.5 <= reading.at.timestamp() <= failed_at + 0.2
             assert "GPU signal failing since" in reading.detail and "GPU is lost" in reading.detail
             assert f"before that pid {sleeper}" in reading.detail
-            deadline = time.monotonic() + 5
-            while nvml.failed_calls < 4:  # several failed samples go by; the failure is logged once
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            # Several failed samples go by; the failure is logged once.
+            await wait_until_async(lambda: nvml.failed_calls >= 4, timeout_s=5, what="4 failed NVML calls")
             nvml.fail_with = None
             await until(sig, lambda r: r.active_now)
         messages = [r.getMessage() for r in caplog.records]

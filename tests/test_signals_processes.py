@@ -28,6 +28,7 @@ from lamplighter.signals.processes import (
     ProcessSignalOptions,
     describe_process,
 )
+from tests.waiting import wait_until, wait_until_async
 
 UTC = timezone.utc
 # Short windows keep the tests fast: busy for 1 s out of 3 s counts, samples every 0.1 s.
@@ -106,13 +107,12 @@ async def until(
     sig: ProcessSignal, predicate: Callable[[ActivityReading], bool], timeout_s: float = 10.0
 ) -> ActivityReading:
     """Poll the signal's reading until ``predicate`` holds; fail with the last reading after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    reading = sig.reading(now())
-    while not predicate(reading):
-        assert time.monotonic() < deadline, f"condition not met in {timeout_s} s; last reading: {reading}"
-        await asyncio.sleep(0.05)
+
+    def met() -> ActivityReading | None:
         reading = sig.reading(now())
-    return reading
+        return reading if predicate(reading) else None
+
+    return await wait_until_async(met, timeout_s=timeout_s, what="the process signal's reading")
 
 
 def sample_for(
@@ -255,13 +255,14 @@ def test_ignored_processes_and_the_agent_do_not_count(
     as_agent = ProcessSignal(server.pid, FAST, agent_pid=marked_pid)
     seeing_all = ProcessSignal(server.pid, replace(FAST, ignore=()))
     ignored_readings: list[ActivityReading] = []
-    deadline = time.monotonic() + 10
-    while not seeing_all.reading(now()).active_now:
-        assert time.monotonic() < deadline, seeing_all.reading(now())
+
+    def seen_by_all() -> bool:
         for sig in (ignoring, as_agent, seeing_all):
             sig.sample()
-        ignored_readings += [ignoring.reading(now()), as_agent.reading(now())]
-        time.sleep(0.1)
+        ignored_readings.extend([ignoring.reading(now()), as_agent.reading(now())])
+        return seeing_all.reading(now()).active_now
+
+    wait_until(seen_by_all, timeout_s=10, poll_s=0.1, what="the unfiltered signal to see the busy jobs")
     assert not any(r.active_now or r.at for r in ignored_readings), [
         r.detail for r in ignored_readings if r.at
     ]
@@ -278,12 +279,13 @@ def test_short_lived_children_count_through_their_parent(fake_server: Callable[.
     server = fake_server(["bash", "-c", loop])
     shell_pid = server.children[0]
     sig = ProcessSignal(server.pid, ProcessSignalOptions(sample_interval_s=0.5, window_s=3.0))
-    deadline = time.monotonic() + 10
     sig.sample()
-    while not sig.reading(now()).active_now:
-        assert time.monotonic() < deadline, sig.reading(now())
-        time.sleep(0.5)
+
+    def busy() -> bool:
         sig.sample()
+        return sig.reading(now()).active_now
+
+    wait_until(busy, timeout_s=10, poll_s=0.5, what="the shell loop to count as busy")
     assert f"pid {shell_pid} `bash" in sig.reading(now()).detail or "`sh -c" in sig.reading(now()).detail
 
 

@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from lamplighter.localserver import LocalServer, start_local_server
+from tests.waiting import wait_until
 
 __all__ = ["EmulatedApp", "SageMakerEmulator", "StudioDomain", "aws_env"]
 
@@ -412,12 +413,8 @@ class SageMakerEmulator:
         return self.workdir / "homes" / domain_id / owner / "root"
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-        """Poll ``predicate`` until true or raise ``TimeoutError`` (for tests: never sleep-and-hope)."""
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError("condition not met in time")
-            time.sleep(0.02)
+        """Poll ``predicate`` until true, through the suite's one wait helper."""
+        wait_until(predicate, timeout_s=timeout_s, what="the emulated SageMaker state")
 
     def operations(self) -> list[str]:
         """The operation names called so far, in order."""
