@@ -17,6 +17,7 @@ from lamplighter.journal import Journal
 from lamplighter.model import Action, ActivityReading, Clock, KernelInfo, ServerSnapshot, TerminalInfo
 from lamplighter.platforms.fake import FakeServer
 from lamplighter.settings import load_settings
+from tests.waiting import wait_until_async
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 STARTED = T0 - timedelta(hours=3)
@@ -222,12 +223,10 @@ async def test_wake_ends_the_sleep_at_once(tmp_path: Path) -> None:
         clock=clock,
     )
     task = asyncio.create_task(agent.run())
-    while agent.probes < 1:
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: agent.probes >= 1, timeout_s=5, poll_s=0.01, what="the first probe")
     agent.wake()
-    deadline = asyncio.get_running_loop().time() + 5
-    while agent.probes < 2:
-        assert asyncio.get_running_loop().time() < deadline, "wake() did not end the sleep"
-        await asyncio.sleep(0.01)
+    await wait_until_async(
+        lambda: agent.probes >= 2, timeout_s=5, poll_s=0.01, what="wake() to end the sleep"
+    )
     agent.request_exit()
     await asyncio.wait_for(task, 5)

@@ -232,11 +232,14 @@ def test_the_first_window_is_waited_for(fake_server: Callable[..., FakeServer]) 
     assert first.ready_at is not None and "first window" in first.detail
     sig.sample()  # the baseline: nothing to compare with yet
     assert sig.reading(now()).ready_at is not None
-    deadline = time.monotonic() + 10
-    while sig.reading(now()).ready_at is not None:
-        assert time.monotonic() < deadline, sig.reading(now())
-        time.sleep(0.1)
+
+    def ready() -> bool:
+        if sig.reading(now()).ready_at is None:
+            return True
         sig.sample()
+        return False
+
+    wait_until(ready, timeout_s=10, poll_s=0.1, what="the process signal's first window")
     assert not sig.reading(now()).active_now
 
 
