@@ -93,7 +93,9 @@ async def test_noise_and_the_journal_are_ignored(tmp_path: Path) -> None:
         sentinel.write_text("{}")
         reading = await until(sig, lambda r: "notebooks/real.ipynb" in r.detail)
     counted = sig.recent_changes()
-    assert counted[-1] == "notebooks/real.ipynb"
+    # ready.py is rewritten until the first event shows, so a late write of it may share the sentinel's
+    # batch (a batch has no order): the sentinel is the last change counted apart from it.
+    assert [c for c in counted if c != "ready.py"][-1] == "notebooks/real.ipynb", counted
     assert not set(noise) & set(counted), counted
     assert reading.detail.startswith("file notebooks/real.ipynb changed at")
 
