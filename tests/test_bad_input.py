@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from lamplighter.journal import Journal
-from lamplighter.localserver import LocalServer, free_port
+from lamplighter.localserver import LocalServer
 from lamplighter.model import format_time
+from tests.ports import refused_port
 
 Handler = Callable[[str], tuple[int, str, str]]
 
@@ -82,6 +83,13 @@ class HostileServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A loopback URL where nothing listens, held so for the whole test."""
+    with refused_port() as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture
@@ -177,20 +185,20 @@ def test_credentials_in_the_url_are_never_journaled(jupyter: LocalServer, tmp_pa
         (("--cpu-threshold", "nan"), "cpu_threshold"),
     ],
 )
-def test_out_of_range_flags_are_one_line_exit_2(flags: tuple[str, str], needle: str, tmp_path: Path) -> None:
-    result = cli(
-        "status", "--url", f"http://127.0.0.1:{free_port()}/", *flags, "--journal", str(tmp_path / "j")
-    )
+def test_out_of_range_flags_are_one_line_exit_2(
+    flags: tuple[str, str], needle: str, tmp_path: Path, refused_url: str
+) -> None:
+    result = cli("status", "--url", refused_url, *flags, "--journal", str(tmp_path / "j"))
     line = one_line(result)
     assert result.returncode == 2
     assert needle in line and "between" in line
 
 
 @pytest.mark.parametrize("value", ["inf", "1e300", "nan", "-1"])
-def test_out_of_range_toml_and_env_are_one_line_exit_2(value: str, tmp_path: Path) -> None:
+def test_out_of_range_toml_and_env_are_one_line_exit_2(value: str, tmp_path: Path, refused_url: str) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f"idle_timeout = {value}\n")
-    url = f"http://127.0.0.1:{free_port()}/"
+    url = refused_url
     from_file = cli("status", "--url", url, "--config", str(config), "--journal", str(tmp_path / "j"))
     assert from_file.returncode == 2 and "idle_timeout" in one_line(from_file)
     env = {**_env(), "LAMPLIGHTER_BUSY_RECHECK": value}
@@ -237,9 +245,9 @@ def test_kernel_active_a_year_ahead_is_malformed(
 # -- exit statuses -------------------------------------------------------------------------------
 
 
-def test_watch_once_exits_3_when_nothing_answers(tmp_path: Path) -> None:
+def test_watch_once_exits_3_when_nothing_answers(tmp_path: Path, refused_url: str) -> None:
     journal = tmp_path / "j.sqlite3"
-    result = cli("watch", "--once", "--url", f"http://127.0.0.1:{free_port()}/", "--token", "t",
+    result = cli("watch", "--once", "--url", refused_url, "--token", "t",
                  "--journal", str(journal))  # fmt: skip
     assert result.returncode == 3
     assert "cannot connect" in verdict_line(result)
@@ -263,7 +271,7 @@ def test_watch_once_exits_0_when_the_probe_worked(jupyter: LocalServer, tmp_path
 
 
 @pytest.mark.parametrize("kind", ["not-sqlite", "cannot-create"])
-def test_unusable_journal_is_a_bad_setting(kind: str, tmp_path: Path) -> None:
+def test_unusable_journal_is_a_bad_setting(kind: str, tmp_path: Path, refused_url: str) -> None:
     if kind == "not-sqlite":
         journal = tmp_path / "journal.sqlite3"
         journal.write_text("this is not a database, " * 100)
@@ -271,7 +279,7 @@ def test_unusable_journal_is_a_bad_setting(kind: str, tmp_path: Path) -> None:
         blocker = tmp_path / "file"
         blocker.write_text("")
         journal = blocker / "journal.sqlite3"
-    result = cli("watch", "--once", "--url", f"http://127.0.0.1:{free_port()}/", "--token", "t",
+    result = cli("watch", "--once", "--url", refused_url, "--token", "t",
                  "--journal", str(journal))  # fmt: skip
     line = one_line(result)
     assert result.returncode == 2
