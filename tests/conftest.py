@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +12,20 @@ import pytest
 from lamplighter.localserver import LocalServer, start_local_server
 
 ServerFactory = Callable[..., LocalServer]
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """``lamplighter ARGS`` in its own process, as a user or cron runs it: exit status, stdout, stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "lamplighter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
 
 
 def watch(server: LocalServer, *args: str) -> int:

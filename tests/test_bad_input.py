@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,22 +20,10 @@ import pytest
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer
 from lamplighter.model import format_time
+from tests.conftest import cli
 from tests.ports import refused_port
 
 Handler = Callable[[str], tuple[int, str, str]]
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lamplighter", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:

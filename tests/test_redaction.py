@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import string
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,20 +21,9 @@ from hypothesis import strategies as st
 
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.redaction import hide, redact
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, cli
 
 SECRET_VARS = ("LAMPLIGHTER_TOKEN", "JUPYTER_TOKEN", "LAMPLIGHTER_COOKIES", "JUPYTERHUB_API_TOKEN")
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lamplighter", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
 
 
 def login_cookies(server: LocalServer) -> dict[str, str]:

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer
 from lamplighter.model import parse_timestamp
-from tests.conftest import ServerFactory, watch
+from tests.conftest import ServerFactory, cli, watch
 from tests.waiting import wait_until
 
 BUSY = "import time\nend=time.time()+{seconds}\nwhile time.time()<end: pass"
@@ -73,16 +73,6 @@ def wait_quiet(server: LocalServer, seconds: float) -> None:
         return min(age_s(s) for s in stamps) >= seconds if stamps else True
 
     wait_until(quiet, timeout_s=30, what=f"{seconds} s without interaction")
-
-
-def lamplighter(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lamplighter", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def background_watch(server: LocalServer, *args: str) -> subprocess.Popen[bytes]:
@@ -165,9 +155,7 @@ def test_a_kernel_used_and_shut_down_between_probes_moves_the_stop(
         wait_until(lambda: journal.exists() and decisions(journal), timeout_s=20, what="the first decision")
         # Three cells in a kernel that is started and shut down while the agent waits for the deadline.
         nb = write_notebook(tmp_path / "work.ipynb", "x = 1", "import time; time.sleep(0.3)", "print(x)")
-        ran = lamplighter(
-            "run", "notebook", str(nb), "--upload", "--url", jupyter.url, "--token", jupyter.token
-        )
+        ran = cli("run", "notebook", str(nb), "--upload", "--url", jupyter.url, "--token", jupyter.token)
         assert ran.returncode == 0, ran.stderr
         worked_until = datetime.now(timezone.utc)
         assert get(jupyter, "api/kernels") == []
@@ -259,13 +247,13 @@ def test_status_is_the_agents_verdict(jupyter: LocalServer, tmp_path: Path) -> N
     journal = tmp_path / "j.sqlite3"
     where = ("--url", jupyter.url, "--journal", str(journal))
     url = (*where, "--token", jupyter.token)
-    assert lamplighter("snooze", "2h", *where).returncode == 0
-    snoozed = lamplighter("status", "--idle-timeout", "2s", "--startup-grace", "0", *url, "--json")
+    assert cli("snooze", "2h", *where).returncode == 0
+    snoozed = cli("status", "--idle-timeout", "2s", "--startup-grace", "0", *url, "--json")
     body = json.loads(snoozed.stdout)
     assert body["verdict"] == "keep" and any("snoozed until" in r for r in body["reasons"]), body
-    assert lamplighter("snooze", "off", *where).returncode == 0
+    assert cli("snooze", "off", *where).returncode == 0
     terminal_running(jupyter, nohup_busy(20))
     wait_quiet(jupyter, 2.5)
-    busy = lamplighter("status", "--idle-timeout", "2s", "--startup-grace", "0", *url)
+    busy = cli("status", "--idle-timeout", "2s", "--startup-grace", "0", *url)
     assert busy.returncode == 0, busy.stderr
     assert busy.stdout.startswith("KEEP: in use: pid ") and "% CPU" in busy.stdout, busy.stdout

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from lamplighter.cli import main
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer
 from lamplighter.model import parse_timestamp
-from tests.conftest import watch
+from tests.conftest import cli, watch
 from tests.ports import refused_port
 from tests.waiting import wait_until
 
@@ -28,16 +26,6 @@ def api(server: LocalServer, method: str, path: str, **kw: object) -> httpx.Resp
     headers = {"Authorization": f"token {server.token}"}
     params = {"no_track_activity": "1"} if method == "GET" else {}
     return httpx.request(method, server.url + path, headers=headers, params=params, timeout=10, **kw)  # type: ignore[arg-type]
-
-
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lamplighter", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_idle_app_is_stopped_within_a_second_of_its_deadline(jupyter: LocalServer, tmp_path: Path) -> None:
