@@ -230,3 +230,29 @@ async def test_wake_ends_the_sleep_at_once(tmp_path: Path) -> None:
     )
     agent.request_exit()
     await asyncio.wait_for(task, 5)
+
+
+async def test_an_app_stopped_by_somebody_else_at_its_deadline_ends_the_watch(tmp_path: Path) -> None:
+    # Two agents on one server: the other one stopped it at the deadline, so this one's probe at the
+    # deadline finds nothing. It makes sure through its own (idempotent) stopper and ends.
+    agent, server, clock = harness(tmp_path, lambda now: snap(), idle_timeout="10s", startup_grace="0s")
+    agent._memory = agent._memory.evolve(last_interaction=T0)
+    first, _ = await agent.check()
+    assert first.action is Action.KEEP and first.stop_at == s(10)
+    server.up = False
+    clock.now = s(10)
+    result = await agent.run()
+    assert result.stopped and "stopped answering after its stop deadline" in result.decision.reason
+    assert len(server.stops) == 1
+
+
+async def test_an_outage_before_the_deadline_is_never_a_stop(tmp_path: Path) -> None:
+    agent, server, clock = harness(tmp_path, lambda now: snap(), idle_timeout="10s", startup_grace="0s")
+    agent._memory = agent._memory.evolve(last_interaction=T0)
+    await agent.check()
+    server.up = False
+    for moment in (5, 10, 60, 600):  # down from before its deadline: nobody can tell it was idle
+        clock.now = s(moment)
+        decision, stop = await agent.check()
+        assert decision.action is Action.SKIP and stop is None
+    assert server.stops == []

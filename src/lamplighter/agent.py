@@ -25,7 +25,15 @@ from pathlib import Path
 
 from lamplighter.errors import AuthRejected, LamplighterError, RemoteError
 from lamplighter.journal import Journal
-from lamplighter.model import Action, Decision, Observation, ProbeFailure, StopOutcome, StopResult
+from lamplighter.model import (
+    Action,
+    Decision,
+    Observation,
+    ProbeFailure,
+    StopOutcome,
+    StopResult,
+    format_time,
+)
 from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Probe, Stopper
 from lamplighter.policy import decide
@@ -38,6 +46,8 @@ __all__ = ["Agent", "WatchResult", "exit_on_signals", "utcnow"]
 logger = logging.getLogger(__name__)
 
 _MIN_SLEEP_S = 0.001
+# A proxy or hub in front of the server answers these when the server behind it is not running.
+_PROXY_SAYS_DOWN = frozenset({424, 502, 503})
 
 
 def utcnow() -> datetime:
@@ -117,7 +127,8 @@ class Agent:
             # outage; a server that does not answer yet (an app still starting) is waited for.
             if self._last is None and (isinstance(exc, AuthRejected) or exc.status == 404):
                 raise
-            return ProbeFailure(self.target, str(exc), unreachable=exc.status is None)
+            down = exc.status is None or exc.status in _PROXY_SAYS_DOWN
+            return ProbeFailure(self.target, str(exc), unreachable=down)
 
     def _with_readings(self, observation: Observation, now: datetime) -> Observation:
         if not self.signals or isinstance(observation, ProbeFailure):
@@ -138,11 +149,44 @@ class Agent:
         probed = await self._probe()
         now = self.clock()
         decision = decide(self._with_readings(probed, now), self._memory, self.settings, now)
+        decision = self._gone_past_deadline(decision, probed, now)
         if decision.action is Action.STOP and self.signals:
             await asyncio.gather(*(signal.refresh() for signal in self.signals))
             now = self.clock()
             decision = decide(self._with_readings(probed, now), self._memory, self.settings, now)
         return decision, now
+
+    def _gone_past_deadline(self, decision: Decision, probed: Observation, now: datetime) -> Decision:
+        """An app that stopped answering after its stop deadline was stopped by somebody else (a second
+        agent, a person): make sure with the stopper (idempotent; gone is done) rather than watch it forever.
+
+        Only past a deadline the previous probe saw idle: an outage at any other time is never idleness.
+        """
+        last = self._last
+        if not (
+            decision.action is Action.SKIP
+            and isinstance(probed, ProbeFailure)
+            and probed.unreachable
+            and last is not None
+            and last.action is Action.KEEP
+            and not last.provisional
+            and last.stop_at is not None
+            and now >= last.stop_at
+        ):
+            return decision
+        reason = (
+            f"stopped answering after its stop deadline {format_time(last.stop_at)} ({probed.error}): "
+            "making sure it is stopped"
+        )
+        return Decision(
+            Action.STOP,
+            reason,
+            (reason, *last.reasons),
+            last.idle_since,
+            last.stop_at,
+            now,
+            memory=decision.memory,
+        )
 
     async def check(self) -> tuple[Decision, StopResult | None]:
         """Probe, decide, journal and act once."""
