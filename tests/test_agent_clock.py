@@ -256,3 +256,21 @@ async def test_an_outage_before_the_deadline_is_never_a_stop(tmp_path: Path) -> 
         decision, stop = await agent.check()
         assert decision.action is Action.SKIP and stop is None
     assert server.stops == []
+
+
+async def test_an_app_gone_while_a_signal_was_still_looking_ends_too(tmp_path: Path) -> None:
+    # Past its deadline, kept only because the process signal had not finished its first window,
+    # when the other agent stopped it.
+    def work(now: datetime) -> ActivityReading:
+        return ActivityReading(
+            "processes", Clock.WORK, None, "first window", ready_at=now + timedelta(seconds=1)
+        )
+
+    signal = ScriptedSignal(work)
+    agent, server, clock = harness(tmp_path, lambda now: snap(), signals=(signal,), idle_timeout="10s")
+    first, _ = await agent.check()
+    assert first.provisional
+    server.up = False
+    clock.now = first.next_check_at
+    result = await agent.run()
+    assert result.stopped and len(server.stops) == 1

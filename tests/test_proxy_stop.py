@@ -88,7 +88,9 @@ def test_two_agents_on_one_server_both_end(behind_proxy: tuple[LocalServer, str]
         results = [agent.communicate(timeout=60) for agent in agents]
     finally:
         for agent in agents:
-            agent.kill()
+            if agent.poll() is None:
+                agent.kill()
+                agent.communicate()  # reaped and its pipes closed, so nothing leaks into the next test
     assert [agent.returncode for agent in agents] == [0, 0], [err for _, err in results]
     assert server.wait_exited(10) is not None
     for i in (1, 2):

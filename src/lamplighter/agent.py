@@ -149,18 +149,18 @@ class Agent:
         probed = await self._probe()
         now = self.clock()
         decision = decide(self._with_readings(probed, now), self._memory, self.settings, now)
-        decision = self._gone_past_deadline(decision, probed, now)
         if decision.action is Action.STOP and self.signals:
             await asyncio.gather(*(signal.refresh() for signal in self.signals))
             now = self.clock()
             decision = decide(self._with_readings(probed, now), self._memory, self.settings, now)
-        return decision, now
+        return self._gone_past_deadline(decision, probed, now), now
 
     def _gone_past_deadline(self, decision: Decision, probed: Observation, now: datetime) -> Decision:
         """An app that stopped answering after its stop deadline was stopped by somebody else (a second
         agent, a person): make sure with the stopper (idempotent; gone is done) rather than watch it forever.
 
-        Only past a deadline the previous probe saw idle: an outage at any other time is never idleness.
+        Only past a deadline the previous probe saw idle (a provisional keep included: the app was idle,
+        only a work signal was still looking): an outage at any other time is never idleness.
         """
         last = self._last
         if not (
@@ -169,7 +169,6 @@ class Agent:
             and probed.unreachable
             and last is not None
             and last.action is Action.KEEP
-            and not last.provisional
             and last.stop_at is not None
             and now >= last.stop_at
         ):
