@@ -14,6 +14,7 @@ from websockets.sync.client import connect
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer
 from tests.conftest import ServerFactory, watch
+from tests.test_running_work_paths import terminal_running
 from tests.waiting import wait_until
 
 FAST_SIGNAL = ["--process-window", "1.5s", "--process-sample-interval", "0.2s"]
@@ -21,14 +22,7 @@ FAST_SIGNAL = ["--process-window", "1.5s", "--process-sample-interval", "0.2s"]
 
 def start_terminal_job(server: LocalServer, job: str) -> None:
     """A terminal whose shell starts ``job`` in the background with nohup and then prints nothing."""
-    command = f"nohup {job} >/dev/null 2>&1 & sleep 600"
-    response = httpx.post(
-        server.url + "api/terminals",
-        headers={"Authorization": f"token {server.token}"},
-        json={"shell_command": ["bash", "-c", command]},
-        timeout=10,
-    )
-    response.raise_for_status()
+    terminal_running(server, f"nohup {job} >/dev/null 2>&1 & sleep 600")
 
 
 def test_silent_cpu_job_keeps_the_app_until_it_ends(jupyter: LocalServer, tmp_path: Path) -> None:
