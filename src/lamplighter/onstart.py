@@ -27,13 +27,13 @@ from lamplighter.journal import Journal
 from lamplighter.platforms.sagemaker import (
     JUPYTER_APP_TYPES,
     AppIdentity,
-    backoff_delays,
     presigned_connection,
     sagemaker_client,
     wait_until_in_service,
 )
 from lamplighter.remote.connection import Connection
 from lamplighter.remote.terminal import run_script
+from lamplighter.retry import Backoff
 
 __all__ = ["OUTPUT_TAIL_CHARS", "OnStartResult", "connect_when_ready", "record_on_start", "run_on_start"]
 
@@ -115,7 +115,7 @@ async def connect_when_ready(
     await wait_until_in_service(
         client, app, timeout_s=max(0.0, deadline - time.monotonic()), poll_interval_s=poll_interval_s
     )
-    for delay in backoff_delays(poll_interval_s):
+    for delay in Backoff(longest_s=poll_interval_s).delays():
         try:
             return await presigned_connection(
                 app.domain_id,
@@ -135,7 +135,7 @@ async def connect_when_ready(
                 ) from exc
             logger.info("app %s: Jupyter not answering yet (%s); retrying", app.label, exc)
             await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover - backoff_delays never ends
+    raise AssertionError("unreachable")  # pragma: no cover - the delays never end
 
 
 async def run_on_start(

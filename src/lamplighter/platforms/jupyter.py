@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from lamplighter.backoff import backoff_delays
 from lamplighter.errors import AuthRejected, ConnectFailed, MalformedAnswer, RemoteError, RemoteTimeout
 from lamplighter.model import (
     Decision,
@@ -25,6 +23,7 @@ from lamplighter.model import (
     parse_timestamp,
 )
 from lamplighter.remote.connection import Connection
+from lamplighter.retry import Backoff, attempts
 
 __all__ = ["JupyterServer", "JupyterShutdown", "parse_snapshot"]
 
@@ -231,11 +230,9 @@ class JupyterShutdown:
         return await self._verify(refusal)
 
     async def _verify(self, refusal: AuthRejected | None) -> StopResult:
-        deadline = time.monotonic() + self._verify_timeout_s
-        delays = backoff_delays(self._longest_delay_s, self._first_delay_s)
-        checks = 0
-        while True:
-            checks += 1
+        backoff = Backoff(self._first_delay_s, self._longest_delay_s)
+        async for attempt in attempts(backoff, timeout_s=self._verify_timeout_s):
+            checks = attempt.number
             try:
                 await self._conn.get("api/status")
             except ConnectFailed:
@@ -255,10 +252,7 @@ class JupyterShutdown:
             else:
                 if refusal is not None:
                     return StopResult(StopOutcome.FAILED, str(refusal))
-            delay = next(delays)
-            if time.monotonic() + delay > deadline:
-                return StopResult(
-                    StopOutcome.STOPPING,
-                    f"shutdown accepted but still answering after {self._verify_timeout_s:g} s",
-                )
-            await asyncio.sleep(delay)
+        return StopResult(
+            StopOutcome.STOPPING,
+            f"shutdown accepted but still answering after {self._verify_timeout_s:g} s",
+        )

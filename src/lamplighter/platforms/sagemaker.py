@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from lamplighter.backoff import backoff_delays
 from lamplighter.errors import (
     AuthRejected,
     ConfigError,
@@ -48,6 +47,7 @@ from lamplighter.errors import (
 )
 from lamplighter.model import Decision, StopOutcome, StopResult, parse_timestamp
 from lamplighter.remote.connection import Connection
+from lamplighter.retry import Backoff
 
 if TYPE_CHECKING:
     from mypy_boto3_sagemaker import SageMakerClient
@@ -60,7 +60,6 @@ __all__ = [
     "SageMakerCallFailed",
     "SageMakerStopper",
     "StudioApp",
-    "backoff_delays",
     "call",
     "describe_app",
     "jupyter_base_url",
@@ -465,7 +464,7 @@ async def wait_until_in_service(
     """
     deadline = time.monotonic() + timeout_s
     last = "not found"
-    for delay in backoff_delays(poll_interval_s):
+    for delay in Backoff(longest_s=poll_interval_s).delays():
         app = await describe_app(client, identity)
         if app is not None:
             last = app.status
@@ -482,7 +481,7 @@ async def wait_until_in_service(
                 f"app {identity.label} not InService after {timeout_s:.0f} s (last status: {last})"
             )
         await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover - backoff_delays never ends
+    raise AssertionError("unreachable")  # pragma: no cover - the delays never end
 
 
 # -- stopping -------------------------------------------------------------------------------------
