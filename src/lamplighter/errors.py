@@ -8,6 +8,7 @@ an exit status, with no traceback unless ``--debug``::
     │                          or the journal cannot be opened
     ├── RemoteError            talking to a Jupyter server went wrong               (exit 3)
     │   ├── ConnectFailed      nothing answered at the URL
+    │   ├── NotFound           the server answered 404: wrong base URL, or the kernel/terminal is gone
     │   ├── AuthRejected       the server refused our token or cookies
     │   ├── RemoteTimeout      a named time budget ran out
     │   ├── MalformedAnswer    the server answered something we cannot read
@@ -15,9 +16,13 @@ an exit status, with no traceback unless ``--debug``::
     │   ├── CellFailed         a notebook cell raised
     │   └── CommandFailed      a remote shell command exited non-zero
     ├── PlatformError          the platform could not do what we asked
+    │   ├── SageMakerCallFailed  a SageMaker API call failed (AWS error code)
     │   ├── StopFailed         stopping an app failed or did not take effect
     │   └── Unsupported        the platform cannot do this at all
     └── JournalError           the open journal fails while reading or writing     (exit 1)
+
+A :class:`RemoteError` carries the request's ``method`` and ``url`` (the display URL: no token, no
+query) when it came from one request.
 
 Messages never contain tokens, cookies or presigned URLs: callers pass display URLs only, and the
 CLI prints every message through :func:`lamplighter.redaction.redact` as a second guard.
@@ -35,9 +40,11 @@ __all__ = [
     "KernelDied",
     "LamplighterError",
     "MalformedAnswer",
+    "NotFound",
     "PlatformError",
     "RemoteError",
     "RemoteTimeout",
+    "SageMakerCallFailed",
     "StopFailed",
     "Unsupported",
 ]
@@ -52,15 +59,32 @@ class ConfigError(LamplighterError):
 
 
 class RemoteError(LamplighterError):
-    """Raised when a request to a Jupyter server fails; ``status`` is the HTTP status if there was one."""
+    """Raised when a request to a Jupyter server fails.
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    ``status`` is the HTTP status if there was one; ``method`` and ``url`` name the request (the URL
+    as displayed: without token, cookies or query) when one request failed.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, method: str | None = None, url: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.method = method
+        self.url = url
 
 
 class ConnectFailed(RemoteError):
     """Raised when nothing answers at the server's URL (refused, DNS, TLS handshake)."""
+
+
+class NotFound(RemoteError):
+    """Raised when the server answers 404: the base URL is wrong, or the kernel or terminal is gone."""
+
+    def __init__(
+        self, message: str, *, status: int | None = 404, method: str | None = None, url: str | None = None
+    ) -> None:
+        super().__init__(message, status=status, method=method, url=url)
 
 
 class AuthRejected(RemoteError):
@@ -103,6 +127,15 @@ class CommandFailed(RemoteError):
 
 class PlatformError(LamplighterError):
     """Raised when a platform (Jupyter, JupyterHub, SageMaker) cannot carry out an action."""
+
+
+class SageMakerCallFailed(PlatformError):
+    """Raised when a SageMaker API call fails; ``code`` is AWS's error code (``ResourceNotFound``...)."""
+
+    def __init__(self, message: str, *, operation: str, code: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.code = code
 
 
 class StopFailed(PlatformError):

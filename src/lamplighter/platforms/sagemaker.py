@@ -43,6 +43,7 @@ from lamplighter.errors import (
     PlatformError,
     RemoteError,
     RemoteTimeout,
+    SageMakerCallFailed,
     Unsupported,
 )
 from lamplighter.model import Decision, StopOutcome, StopResult, parse_timestamp
@@ -232,15 +233,6 @@ class StudioApp:
 
 
 # -- the SageMaker API ----------------------------------------------------------------------------
-
-
-class SageMakerCallFailed(PlatformError):
-    """Raised when a SageMaker API call fails; ``code`` is AWS's error code (``ResourceNotFound``...)."""
-
-    def __init__(self, message: str, *, operation: str, code: str) -> None:
-        super().__init__(message)
-        self.operation = operation
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from lamplighter.errors import (
     ConfigError,
     ConnectFailed,
     MalformedAnswer,
+    NotFound,
     RemoteError,
     RemoteTimeout,
 )
@@ -209,40 +210,44 @@ class Connection:
         if method in _MUTATING and xsrf and not self._token:
             headers["X-XSRFToken"] = xsrf
         where = f"{method} {self.display_url}{path}"
+        request: dict[str, Any] = {"method": method, "url": f"{self.display_url}{path}"}
         try:
             return await self._client.request(method, path, json=json_body, params=params, headers=headers)
         except httpx.TimeoutException as exc:
-            raise RemoteTimeout(f"{where}: no answer in time ({type(exc).__name__})") from exc
+            raise RemoteTimeout(f"{where}: no answer in time ({type(exc).__name__})", **request) from exc
         except httpx.RemoteProtocolError as exc:
-            raise ConnectFailed(f"{where}: the server closed the connection without answering") from exc
+            raise ConnectFailed(
+                f"{where}: the server closed the connection without answering", **request
+            ) from exc
         except httpx.ConnectError as exc:
-            raise ConnectFailed(f"{where}: cannot connect ({_reason(exc)})") from exc
+            raise ConnectFailed(f"{where}: cannot connect ({_reason(exc)})", **request) from exc
         except httpx.TransportError as exc:
-            raise ConnectFailed(f"{where}: {type(exc).__name__} ({_reason(exc)})") from exc
+            raise ConnectFailed(f"{where}: {type(exc).__name__} ({_reason(exc)})", **request) from exc
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         where = f"{method} {self.display_url}{path}"
         status = response.status_code
+        request: dict[str, Any] = {"status": status, "method": method, "url": f"{self.display_url}{path}"}
         if status in (401, 403):
             raise AuthRejected(
                 f"{where}: the server refused our credentials (HTTP {status}); check the token or cookies",
-                status=status,
+                **request,
             )
         if 300 <= status < 400:
             # An API call that redirects is usually a login page: the auth did not take.
             raise AuthRejected(
-                f"{where}: redirected to a login page (HTTP {status}); not authenticated", status=status
+                f"{where}: redirected to a login page (HTTP {status}); not authenticated", **request
             )
         if status == 404:
-            raise RemoteError(f"{where}: not found (HTTP 404); is the base URL right?", status=status)
+            raise NotFound(f"{where}: not found (HTTP 404); is the base URL right?", **request)
         if status >= 400:
-            raise RemoteError(f"{where}: HTTP {status} {_server_message(response)}".rstrip(), status=status)
+            raise RemoteError(f"{where}: HTTP {status} {_server_message(response)}".rstrip(), **request)
         if status == 204 or not response.content:
             return None
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MalformedAnswer(f"{where}: the answer is not JSON (HTTP {status})", status=status) from exc
+            raise MalformedAnswer(f"{where}: the answer is not JSON (HTTP {status})", **request) from exc
 
     async def _ensure_xsrf(self) -> None:
         """Fetch the ``_xsrf`` cookie once, for cookie-authenticated mutating requests."""
