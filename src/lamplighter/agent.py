@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from lamplighter.errors import AuthRejected, LamplighterError, RemoteError
+from lamplighter.heartbeat import write_heartbeat
 from lamplighter.journal import Journal
 from lamplighter.model import (
     Action,
@@ -37,7 +36,6 @@ from lamplighter.model import (
 from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Probe, Stopper
 from lamplighter.policy import decide
-from lamplighter.redaction import redact_data
 from lamplighter.settings import Settings
 from lamplighter.signals import Signal
 
@@ -369,24 +367,10 @@ class Agent:
         if path is None:
             return
         self._heartbeat_at = now
-        record = {
-            "version": 1,
-            "target": self.target,
-            "pid": os.getpid(),
-            "updated_at": now.isoformat(),
-            **decision.to_dict(),
-        }
         try:
-            _write_atomically(path, json.dumps(redact_data(record), indent=1))
+            write_heartbeat(path, self.target, decision, now)
         except OSError as exc:
             logger.warning("cannot write the heartbeat %s: %s", path, exc.strerror)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

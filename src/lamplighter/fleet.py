@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from lamplighter.errors import LamplighterError, MalformedAnswer, RemoteError
-from lamplighter.model import format_duration, parse_timestamp
+from lamplighter.heartbeat import DEFAULT_HEARTBEAT_PATH, Heartbeat
+from lamplighter.model import format_duration
 from lamplighter.platforms.sagemaker import (
     JUPYTER_APP_TYPES,
     StudioApp,
@@ -44,43 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_HEARTBEAT_PATH = ".lamplighter/heartbeat.json"  # relative to the Jupyter root, the user's home
-_VERDICTS = ("keep", "stop", "skip")
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """What the agent inside an app last wrote about itself (format version 1)."""
-
-    target: str
-    pid: int
-    updated_at: datetime
-    verdict: str  # keep | stop | skip
-    idle_since: datetime | None
-    stop_at: datetime | None
-    reason: str
-
-    @classmethod
-    def parse(cls, data: Any) -> Heartbeat:
-        """Read the heartbeat JSON; raises ``MalformedAnswer`` when it is not a version-1 heartbeat."""
-        try:
-            if not isinstance(data, dict) or data.get("version") != 1:
-                raise ValueError("not a version 1 heartbeat")
-            verdict = str(data["verdict"])
-            if verdict not in _VERDICTS:
-                raise ValueError(f"unknown verdict {verdict!r}")
-            return cls(
-                target=str(data.get("target") or ""),
-                pid=int(data.get("pid") or 0),
-                updated_at=parse_timestamp(data["updated_at"]),
-                verdict=verdict,
-                idle_since=parse_timestamp(data["idle_since"]) if data.get("idle_since") else None,
-                stop_at=parse_timestamp(data["stop_at"]) if data.get("stop_at") else None,
-                reason=str(data.get("reason") or ""),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedAnswer(f"the heartbeat file is not readable: {exc}") from None
 
 
 class AgentState(enum.Enum):
@@ -146,11 +109,7 @@ async def read_heartbeat(conn: Connection, path: str = DEFAULT_HEARTBEAT_PATH) -
     text = model["content"]
     if model.get("format") == "base64":
         text = base64.b64decode(text).decode("utf-8", errors="replace")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise MalformedAnswer("the heartbeat file is not JSON") from None
-    return Heartbeat.parse(data)
+    return Heartbeat.parse_text(text)
 
 
 async def fleet_status(
