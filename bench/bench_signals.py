@@ -5,7 +5,7 @@ For each tree size it starts that many ``sleep`` processes under one ``bash`` pa
 
   - the procfs sampler (Linux default: one ``/proc/<pid>/stat`` read per process on the host);
   - the psutil sampler (the default elsewhere);
-  - procfs with ``include_user_processes`` (every process of the user, not only the tree);
+  - procfs with ``scope="user"`` (every process of the user, not only the tree);
 
 beside the naive anchor, the way jupyter-resource-usage reads a tree: ``psutil.Process(root)
 .children(recursive=True)`` and ``cpu_times()`` of each, with fresh objects every time. The share of a
@@ -97,9 +97,7 @@ def main() -> None:
                 ("psutil (elsewhere)", ProcessSignal(parent.pid, use_procfs=False).sample),
                 (
                     "procfs + user processes",
-                    ProcessSignal(
-                        parent.pid, ProcessSignalOptions(include_user_processes=True), use_procfs=True
-                    ).sample,
+                    ProcessSignal(parent.pid, ProcessSignalOptions(scope="user"), use_procfs=True).sample,
                 ),
                 ("anchor: naive psutil tree", functools.partial(naive_sample, parent.pid)),
             ]

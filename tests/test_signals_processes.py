@@ -22,11 +22,11 @@ from websockets.asyncio.client import connect
 
 from lamplighter.localserver import LocalServer
 from lamplighter.model import ActivityReading, Clock
+from lamplighter.processinfo import describe_process
 from lamplighter.signals.processes import (
     DEFAULT_PROCESS_IGNORE,
     ProcessSignal,
     ProcessSignalOptions,
-    describe_process,
 )
 from tests.waiting import wait_until, wait_until_async
 

@@ -132,7 +132,7 @@ class ProcessStopper:
     async def stop(self, decision: Decision) -> StopResult:
         import psutil
 
-        from lamplighter.signals.processes import find_listening_pid
+        from lamplighter.processinfo import find_listening_pid
 
         pid = await asyncio.to_thread(find_listening_pid, self._port)
         if pid is None:

@@ -57,7 +57,7 @@ def _write_to_terminals(port: int | None, message: str) -> int:
     """Write the message to the ttys of the local server's process tree (its Jupyter terminals)."""
     if port is None:
         return 0
-    from lamplighter.signals.processes import find_listening_pid
+    from lamplighter.processinfo import find_listening_pid
 
     pid = find_listening_pid(port)
     if pid is None:

@@ -39,8 +39,8 @@ import psutil
 
 from lamplighter.errors import MalformedAnswer, Unsupported
 from lamplighter.model import ActivityReading, Clock, ServerSnapshot, format_time, parse_timestamp
+from lamplighter.processinfo import find_listening_pid
 from lamplighter.remote.connection import Connection
-from lamplighter.signals.processes import find_listening_pid
 
 __all__ = [
     "DEFAULT_ACTIVITY_DIRS",

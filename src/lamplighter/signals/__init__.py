@@ -7,21 +7,33 @@ as long as it watches, and cancels it at exit. The agent sleeps until a deadline
 activity: a job that ended while the agent slept is reported with the time it ended and
 ``active_now=False``.
 
-This module also holds :class:`BusyWindow`, the hysteresis the two work signals (processes, GPU)
-share, so a short blip never counts as sustained work.
+This module also holds what the two work signals (processes, GPU) share: :class:`BusyWindow`, the
+hysteresis that keeps a short blip from counting as sustained work, the options that tune it
+(:class:`BusyWindowOptions`) and their sampling cadence (:func:`sample_every`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from lamplighter.errors import ConfigError
 from lamplighter.model import ActivityReading
 
-__all__ = ["BusyWindow", "Signal", "UsageSummary", "format_seconds", "format_share"]
+__all__ = [
+    "BusyWindow",
+    "BusyWindowOptions",
+    "Signal",
+    "UsageSummary",
+    "format_seconds",
+    "format_share",
+    "sample_every",
+]
 
 
 class Signal(Protocol):
@@ -160,3 +172,51 @@ class BusyWindow:
             users=max(1, sum(1 for used in totals.values() if used / span >= 0.005)),
             span_s=span,
         )
+
+
+@dataclass(frozen=True)
+class BusyWindowOptions:
+    """The cadence and hysteresis of a work signal; the process and GPU options extend it with their own
+    threshold and scope. Units are in the names."""
+
+    sample_interval_s: float = 5.0
+    """Seconds between two samples."""
+    window_s: float = 60.0
+    """Seconds of history the busy test looks at."""
+    min_busy_s: float | None = None
+    """Busy seconds needed within the window to count as work; None means two sample intervals."""
+
+    def _check_window(self, what: str) -> None:
+        if self.sample_interval_s <= 0 or self.window_s <= 0:
+            raise ConfigError(f"{what}: sample_interval_s and window_s must be positive")
+        if self.sample_interval_s >= self.window_s:
+            raise ConfigError(
+                f"{what}: sample_interval_s ({self.sample_interval_s:g}) must be shorter than "
+                f"window_s ({self.window_s:g})"
+            )
+        if self.min_busy_s is not None and not 0 < self.min_busy_s <= self.window_s:
+            raise ConfigError(
+                f"{what}: min_busy_s must be in (0, window_s={self.window_s:g}], got {self.min_busy_s:g}"
+            )
+
+    @property
+    def effective_min_busy_s(self) -> float:
+        # Two busy samples: one spike never counts, a job that bursts now and then does.
+        return (
+            self.min_busy_s if self.min_busy_s is not None else min(2 * self.sample_interval_s, self.window_s)
+        )
+
+    def busy_window(self, threshold: float) -> BusyWindow:
+        return BusyWindow(window_s=self.window_s, min_busy_s=self.effective_min_busy_s, threshold=threshold)
+
+    def is_fresh(self, last_sample_wall: float | None) -> bool:
+        """A sample younger than a quarter interval: a refresh before a stop need not take another."""
+        return last_sample_wall is not None and time.time() - last_sample_wall < self.sample_interval_s / 4
+
+
+async def sample_every(interval_s: float, sample: Callable[[], Awaitable[None]]) -> None:
+    """Call ``sample`` every ``interval_s`` (measured start to start) until cancelled."""
+    while True:
+        started = time.monotonic()
+        await sample()
+        await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))

@@ -33,8 +33,8 @@ import psutil
 
 from lamplighter.errors import ConfigError
 from lamplighter.model import ActivityReading, Clock, format_time
-from lamplighter.signals import BusyWindow, UsageSummary, format_seconds, format_share
-from lamplighter.signals.processes import describe_process
+from lamplighter.processinfo import describe_process
+from lamplighter.signals import BusyWindowOptions, UsageSummary, format_seconds, format_share, sample_every
 
 __all__ = ["GpuSignal", "GpuSignalOptions"]
 
@@ -45,34 +45,18 @@ _GIB = 1024**3
 
 
 @dataclass(frozen=True)
-class GpuSignalOptions:
-    """Tuning of the GPU signal; units are in the names."""
+class GpuSignalOptions(BusyWindowOptions):
+    """Tuning of the GPU signal: the busy window's cadence (:class:`BusyWindowOptions`) and what counts."""
 
-    sample_interval_s: float = 5.0
-    """Seconds between two NVML samples."""
-    window_s: float = 60.0
-    """Seconds of history the busy test looks at."""
     gpu_threshold: float = 0.05
     """Share of one device (0.05 = 5 %) the app must use for a sample to be busy."""
-    min_busy_s: float | None = None
-    """Busy seconds needed within the window to count as work; None means two sample intervals."""
     per_process: bool = True
     """Count only GPU use by the app's processes where NVML can tell; False: any use of a device counts."""
 
     def __post_init__(self) -> None:
-        if self.sample_interval_s <= 0 or self.sample_interval_s >= self.window_s:
-            raise ConfigError("GPU signal: sample_interval_s must be positive and shorter than window_s")
+        self._check_window("GPU signal")
         if self.gpu_threshold <= 0:
             raise ConfigError(f"GPU signal: gpu_threshold must be positive, got {self.gpu_threshold:g}")
-        if self.min_busy_s is not None and not 0 < self.min_busy_s <= self.window_s:
-            raise ConfigError(f"GPU signal: min_busy_s must be in (0, window_s], got {self.min_busy_s:g}")
-
-    @property
-    def effective_min_busy_s(self) -> float:
-        # Two busy samples: one spike never counts, a job that bursts now and then does.
-        return (
-            self.min_busy_s if self.min_busy_s is not None else min(2 * self.sample_interval_s, self.window_s)
-        )
 
 
 @dataclass
@@ -113,11 +97,7 @@ class GpuSignal:
         self._pids = pids
         self._nvml = nvml
         self._devices: list[_Device] = []
-        self._window = BusyWindow(
-            window_s=self.options.window_s,
-            min_busy_s=self.options.effective_min_busy_s,
-            threshold=self.options.gpu_threshold,
-        )
+        self._window = self.options.busy_window(self.options.gpu_threshold)
         self._prev_mono: float | None = None
         self._unavailable: str | None = None
         self._failing: tuple[float, str] | None = None  # since (wall), error text
@@ -136,21 +116,14 @@ class GpuSignal:
         """Start NVML, then sample every ``sample_interval_s`` until cancelled; returns if unavailable."""
         if not await asyncio.to_thread(self._start):
             return
-        interval = self.options.sample_interval_s
         try:
-            while True:
-                started = time.monotonic()
-                await self._sample_async()
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            await sample_every(self.options.sample_interval_s, self._sample_async)
         finally:
             self._stop()
 
     async def refresh(self) -> None:
         """Sample now unless the latest sample is fresh (a quarter interval), so a stop sees a job just begun."""
-        last = self._window.last_sample_wall
-        if not self._devices or (
-            last is not None and time.time() - last < self.options.sample_interval_s / 4
-        ):
+        if not self._devices or self.options.is_fresh(self._window.last_sample_wall):
             return
         await self._sample_async()
 

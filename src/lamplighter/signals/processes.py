@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,15 +40,14 @@ import psutil
 
 from lamplighter.errors import ConfigError
 from lamplighter.model import ActivityReading, Clock, format_time
-from lamplighter.signals import BusyWindow, UsageSummary, format_seconds, format_share
+from lamplighter.processinfo import describe_process, find_listening_pid
+from lamplighter.signals import BusyWindowOptions, UsageSummary, format_seconds, format_share, sample_every
 
 __all__ = [
     "DEFAULT_PROCESS_IGNORE",
     "SCOPES",
     "ProcessSignal",
     "ProcessSignalOptions",
-    "describe_process",
-    "find_listening_pid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,24 +83,16 @@ never root's on a host (that would be every daemon). ``container``: every proces
 namespace, which inside a container is the app's own. ``auto``: ``container`` inside a container,
 else ``user`` for a server that does not run as root, else ``tree``."""
 
-_LABEL_MAX = 60
-_SECRET_ARG = re.compile(r"(?i)(token|password|passwd|secret|key|credential)")
 # Kernel threads on Linux hang below kthreadd (pid 2); they are never a user's job.
 _KERNEL_PIDS = frozenset({0, 2})
 
 
 @dataclass(frozen=True)
-class ProcessSignalOptions:
-    """Tuning of the process signal; units are in the names."""
+class ProcessSignalOptions(BusyWindowOptions):
+    """Tuning of the process signal: the busy window's cadence (:class:`BusyWindowOptions`) and what counts."""
 
-    sample_interval_s: float = 5.0
-    """Seconds between two samples of the process tree."""
-    window_s: float = 60.0
-    """Seconds of history the busy test looks at."""
     cpu_threshold: float = 0.1
     """Share of one core (0.1 = 10 %) the tree must use for a sample to be busy."""
-    min_busy_s: float | None = None
-    """Busy seconds needed within the window to count as work; None means two sample intervals."""
     scope: str = "auto"
     """Which processes count besides the server's tree (see :data:`SCOPES`)."""
     ignore: tuple[str, ...] = DEFAULT_PROCESS_IGNORE
@@ -110,77 +100,11 @@ class ProcessSignalOptions:
     its whole command line; a match is ignored together with everything it started."""
 
     def __post_init__(self) -> None:
-        if self.sample_interval_s <= 0 or self.window_s <= 0:
-            raise ConfigError("process signal: sample_interval_s and window_s must be positive")
-        if self.sample_interval_s >= self.window_s:
-            raise ConfigError(
-                f"process signal: sample_interval_s ({self.sample_interval_s:g}) must be shorter than "
-                f"window_s ({self.window_s:g})"
-            )
+        self._check_window("process signal")
         if self.cpu_threshold <= 0:
             raise ConfigError(f"process signal: cpu_threshold must be positive, got {self.cpu_threshold:g}")
         if self.scope not in SCOPES:
             raise ConfigError(f"process signal: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
-        if self.min_busy_s is not None and not 0 < self.min_busy_s <= self.window_s:
-            raise ConfigError(
-                f"process signal: min_busy_s must be in (0, window_s={self.window_s:g}], "
-                f"got {self.min_busy_s:g}"
-            )
-
-    @property
-    def effective_min_busy_s(self) -> float:
-        # Two busy samples: one spike never counts, a job that bursts now and then does.
-        return (
-            self.min_busy_s if self.min_busy_s is not None else min(2 * self.sample_interval_s, self.window_s)
-        )
-
-
-def find_listening_pid(port: int) -> int | None:
-    """The pid of the process listening on TCP ``port`` (any address), or None if none or not visible."""
-    try:
-        connections = psutil.net_connections(kind="tcp")
-    except psutil.AccessDenied:
-        # macOS needs root for the system-wide table; ask each visible process instead.
-        return _find_listening_pid_slow(port)
-    for conn in connections:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-            return conn.pid
-    return None
-
-
-def _find_listening_pid_slow(port: int) -> int | None:
-    for proc in psutil.process_iter():
-        try:
-            for conn in proc.net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                    return proc.pid
-        except psutil.Error:
-            continue
-    return None
-
-
-def describe_process(argv: list[str], name: str) -> str:
-    """``python train.py``: a short command line for reasons, with secret-looking arguments masked."""
-    if not argv:
-        return name
-    words = [os.path.basename(argv[0]) or argv[0]]
-    hide_next = False
-    for arg in argv[1:]:
-        if hide_next:
-            words.append("***")
-            hide_next = False
-        elif _SECRET_ARG.search(arg):
-            head, sep, _ = arg.partition("=")
-            if sep:
-                words.append(f"{head}=***")
-            else:
-                words.append(arg)
-                hide_next = arg.startswith("-")
-        else:
-            words.append(arg)
-    # `python -c` programs carry newlines; a reason line must stay one line.
-    text = " ".join(" ".join(words).split())
-    return text if len(text) <= _LABEL_MAX else text[: _LABEL_MAX - 3] + "..."
 
 
 def _ignored(patterns: Iterable[str], name: str, argv: list[str]) -> bool:
@@ -539,11 +463,7 @@ class ProcessSignal:
             port=port,
             clock_ticks=float(os.sysconf("SC_CLK_TCK")) if procfs else 100.0,
         )
-        self._window = BusyWindow(
-            window_s=self.options.window_s,
-            min_busy_s=self.options.effective_min_busy_s,
-            threshold=self.options.cpu_threshold,
-        )
+        self._window = self.options.busy_window(self.options.cpu_threshold)
         self._scope: frozenset[int] = frozenset()
         self._status = "no sample yet"
         self._watching = True  # False while there is no server tree to look at
@@ -554,16 +474,11 @@ class ProcessSignal:
 
     async def run(self) -> None:
         """Sample every ``sample_interval_s`` until cancelled; a failed sample is logged and skipped."""
-        interval = self.options.sample_interval_s
-        while True:
-            started = time.monotonic()
-            await self._sample_async()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        await sample_every(self.options.sample_interval_s, self._sample_async)
 
     async def refresh(self) -> None:
         """Sample now unless the latest sample is fresh (a quarter interval), so a stop sees a job just begun."""
-        last = self._window.last_sample_wall or self._baseline_wall
-        if last is not None and time.time() - last < self.options.sample_interval_s / 4:
+        if self.options.is_fresh(self._window.last_sample_wall or self._baseline_wall):
             return
         await self._sample_async()
 
