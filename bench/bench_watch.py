@@ -28,7 +28,7 @@ from lamplighter.agent import Agent
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.settings import load_settings
-from lamplighter.targets import open_target
+from lamplighter.wiring import open_target
 
 ANCHOR_INTERVALS_S = {
     "AWS LCC cron": 120,

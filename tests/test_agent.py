@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from lamplighter.actions import DryRun
 from lamplighter.agent import Agent
 from lamplighter.journal import Journal
 from lamplighter.model import Action, KernelInfo, ServerSnapshot, StopOutcome
 from lamplighter.platforms.fake import FakeServer
 from lamplighter.settings import load_settings
+from lamplighter.stoppers import DryRun
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 

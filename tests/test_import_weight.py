@@ -17,7 +17,7 @@ def test_cli_and_agent_import_no_heavy_library() -> None:
     # httpx imports its own CLI, and with it rich, whenever click is installed; click is no dependency
     # of lamplighter (papermill brings it into the test environment), so it is hidden here.
     code = (
-        "import sys, json; sys.modules['click'] = None; import lamplighter.cli, lamplighter.agent, lamplighter.targets; "
+        "import sys, json; sys.modules['click'] = None; import lamplighter.cli, lamplighter.agent, lamplighter.wiring; "
         "lamplighter.cli.build_parser(); "
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )

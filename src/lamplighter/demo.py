@@ -24,7 +24,7 @@ from lamplighter.model import Action, Decision, format_duration
 from lamplighter.remote.connection import connection_from_settings
 from lamplighter.remote.kernel import KernelSession, start_kernel
 from lamplighter.settings import load_settings
-from lamplighter.targets import open_target
+from lamplighter.wiring import open_target
 
 __all__ = ["run_demo"]
 

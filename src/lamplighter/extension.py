@@ -24,7 +24,6 @@ from tornado import ioloop, web
 from traitlets import Any as AnyTrait
 from traitlets.config import Configurable
 
-from lamplighter.actions import DryRun, NoStop, build_stopper
 from lamplighter.agent import Agent
 from lamplighter.errors import LamplighterError
 from lamplighter.journal import Journal
@@ -38,11 +37,9 @@ from lamplighter.model import (
     format_time,
     parse_timestamp,
 )
-from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import parse_snapshot
-from lamplighter.remote.connection import Connection
 from lamplighter.settings import Settings, load_settings, option_specs
-from lamplighter.targets import build_signals
+from lamplighter.wiring import build_signals, build_stopper
 
 __all__ = ["InServerAgent", "Lamplighter"]
 
@@ -157,7 +154,8 @@ class InServerAgent:
         self.settings = settings
         target = serverapp.connection_url
         self.probe = InProcessServer(serverapp.web_app, target)
-        self.stopper = self._stopper(serverapp, settings, target)
+        # The wiring's stopper, except that a server shutdown is done in process (no HTTP to ourselves).
+        self.stopper = build_stopper(settings, None, target, in_process=InProcessShutdown(serverapp))
         self.last: Decision | None = None
         self.journal = Journal(settings.journal)
         self.agent = Agent(
@@ -182,16 +180,6 @@ class InServerAgent:
             self.agent.wake()
 
         events.add_listener(schema_id=_KERNEL_ACTIONS, listener=on_kernel_action)
-
-    @staticmethod
-    def _stopper(serverapp: Any, settings: Settings, target: str) -> Stopper:
-        if settings.action == "shutdown" and settings.platform == "jupyter":
-            real: Stopper = InProcessShutdown(serverapp)
-            return DryRun(real) if settings.dry_run else real
-        if settings.action == "none":
-            return NoStop()
-        # SageMaker DeleteApp or a command: the same stoppers as `lamplighter watch`.
-        return build_stopper(settings, Connection(target), target)
 
     def _seen(self, decision: Decision) -> None:
         self.last = decision

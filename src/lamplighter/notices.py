@@ -13,7 +13,7 @@ import os
 
 import psutil
 
-from lamplighter.actions import CommandStopper
+from lamplighter.hooks import run_hook
 from lamplighter.model import Decision, format_time
 from lamplighter.settings import Settings
 
@@ -33,9 +33,7 @@ class Notifier:
     async def warn(self, decision: Decision) -> str:
         """Give the warning; returns what was done, for the journal."""
         if self._settings.warn_command:
-            result = await CommandStopper(self._settings.warn_command, self._target, timeout_s=60).stop(
-                decision
-            )
+            result = await run_hook(self._settings.warn_command, self._target, decision, timeout_s=60)
             return f"warning command: {result.detail}"
         message = (
             f"lamplighter: this app stops at {format_time(decision.stop_at)} unless it is used "

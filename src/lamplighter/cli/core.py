@@ -83,7 +83,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 async def _watch_async(settings: Settings, *, once: bool) -> int:
     from lamplighter.agent import Agent, exit_on_signals
-    from lamplighter.targets import open_target
+    from lamplighter.wiring import open_target
 
     async with open_target(settings) as target:
         with Journal(settings.journal) as journal:
@@ -135,9 +135,9 @@ def _status(args: argparse.Namespace) -> int:
 
 async def _status_async(settings: Settings) -> Decision:
     """The watching agent's verdict, taken the agent's way (every signal, the snooze, its memory)."""
-    from lamplighter.actions import NoStop
     from lamplighter.agent import Agent, utcnow
-    from lamplighter.targets import open_target
+    from lamplighter.stoppers import NoStop
+    from lamplighter.wiring import open_target
 
     async with open_target(settings) as target:
         with Journal.in_memory() as scratch:

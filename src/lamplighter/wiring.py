@@ -1,0 +1,239 @@
+"""The one wiring table: which probe, stopper and signals watch the app the settings describe.
+
+Every mode builds its target here — ``watch``, ``status``, the demo and the in-server extension. A
+row of :data:`ROWS` maps a ``--platform`` and ``--app-type`` to how that app is observed (its probe)
+and how it stops itself (the platform's own stopper); ``--action`` may replace that stopper with a
+command, nothing, or a dry run. Adding a platform is one module under :mod:`lamplighter.platforms`
+and one row here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from lamplighter.errors import ConfigError
+from lamplighter.notices import Notifier
+from lamplighter.platforms.base import Probe, Stopper
+from lamplighter.remote.connection import Connection, connection_from_settings
+from lamplighter.settings import Settings
+from lamplighter.signals import Signal
+from lamplighter.signals.keepalive import KeepAliveFile
+from lamplighter.stoppers import CommandStopper, DryRun, NoStop, ProcessStopper
+
+__all__ = ["ROWS", "Row", "Target", "build_signals", "build_stopper", "local_port", "open_target", "row_for"]
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """One app to watch: how to observe it, how to stop it, and which extra signals to read."""
+
+    probe: Probe
+    stopper: Stopper
+    conn: Connection | None = None
+    signals: tuple[Signal, ...] = ()
+    notifier: Notifier | None = None
+
+
+# -- the platforms' parts ------------------------------------------------------------------------
+
+
+def _same(settings: Settings) -> Settings:
+    return settings
+
+
+def _sagemaker_settings(settings: Settings) -> Settings:
+    """On SageMaker the app type, and so the server's local URL, follow from the metadata file."""
+    from lamplighter.platforms.sagemaker import AppIdentity, jupyter_base_url
+
+    identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
+    if identity.app_type == "CodeEditor":
+        return replace(settings, app_type="code-editor", editor_port=settings.editor_port or 8888)
+    if settings.url:
+        return settings
+    return replace(settings, url=f"http://127.0.0.1:8888{jupyter_base_url(identity.app_type)}")
+
+
+def _jupyter_api(settings: Settings, conn: Connection | None) -> Probe:
+    from lamplighter.platforms.jupyter import JupyterServer
+
+    assert conn is not None  # the row connects
+    return JupyterServer(conn)
+
+
+def _code_editor(settings: Settings, conn: Connection | None) -> Probe:
+    from lamplighter.platforms.codeeditor import CodeEditorOptions, CodeEditorProbe
+
+    return CodeEditorProbe(
+        CodeEditorOptions(healthz_url=settings.code_server_healthz, server_port=settings.editor_port),
+        agent_started=datetime.now(timezone.utc),
+        target=f"code-editor:{settings.editor_port or 'sagemaker'}",
+    )
+
+
+def _jupyter_shutdown(settings: Settings, conn: Connection | None) -> Stopper:
+    from lamplighter.platforms.jupyter import JupyterShutdown
+
+    if conn is None:
+        raise ConfigError("action: nothing to stop with; give --url, --editor-port, or --action command")
+    return JupyterShutdown(conn, verify_timeout_s=settings.stop_verify_timeout.total_seconds())
+
+
+def _end_process(settings: Settings, conn: Connection | None) -> Stopper:
+    if not settings.editor_port:
+        raise ConfigError(
+            "editor_port: stopping a plain code-server needs --editor-port (or --action command)"
+        )
+    return ProcessStopper(settings.editor_port, verify_timeout_s=settings.stop_verify_timeout.total_seconds())
+
+
+def _delete_app(settings: Settings, conn: Connection | None) -> Stopper:
+    from lamplighter.platforms.sagemaker import AppIdentity, SageMakerStopper
+
+    identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
+    if settings.region:
+        identity = replace(identity, region=settings.region)
+    return SageMakerStopper(
+        identity,
+        endpoint_url=settings.sagemaker_endpoint_url,
+        verify_timeout_s=settings.stop_verify_timeout.total_seconds(),
+    )
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """How one kind of app is watched and stopped."""
+
+    probe: Callable[[Settings, Connection | None], Probe]
+    """Observes the app; gets the connection when :attr:`connects`."""
+    stopper: Callable[[Settings, Connection | None], Stopper]
+    """The platform's own stop (``--action shutdown``)."""
+    connects: bool
+    """The probe talks to the server's REST API (``--url``, token, cookies)."""
+    resolve: Callable[[Settings], Settings] = _same
+    """Fills in what the platform itself knows (SageMaker: the app type and URL from its metadata)."""
+    stops_in_process: bool = False
+    """In-server mode stops the server it runs in directly instead (the stop *is* a server shutdown)."""
+
+
+ROWS: dict[tuple[str, str], Row] = {
+    # (--platform, --app-type)
+    ("jupyter", "jupyter"): Row(_jupyter_api, _jupyter_shutdown, connects=True, stops_in_process=True),
+    ("jupyter", "code-editor"): Row(_code_editor, _end_process, connects=False),
+    ("sagemaker", "jupyter"): Row(_jupyter_api, _delete_app, connects=True, resolve=_sagemaker_settings),
+    ("sagemaker", "code-editor"): Row(_code_editor, _delete_app, connects=False, resolve=_sagemaker_settings),
+}
+
+
+def row_for(settings: Settings) -> tuple[Row, Settings]:
+    """The row for the settings, and the settings with what the platform knows filled in."""
+
+    def lookup(s: Settings) -> Row:
+        try:
+            return ROWS[(s.platform, s.app_type)]
+        except KeyError:
+            raise ConfigError(
+                f"app_type: {s.app_type!r} is not supported on the {s.platform} platform"
+            ) from None
+
+    resolved = lookup(settings).resolve(settings)
+    return lookup(resolved), resolved
+
+
+def build_stopper(
+    settings: Settings, conn: Connection | None, target: str, *, in_process: Stopper | None = None
+) -> Stopper:
+    """The stopper ``--action`` asks for, wrapped in :class:`DryRun` under ``--dry-run``.
+
+    ``in_process`` is the in-server extension's own shutdown, used where the row stops in process.
+    """
+    if settings.action == "none":
+        return NoStop()
+    stopper: Stopper
+    if settings.action == "command":
+        if not settings.command:
+            raise ConfigError("command: --action command needs --command 'shell command'")
+        stopper = CommandStopper(settings.command, target)
+    else:
+        row, settings = row_for(settings)
+        if in_process is not None and row.stops_in_process:
+            stopper = in_process
+        else:
+            stopper = row.stopper(settings, conn)
+    return DryRun(stopper) if settings.dry_run else stopper
+
+
+def local_port(settings: Settings) -> int | None:
+    """The port of the watched server when it runs on this machine (its process tree is then ours to read)."""
+    if settings.app_type == "code-editor":
+        return settings.editor_port
+    parts = urlsplit(settings.url or "")
+    if parts.hostname not in _LOOPBACK:
+        return None
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def build_signals(settings: Settings, *, server_pid: int | None = None) -> tuple[Signal, ...]:
+    """The signals the settings turn on; the keep-alive file is always read (one stat per check).
+
+    ``server_pid`` names the server when the caller knows it (in-server mode: our own pid); otherwise
+    it is ``--server-pid``, or the process listening on the URL's port.
+    """
+    signals: list[Signal] = [KeepAliveFile(settings.keep_alive_file)]
+    tree_pids = None
+    pid = server_pid or settings.server_pid
+    port = None if pid else local_port(settings)
+    interval_s = settings.effective_process_sample_interval.total_seconds()
+    window_s = settings.effective_process_window.total_seconds()
+    if settings.process_signal and (pid or port):
+        from lamplighter.signals.processes import DEFAULT_PROCESS_IGNORE, ProcessSignal, ProcessSignalOptions
+
+        process = ProcessSignal(
+            pid,
+            ProcessSignalOptions(
+                sample_interval_s=interval_s,
+                window_s=window_s,
+                cpu_threshold=settings.cpu_threshold,
+                scope=settings.effective_process_scope,
+                ignore=DEFAULT_PROCESS_IGNORE + settings.process_ignore,
+            ),
+            port=port,
+        )
+        signals.append(process)
+        tree_pids = process.tree_pids
+    if settings.gpu_signal:
+        from lamplighter.signals.gpu import GpuSignal, GpuSignalOptions
+
+        options = GpuSignalOptions(
+            sample_interval_s=interval_s, window_s=window_s, gpu_threshold=settings.gpu_threshold
+        )
+        signals.append(GpuSignal(options, pids=tree_pids))
+    if settings.watch_paths:
+        from lamplighter.signals.files import DEFAULT_FILE_IGNORE, FileSignal, FileSignalOptions
+
+        file_options = FileSignalOptions(ignore=DEFAULT_FILE_IGNORE + settings.watch_ignore)
+        signals.append(FileSignal(settings.watch_paths, file_options, journal_path=settings.journal))
+    return tuple(signals)
+
+
+@asynccontextmanager
+async def open_target(settings: Settings) -> AsyncIterator[Target]:
+    """The target the settings describe, with its connection open for as long as the block runs."""
+    row, settings = row_for(settings)
+    notifier = None
+    if settings.warn_before is not None:
+        notifier = Notifier(settings, settings.url or "code-editor", server_port=local_port(settings))
+    async with AsyncExitStack() as stack:
+        conn = await stack.enter_async_context(connection_from_settings(settings)) if row.connects else None
+        probe = row.probe(settings, conn)
+        yield Target(
+            probe, build_stopper(settings, conn, probe.target), conn, build_signals(settings), notifier
+        )
