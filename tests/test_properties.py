@@ -1,7 +1,8 @@
-"""Property tests: the parsers at lamplighter's borders, fed arbitrary input.
+"""Property tests: the parsers at lamplighter's borders, fed arbitrary input, and the policy's promises.
 
-Each raises only its documented error (the lamplighter tree, or ``ValueError`` where that is the
-contract) and never echoes a secret it was handed.
+Each parser raises only its documented error (the lamplighter tree, or ``ValueError`` where that is
+the contract) and never echoes a secret it was handed. The policy, fed arbitrary snapshots and
+memories, never stops while work runs or cannot be told yet, and never schedules into the past.
 """
 
 from __future__ import annotations
@@ -15,11 +16,26 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lamplighter.errors import ConfigError, MalformedAnswer
-from lamplighter.model import EARLIEST, LATEST, ServerSnapshot, format_time, parse_timestamp
+from lamplighter.model import (
+    EARLIEST,
+    LATEST,
+    Action,
+    ActivityReading,
+    Clock,
+    KernelInfo,
+    Memory,
+    Observation,
+    ProbeFailure,
+    ServerSnapshot,
+    TerminalInfo,
+    format_time,
+    parse_timestamp,
+)
 from lamplighter.platforms.jupyter import parse_snapshot
+from lamplighter.policy import decide
 from lamplighter.redaction import MASK, hide, redact
 from lamplighter.remote.connection import split_server_url
-from lamplighter.settings import MAX_DURATION, load_settings, option_specs, parse_duration
+from lamplighter.settings import MAX_DURATION, Settings, load_settings, option_specs, parse_duration
 
 UTC = timezone.utc
 FAST = settings(max_examples=150, deadline=None)
@@ -199,6 +215,120 @@ def test_parse_snapshot_raises_only_malformed_answer(
     if received_at is not None:
         latest = received_at + timedelta(days=1)
         assert all(k.last_activity <= latest for k in snap.kernels) and snap.last_activity <= latest
+
+
+# -- the policy ---------------------------------------------------------------------------------
+
+_NOW = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
+_past = st.integers(min_value=0, max_value=3 * 86400).map(lambda s: _NOW - timedelta(seconds=s))
+# What servers and signals report may lie a little in the future (clock skew).
+_moment = st.integers(min_value=-3 * 86400, max_value=3600).map(lambda s: _NOW + timedelta(seconds=s))
+_kernel_ids = st.sampled_from(["k1", "k2", "k3"])
+_kernel_info = st.builds(
+    KernelInfo,
+    id=_kernel_ids,
+    name=st.just("python3"),
+    execution_state=st.sampled_from(["idle", "busy", "starting", "restarting", "dead", "unknown"]),
+    last_activity=_moment,
+    connections=st.integers(min_value=0, max_value=2),
+)
+_reading = st.builds(
+    ActivityReading,
+    source=st.sampled_from(["processes", "gpu", "files", "snooze"]),
+    clock=st.sampled_from(Clock),
+    at=st.none() | _moment,
+    detail=st.just("a reading"),
+    active_now=st.booleans(),
+    hold_until=st.none() | _moment,
+    ready_at=st.none() | _moment,
+)
+_snapshot = st.builds(
+    ServerSnapshot,
+    target=st.just("fake://server/"),
+    started=_past,
+    last_activity=_past,
+    connections=st.integers(min_value=0, max_value=2),
+    kernels=st.lists(_kernel_info, max_size=3, unique_by=lambda k: k.id).map(tuple),
+    terminals=st.lists(
+        st.builds(TerminalInfo, name=st.sampled_from(["1", "2"]), last_activity=_moment),
+        max_size=2,
+        unique_by=lambda t: t.name,
+    ).map(tuple),
+    readings=st.lists(_reading, max_size=3).map(tuple),
+)
+_observation: st.SearchStrategy[Observation] = _snapshot | st.builds(
+    ProbeFailure, target=st.just("fake://server/"), error=st.just("refused"), unreachable=st.booleans()
+)
+# Remembered moments are in the past: the agent wrote them at an earlier ``now``.
+_memory = st.builds(
+    Memory,
+    last_interaction=st.none() | _past,
+    last_work=st.none() | _past,
+    busy_since=st.dictionaries(_kernel_ids, _past, max_size=2),
+    pending_since=st.dictionaries(_kernel_ids, _past, max_size=2),
+    failing_since=st.none() | _past,
+    notice_at=st.none() | _past,
+)
+_span = st.sampled_from(["1s", "30s", "10m", "1h", "2d"])
+_policy_settings: st.SearchStrategy[Settings] = st.fixed_dictionaries(
+    {},
+    optional={
+        "idle_timeout": st.sampled_from(["30s", "10m", "1h"]),
+        "startup_grace": st.sampled_from(["0s", "5m", "2h"]),
+        "max_busy": _span,
+        "stuck_after": _span,
+        "busy_recheck": st.sampled_from(["1s", "30s", "10m"]),
+        "probe_interval": st.sampled_from(["1s", "1m", "2h"]),
+        "kernel_timeout": _span,
+        "terminal_timeout": _span,
+        "keep_terminals": st.booleans(),
+        "warn_before": st.sampled_from(["1s", "5m", "1h"]),
+        "ignore_connections": st.booleans(),
+        "skip_terminals": st.booleans(),
+        "unreachable_timeout": _span,
+        "unreachable_action": st.sampled_from(["report", "stop"]),
+    },
+).map(lambda flags: load_settings({"process_signal": False, **flags}, env={}))
+
+
+@FAST
+@given(observation=_observation, memory=_memory, policy=_policy_settings)
+def test_the_policy_never_schedules_into_the_past(
+    observation: Observation, memory: Memory, policy: Settings
+) -> None:
+    d = decide(observation, memory, policy, _NOW)
+    assert d.next_check_at >= _NOW
+    if d.action is Action.STOP:
+        assert d.stop_at is not None and d.stop_at <= _NOW
+    elif d.stop_at is not None and not d.provisional:
+        # Idle but not yet due: the agent looks again at the deadline at the latest.
+        assert d.stop_at > _NOW and d.next_check_at <= d.stop_at
+    if d.provisional:
+        assert d.action is Action.KEEP and d.stop_at is not None and d.stop_at <= _NOW
+
+
+@FAST
+@given(snap=_snapshot, memory=_memory, policy=_policy_settings)
+def test_no_stop_while_a_work_signal_is_busy_or_cannot_tell_yet(
+    snap: ServerSnapshot, memory: Memory, policy: Settings
+) -> None:
+    work = [r for r in snap.readings if r.clock is Clock.WORK and (r.active_now or r.ready_at is not None)]
+    d = decide(snap, memory, policy, _NOW)
+    if work:
+        assert d.action is not Action.STOP
+        assert not d.cull_terminals  # the busy tree may belong to any terminal
+
+
+@FAST
+@given(snap=_snapshot, memory=_memory, policy=_policy_settings)
+def test_both_clocks_only_move_forward(snap: ServerSnapshot, memory: Memory, policy: Settings) -> None:
+    remembered = decide(snap, memory, policy, _NOW).memory
+    for before, after in (
+        (memory.last_interaction, remembered.last_interaction),
+        (memory.last_work, remembered.last_work),
+    ):
+        assert before is None or (after is not None and after >= before)
+    assert remembered.failing_since is None and remembered.notice_at == memory.notice_at
 
 
 # -- the redaction rule ----------------------------------------------------------------------------

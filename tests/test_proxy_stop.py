@@ -101,7 +101,9 @@ async def test_a_stop_that_finds_the_server_gone_is_stopped(behind_proxy: tuple[
     # The loser of the race, made deterministic: its POST reaches the proxy after the server exited.
     server, url = behind_proxy
     now = datetime.now(timezone.utc)
-    decision = Decision(Action.STOP, "idle", ("idle",), idle_since=now, stop_at=now, next_check_at=now)
+    decision = Decision(
+        action=Action.STOP, reason="idle", reasons=("idle",), idle_since=now, stop_at=now, next_check_at=now
+    )
     async with Connection(url, token=server.token) as conn:
         first = await JupyterShutdown(conn).stop(decision)
         assert first.outcome is StopOutcome.STOPPED, first.detail
@@ -146,7 +148,9 @@ async def test_what_counts_as_gone(
         return _answer(next(answers, 200))
 
     now = datetime.now(timezone.utc)
-    decision = Decision(Action.STOP, "idle", ("idle",), idle_since=now, stop_at=now, next_check_at=now)
+    decision = Decision(
+        action=Action.STOP, reason="idle", reasons=("idle",), idle_since=now, stop_at=now, next_check_at=now
+    )
     transport = httpx.MockTransport(handler)
     async with Connection("http://hub.invalid/user/a/", token="t", transport=transport) as conn:
         stopper = JupyterShutdown(conn, verify_timeout_s=0.3, first_delay_s=0.01, longest_delay_s=0.05)

@@ -27,7 +27,14 @@ from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
 pytest_plugins = ["tests.emulators.conftest_sagemaker"]
 
 _NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
-_DECISION = Decision(Action.STOP, "idle for 1h", ("idle for 1h",), _NOW, _NOW, _NOW)
+_DECISION = Decision(
+    action=Action.STOP,
+    reason="idle for 1h",
+    reasons=("idle for 1h",),
+    idle_since=_NOW,
+    stop_at=_NOW,
+    next_check_at=_NOW,
+)
 _FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.02)
 
 

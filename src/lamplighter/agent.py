@@ -176,12 +176,12 @@ class Agent:
             "making sure it is stopped"
         )
         return Decision(
-            Action.STOP,
-            reason,
-            (reason, *last.reasons),
-            last.idle_since,
-            last.stop_at,
-            now,
+            action=Action.STOP,
+            reason=reason,
+            reasons=(reason, *last.reasons),
+            idle_since=last.idle_since,
+            stop_at=last.stop_at,
+            next_check_at=now,
             memory=decision.memory,
         )
 

@@ -261,9 +261,12 @@ class Action(enum.Enum):
     SKIP = "skip"  # cannot tell (probe failed): do nothing, look again soon
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
-    """The policy's verdict with its evidence; the agent logs and journals ``reasons`` word for word."""
+    """The policy's verdict with its evidence; the agent logs and journals ``reasons`` word for word.
+
+    Keyword-only: eleven fields, three of them datetimes, are too many to tell apart by position.
+    """
 
     action: Action
     reason: str
