@@ -7,7 +7,8 @@ import pytest
 
 from lamplighter.errors import AuthRejected, ConfigError, ConnectFailed, MalformedAnswer
 from lamplighter.localserver import LocalServer
-from lamplighter.remote.connection import Connection, split_server_url
+from lamplighter.remote.connection import Connection
+from lamplighter.server_url import split_server_url
 from tests.conftest import ServerFactory
 from tests.ports import refused_port
 

@@ -93,10 +93,10 @@ def test_claims_are_per_target(tmp_path: Path) -> None:
 
 def test_one_server_is_one_claim_however_it_is_spelled(tmp_path: Path) -> None:
     # The extension knows its server as http://localhost:8888/, a watch as http://127.0.0.1:8888.
-    with Journal(tmp_path / "j.sqlite3") as one, Journal(tmp_path / "j.sqlite3") as other:
-        with one.claim("http://localhost:8888/lab-base/"):
-            for spelling in ("http://127.0.0.1:8888/lab-base", "http://[::1]:8888/lab-base/"):
-                with pytest.raises(ConfigError, match="already watched"), other.claim(spelling):
-                    pass
-            with other.claim("http://127.0.0.1:8889/lab-base/"):
+    one, other = Journal(tmp_path / "j.sqlite3"), Journal(tmp_path / "j.sqlite3")
+    with one, other, one.claim("http://localhost:8888/lab-base/"):
+        for spelling in ("http://127.0.0.1:8888/lab-base", "http://[::1]:8888/lab-base/"):
+            with pytest.raises(ConfigError, match="already watched"), other.claim(spelling):
                 pass
+        with other.claim("http://127.0.0.1:8889/lab-base/"):
+            pass

@@ -34,7 +34,7 @@ from lamplighter.model import (
 from lamplighter.platforms.jupyter import parse_snapshot
 from lamplighter.policy import decide
 from lamplighter.redaction import MASK, hide, redact
-from lamplighter.remote.connection import split_server_url
+from lamplighter.server_url import split_server_url
 from lamplighter.settings import MAX_DURATION, Settings, load_settings, option_specs, parse_duration
 
 UTC = timezone.utc

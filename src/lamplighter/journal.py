@@ -28,11 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from lamplighter.errors import ConfigError, JournalError
 from lamplighter.model import Decision, Memory, parse_timestamp
 from lamplighter.redaction import redact, redact_data
+from lamplighter.server_url import server_key
 
 __all__ = ["Journal", "JournalEvent"]
 
@@ -144,7 +144,7 @@ class Journal:
         Raises :class:`ConfigError` (exit 2), naming the holder's pid, when another agent holds the
         claim: two agents would both stop the app and journal it twice.
         """
-        digest = hashlib.sha256(claim_key(target).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(server_key(target).encode()).hexdigest()[:16]
         lock_path = self.path.with_name(f"{self.path.name}.{digest}.lock")
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -288,18 +288,3 @@ def _load_detail(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
-
-
-def claim_key(target: str) -> str:
-    """One spelling per server for :meth:`Journal.claim`: ``http://localhost:8888`` (what the extension
-    sees) and ``http://127.0.0.1:8888/`` (what ``watch --url`` was given) are the same server."""
-    parts = urlsplit(target)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return target
-    host = "127.0.0.1" if parts.hostname in _LOOPBACK_HOSTS else parts.hostname
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    path = parts.path if parts.path.endswith("/") else parts.path + "/"
-    return f"{parts.scheme}://{host}:{port}{path}"

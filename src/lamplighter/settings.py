@@ -21,6 +21,7 @@ from typing import Any
 
 from lamplighter.errors import ConfigError
 from lamplighter.redaction import hide, redact
+from lamplighter.server_url import split_server_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -754,8 +755,6 @@ def _derive(settings: Settings, env: Mapping[str, str]) -> Settings:
         changes["url"] = f"http://{host}:{port}{base}"
     url = changes.get("url", settings.url)
     if url:
-        from lamplighter.remote.connection import split_server_url
-
         # A token pasted into the URL must not live on in the URL (it is logged and journaled).
         base, url_token = split_server_url(url)
         changes["url"] = base

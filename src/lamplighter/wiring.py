@@ -19,14 +19,13 @@ from lamplighter.errors import ConfigError
 from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Probe, Stopper
 from lamplighter.remote.connection import Connection, connection_from_settings
+from lamplighter.server_url import LOOPBACK_HOSTS
 from lamplighter.settings import Settings
 from lamplighter.signals import Signal
 from lamplighter.signals.keepalive import KeepAliveFile
 from lamplighter.stoppers import CommandStopper, DryRun, NoStop, ProcessStopper
 
 __all__ = ["ROWS", "Row", "Target", "build_signals", "build_stopper", "local_port", "open_target", "row_for"]
-
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ def local_port(settings: Settings) -> int | None:
     if settings.app_type == "code-editor":
         return settings.editor_port
     parts = urlsplit(settings.url or "")
-    if parts.hostname not in _LOOPBACK:
+    if parts.hostname not in LOOPBACK_HOSTS:
         return None
     return parts.port or (443 if parts.scheme == "https" else 80)
 
