@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lamplighter.errors import KernelDied, RemoteTimeout
+from lamplighter.errors import KernelDied, NotFound, RemoteTimeout
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.remote import Connection, KernelSession, shutdown_kernel, start_kernel
 from lamplighter.remote.frames import decode_frame, encode_frame
@@ -210,6 +210,13 @@ async def test_a_killed_kernel_fails_the_request_with_kernel_died(server: LocalS
             with pytest.raises(KernelDied):
                 await ks.execute("1")  # the session stays broken: the kernel's state is gone
         await assert_nothing_left(conn)
+
+
+async def test_a_websocket_to_a_missing_kernel_is_not_found(server: LocalServer) -> None:
+    async with Connection(server.url, token=server.token) as conn:
+        with pytest.raises(NotFound, match="HTTP 404"):
+            async with KernelSession(conn, "00000000-0000-4000-8000-000000000000"):
+                pass
 
 
 async def test_dropped_websocket_reconnects_without_losing_output(server: LocalServer) -> None:
