@@ -299,7 +299,7 @@ class KernelSession:
     """One kernel's channels websocket, with one client ``session_id`` for its whole life.
 
     Use as ``async with KernelSession(conn, kernel_id) as ks: result = await ks.execute("1 + 1")``.
-    The session never starts or stops the kernel: see :func:`start_kernel` / :func:`shutdown_kernel`.
+    The session never starts or stops the kernel: see :mod:`lamplighter.remote.kernels`.
     A dropped socket is reopened with the same ``session_id`` (the server replays what was buffered)
     for up to ``reconnect_timeout_s``; a kernel that died or restarted fails every request in flight,
     and every later one, with :class:`KernelDied`.
