@@ -36,7 +36,7 @@ from websockets.asyncio.client import connect
 
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.remote import Connection, NotebookRunner, RunObserver, TerminalSession, run_shell
-from lamplighter.remote.kernel import shutdown_kernel, start_kernel
+from lamplighter.remote.kernels import shutdown_kernel, start_kernel
 
 PYTHON = {"name": "python3", "display_name": "Python 3", "language": "python"}
 

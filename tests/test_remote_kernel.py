@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from lamplighter.errors import KernelDied, RemoteTimeout
+from lamplighter.errors import KernelDied, NotFound, RemoteTimeout
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.remote import Connection, KernelSession, shutdown_kernel, start_kernel
-from lamplighter.remote.kernel import _decode_frame, _DisplayRegistry, _encode_frame, _OutputArea
+from lamplighter.remote.frames import decode_frame, encode_frame
+from lamplighter.remote.outputs import DisplayRegistry, OutputArea
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +108,9 @@ async def assert_nothing_left(conn: Connection) -> None:
 @pytest.mark.parametrize("v1", [True, False])
 def test_frames_round_trip(v1: bool) -> None:
     header = {"msg_id": "m1", "msg_type": "execute_request", "session": "s", "date": "2026-01-01T00:00:00Z"}
-    frame = _encode_frame("shell", header, {"code": "1 + 1"}, v1)
+    frame = encode_frame("shell", header, {"code": "1 + 1"}, v1)
     assert isinstance(frame, bytes) == v1
-    msg = _decode_frame(frame, v1)
+    msg = decode_frame(frame, v1)
     assert (msg.channel, msg.msg_type, msg.parent_id, msg.content) == (
         "shell",
         "execute_request",
@@ -119,9 +120,9 @@ def test_frames_round_trip(v1: bool) -> None:
 
 
 def test_output_rules_follow_nbclient() -> None:
-    displays = _DisplayRegistry()
+    displays = DisplayRegistry()
     first: list[dict[str, Any]] = []
-    area = _OutputArea(first, displays)
+    area = OutputArea(first, displays)
     area.handle("stream", {"name": "stdout", "text": "a\n"})
     area.handle("stream", {"name": "stdout", "text": "10%\r"})
     area.handle("stream", {"name": "stdout", "text": "100%\n"})
@@ -133,7 +134,7 @@ def test_output_rules_follow_nbclient() -> None:
     assert first[2] == {"output_type": "display_data", "data": {"text/plain": "v1"}, "metadata": {}}
 
     second: list[dict[str, Any]] = []
-    area2 = _OutputArea(second, displays)
+    area2 = OutputArea(second, displays)
     area2.handle(
         "update_display_data",
         {"data": {"text/plain": "v2"}, "metadata": {}, "transient": {"display_id": "d"}},
@@ -209,6 +210,13 @@ async def test_a_killed_kernel_fails_the_request_with_kernel_died(server: LocalS
             with pytest.raises(KernelDied):
                 await ks.execute("1")  # the session stays broken: the kernel's state is gone
         await assert_nothing_left(conn)
+
+
+async def test_a_websocket_to_a_missing_kernel_is_not_found(server: LocalServer) -> None:
+    async with Connection(server.url, token=server.token) as conn:
+        with pytest.raises(NotFound, match="HTTP 404"):
+            async with KernelSession(conn, "00000000-0000-4000-8000-000000000000"):
+                pass
 
 
 async def test_dropped_websocket_reconnects_without_losing_output(server: LocalServer) -> None:

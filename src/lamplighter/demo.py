@@ -22,7 +22,8 @@ from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.model import Action, Decision, format_duration
 from lamplighter.remote.connection import connection_from_settings
-from lamplighter.remote.kernel import KernelSession, start_kernel
+from lamplighter.remote.kernels import start_kernel
+from lamplighter.remote.session import KernelSession
 from lamplighter.settings import load_settings
 from lamplighter.wiring import open_target
 

@@ -315,8 +315,8 @@ def _print_traceback(lines: Sequence[str], stream: TextIO) -> None:
 
 def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver, Callable[[], None]]:
     """The progress bar and ``--log-output`` as a run observer, and the function that closes it."""
-    from lamplighter.remote.kernel import ExecutionResult
     from lamplighter.remote.notebook import RunObserver
+    from lamplighter.remote.session import ExecutionResult
 
     class _ConsoleObserver(RunObserver):
         """The progress bar (rich, stderr, TTY only) and ``--log-output`` streaming."""

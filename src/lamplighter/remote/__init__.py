@@ -1,8 +1,9 @@
 """Talking to a live Jupyter server: the connection, and the kernel, notebook and terminal runners.
 
-``Connection`` does every REST call; ``KernelSession`` owns the kernel websocket protocol;
-``NotebookRunner`` runs whole notebooks on it; ``TerminalSession`` / ``run_shell`` run shell commands in
-a terminal. Nothing else in lamplighter speaks either websocket protocol.
+``Connection`` does every REST call; ``transport`` opens (and reopens) every websocket; ``KernelSession``
+(``session``, on ``frames`` and ``outputs``) speaks the kernel protocol, and ``kernels`` starts, interrupts
+and shuts kernels down; ``NotebookRunner`` runs whole notebooks on a session; ``TerminalSession`` /
+``run_shell`` run shell commands in a terminal. Nothing else in lamplighter speaks either websocket protocol.
 """
 
 from __future__ import annotations
@@ -13,14 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lamplighter.remote.connection import Connection
 
 if TYPE_CHECKING:
-    from lamplighter.remote.kernel import (
-        Execution,
-        ExecutionResult,
-        KernelSession,
-        interrupt_kernel,
-        shutdown_kernel,
-        start_kernel,
-    )
+    from lamplighter.remote.kernels import interrupt_kernel, shutdown_kernel, start_kernel
     from lamplighter.remote.notebook import (
         LocalNotebookStore,
         NotebookResult,
@@ -30,22 +24,14 @@ if TYPE_CHECKING:
         ServerNotebookStore,
         inject_parameters,
     )
+    from lamplighter.remote.session import Execution, ExecutionResult, KernelSession
     from lamplighter.remote.terminal import ShellResult, TerminalSession, run_script, run_shell, strip_ansi
 
 # The runners load websockets; they are imported on first use so that the watch agent, which only
 # needs the connection, stays small.
 _LAZY = {
-    **dict.fromkeys(
-        (
-            "Execution",
-            "ExecutionResult",
-            "KernelSession",
-            "interrupt_kernel",
-            "shutdown_kernel",
-            "start_kernel",
-        ),
-        "lamplighter.remote.kernel",
-    ),
+    **dict.fromkeys(("interrupt_kernel", "shutdown_kernel", "start_kernel"), "lamplighter.remote.kernels"),
+    **dict.fromkeys(("Execution", "ExecutionResult", "KernelSession"), "lamplighter.remote.session"),
     **dict.fromkeys(
         (
             "LocalNotebookStore",

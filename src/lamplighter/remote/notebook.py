@@ -2,7 +2,7 @@
 
 The runner starts its own kernel (and a session, so the run shows in JupyterLab's running panel), runs
 the code cells in order and builds their outputs the way nbclient does (the output rules live in
-:mod:`lamplighter.remote.kernel`), then shuts both down, also when cancelled. It also owns the
+:mod:`lamplighter.remote.outputs`), then shuts both down, also when cancelled. It also owns the
 notebook-level conventions:
 
 - papermill's parameters: a cell tagged ``injected-parameters`` is put right after the first cell tagged
@@ -48,18 +48,13 @@ from lamplighter.errors import (
     KernelDied,
     LamplighterError,
     MalformedAnswer,
+    NotFound,
     RemoteError,
     RemoteTimeout,
 )
 from lamplighter.remote.connection import Connection
-from lamplighter.remote.kernel import (
-    Execution,
-    ExecutionResult,
-    KernelSession,
-    interrupt_kernel,
-    shutdown_kernel,
-    start_kernel,
-)
+from lamplighter.remote.kernels import interrupt_kernel, shutdown_kernel, start_kernel
+from lamplighter.remote.session import Execution, ExecutionResult, KernelSession
 
 __all__ = [
     "ERROR_TAG",
@@ -553,8 +548,10 @@ class NotebookRunner:
         if session_id is not None:
             try:
                 await self.conn.request("DELETE", f"api/sessions/{session_id}")
+            except NotFound:
+                pass
             except RemoteError as exc:
-                if exc.status not in (404, 410):
+                if exc.status != 410:
                     logger.warning("could not delete session %s: %s", session_id, exc)
         if kernel_id is not None:
             try:

@@ -40,9 +40,9 @@ from urllib.parse import quote
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from lamplighter.errors import ConfigError, MalformedAnswer, RemoteError, RemoteTimeout
+from lamplighter.errors import ConfigError, MalformedAnswer, NotFound, RemoteError, RemoteTimeout
 from lamplighter.remote.connection import Connection
-from lamplighter.remote.kernel import open_websocket, reopen_websocket
+from lamplighter.remote.transport import open_websocket, reopen_websocket
 
 __all__ = ["ShellResult", "TerminalSession", "run_script", "run_shell", "strip_ansi"]
 
@@ -219,9 +219,8 @@ class TerminalSession:
                 await self.conn.get(f"api/terminals/{self.name}")
                 logger.debug("reusing terminal %s", self.name)
                 return
-            except RemoteError as exc:
-                if exc.status != 404:
-                    raise
+            except NotFound:
+                pass
             # POST with an existing name would orphan that terminal's shell: we checked it is absent.
             model = await self.conn.request("POST", "api/terminals", json_body={"name": self.name})
         else:
@@ -239,9 +238,10 @@ class TerminalSession:
         try:
             await self.conn.request("DELETE", f"api/terminals/{self.name}")
             logger.info("deleted terminal %s", self.name)
+        except NotFound:
+            pass
         except RemoteError as exc:
-            if exc.status != 404:
-                logger.warning("could not delete terminal %s: %s", self.name, exc)
+            logger.warning("could not delete terminal %s: %s", self.name, exc)
 
     async def _open(self) -> ClientConnection:
         return await open_websocket(
@@ -249,8 +249,8 @@ class TerminalSession:
         )
 
     async def _reopen(self) -> ClientConnection:
-        def gone(exc: RemoteError) -> RemoteError:
-            return RemoteError(f"terminal {self.name} is gone", status=404)
+        def gone(exc: NotFound) -> RemoteError:
+            return NotFound(f"terminal {self.name} is gone")
 
         return await reopen_websocket(
             lambda _timeout_s: self._open(), what=repr(self), timeout_s=self.reconnect_timeout_s,

@@ -1,14 +1,12 @@
-"""The kernel websocket protocol: :class:`KernelSession` owns one kernel's ``/channels`` socket.
+"""A session on one kernel's ``/channels`` websocket: :class:`KernelSession`, its requests and their waits.
 
 Everything that runs code in a Jupyter kernel goes through this class: the notebook runner, the demo,
-on-start hooks. The module also owns the two things the terminal runner shares with it: opening a
-low-latency websocket with the connection's auth (:func:`open_websocket`) and translating websockets
-exceptions onto lamplighter's error tree (:func:`websocket_error`).
+on-start hooks. The socket comes from :mod:`lamplighter.remote.transport`, the wire format from
+:mod:`lamplighter.remote.frames`, the outputs' rules from :mod:`lamplighter.remote.outputs`; this module
+matches messages to their requests and decides when a request is done.
 
 Protocol facts this relies on (``research/remote.md`` §2):
 
-- The server offers the ``v1.kernel.websocket.jupyter.org`` binary framing when asked and falls back to
-  legacy JSON text frames when the client (or a proxy) picks no subprotocol; both are spoken here.
 - A request is finished only when both its ``execute_reply`` (shell) and the IOPub ``status: idle``
   with the same parent have arrived: the two channels share one socket but are not ordered.
 - When the last connection to a kernel drops, the server buffers that session's messages and replays
@@ -16,9 +14,6 @@ Protocol facts this relies on (``research/remote.md`` §2):
   whole life of a :class:`KernelSession` and every reconnect reuses it.
 - The server itself sends ``status: restarting`` / ``status: dead`` (no parent) when the kernel process
   dies: the kernel's state is gone and every request in flight fails with :class:`KernelDied`.
-- Stock Jupyter leaves Nagle on for its websocket handlers and Linux delays ACKs up to 40 ms, so a reply
-  spread over several small frames stalls ~40 ms per request. The client socket disables Nagle and
-  re-arms ``TCP_QUICKACK`` on every read and write (one execute: ~48 ms → ~8 ms on loopback).
 
 Each wait has a named budget, computed with ``time.monotonic()``: ``connect`` (opening or re-opening the
 websocket), ``kernel_start`` (until the kernel's first ``kernel_info_reply``), ``per_cell`` (one request,
@@ -30,450 +25,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
-import socket
-import ssl
-import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Literal
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidURI,
-    WebSocketException,
-)
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from lamplighter.errors import (
-    AuthRejected,
-    ConnectFailed,
-    KernelDied,
-    MalformedAnswer,
-    RemoteError,
-    RemoteTimeout,
-)
+from lamplighter.errors import KernelDied, MalformedAnswer, NotFound, RemoteError, RemoteTimeout
 from lamplighter.remote.connection import Connection
+from lamplighter.remote.frames import V1_SUBPROTOCOL, Message, decode_frame, encode_frame, new_header
+from lamplighter.remote.kernels import interrupt_kernel
+from lamplighter.remote.outputs import (
+    OUTPUT_TYPES,
+    DisplayRegistry,
+    OutputArea,
+    Outputs,
+    is_rate_limit_notice,
+)
+from lamplighter.remote.transport import open_websocket, reopen_websocket
 
-__all__ = [
-    "Execution",
-    "ExecutionResult",
-    "KernelSession",
-    "OutputCallback",
-    "interrupt_kernel",
-    "open_websocket",
-    "reopen_websocket",
-    "shutdown_kernel",
-    "start_kernel",
-    "websocket_error",
-]
+__all__ = ["Execution", "ExecutionResult", "KernelSession", "OutputCallback"]
 
 logger = logging.getLogger(__name__)
 
-V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
-_PROTOCOL_VERSION = "5.3"
-_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
-_OUTPUT_TYPES = frozenset(
-    {"stream", "display_data", "execute_result", "error", "clear_output", "update_display_data"}
-)
-_RATE_LIMIT_NOTICE = re.compile(r"IOPub (message|data) rate exceeded")
-# nbclient's coalesce_streams rules: text before a carriage return on the same line is overwritten,
-# a backspace deletes the character before it.
-_CARRIAGE_RETURN = re.compile(r"[^\n]*\r(?=[^\n])")
-_BACKSPACE = re.compile(r"[^\n]\b")
-
 OutputCallback = Callable[[str, Mapping[str, Any]], None]
 """Called with ``(msg_type, content)`` for every output message of a request, as it arrives."""
-
-
-# -- websockets: one place that opens sockets and translates their errors ------------------------
-
-
-def websocket_error(exc: BaseException, where: str) -> RemoteError:
-    """The lamplighter error for a websockets (or socket) failure at ``where``; raise it ``from exc``."""
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        if status in (401, 403):
-            return AuthRejected(f"{where}: the server refused our credentials (HTTP {status})", status=status)
-        if status == 404:
-            return RemoteError(f"{where}: not found (HTTP 404)", status=status)
-        return RemoteError(f"{where}: the websocket handshake failed with HTTP {status}", status=status)
-    if isinstance(exc, InvalidURI):
-        return ConnectFailed(f"{where}: not a websocket URL")
-    if isinstance(exc, InvalidHandshake):
-        return MalformedAnswer(f"{where}: the websocket handshake failed ({type(exc).__name__})")
-    if isinstance(exc, ConnectionClosed):
-        return ConnectFailed(f"{where}: the websocket closed (code {exc.rcvd.code if exc.rcvd else 'none'})")
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return RemoteTimeout(f"{where}: no answer in time (connect)")
-    if isinstance(exc, OSError | WebSocketException):
-        return ConnectFailed(f"{where}: {type(exc).__name__} ({exc or 'no detail'})")
-    return RemoteError(f"{where}: {type(exc).__name__}")
-
-
-class _LowLatencyConnection(ClientConnection):
-    """A client connection with Nagle off that re-arms ``TCP_QUICKACK`` around every read and write.
-
-    QUICKACK is not sticky (Linux drops back to delayed ACKs on its own), hence re-arming each time; it
-    is one cheap ``setsockopt`` and does nothing on platforms without it.
-    """
-
-    _sock: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if _TCP_QUICKACK is not None:
-            self._sock = sock
-            self._quickack()
-
-    def data_received(self, data: bytes) -> None:
-        self._quickack()
-        super().data_received(data)
-
-    def send_data(self) -> None:
-        self._quickack()
-        super().send_data()
-
-    def _quickack(self) -> None:
-        if self._sock is None or _TCP_QUICKACK is None:
-            return
-        try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        except OSError:
-            self._sock = None
-
-
-async def open_websocket(
-    conn: Connection,
-    path: str,
-    *,
-    params: Mapping[str, str] | None = None,
-    subprotocols: list[str] | None = None,
-    open_timeout_s: float = 10.0,
-) -> ClientConnection:
-    """Open an authenticated, low-latency websocket to ``path`` below the server's base URL.
-
-    Raises the matching :class:`RemoteError` (never a websockets exception).
-    """
-    url = conn.ws_url(path, params)
-    where = f"websocket {conn.display_url}{path}"
-    tls: ssl.SSLContext | None = None
-    if url.startswith("wss:"):
-        tls = ssl.create_default_context()
-        if not conn.verify_tls:
-            tls.check_hostname = False
-            tls.verify_mode = ssl.CERT_NONE
-    headers = conn.ws_headers()
-    try:
-        return await connect(
-            url,
-            additional_headers=headers,
-            user_agent_header=None if "User-Agent" in headers else "lamplighter",
-            subprotocols=[_subprotocol(p) for p in subprotocols or []] or None,
-            compression=None,
-            open_timeout=open_timeout_s,
-            close_timeout=2.0,
-            max_size=None,
-            ssl=tls,
-            create_connection=_LowLatencyConnection,
-        )
-    except (WebSocketException, OSError, asyncio.TimeoutError) as exc:
-        raise websocket_error(exc, where) from exc
-
-
-def _subprotocol(name: str) -> Any:
-    # websockets types subprotocols as a NewType over str.
-    return name
-
-
-# -- REST helpers for the kernel's lifecycle ----------------------------------------------------
-
-
-async def reopen_websocket(
-    open_once: Callable[[float], Awaitable[ClientConnection]],
-    *,
-    what: str,
-    timeout_s: float,
-    connect_timeout_s: float,
-    gone: Callable[[RemoteError], RemoteError],
-) -> ClientConnection:
-    """Reopen a dropped websocket with backoff within ``timeout_s``; shared by kernels and terminals.
-
-    ``open_once(open_timeout_s)`` makes one attempt. Refused credentials are final; a 404 means the
-    kernel or terminal is gone and becomes ``gone(exc)``.
-    """
-    deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    logger.warning("%s: websocket dropped; reconnecting", what)
-    while True:
-        # A short pause first lets the server notice the drop and start buffering for our session.
-        await asyncio.sleep(delay)
-        try:
-            ws = await open_once(max(0.1, min(connect_timeout_s, deadline - time.monotonic())))
-        except AuthRejected:
-            raise
-        except RemoteError as exc:
-            if exc.status == 404:
-                raise gone(exc) from exc
-            if time.monotonic() + delay >= deadline:
-                raise
-            logger.info("%s: reconnect failed (%s); retrying", what, exc)
-            delay = min(delay * 2, 2.0)
-            continue
-        logger.info("%s: reconnected", what)
-        return ws
-
-
-async def start_kernel(conn: Connection, name: str | None = None, *, path: str | None = None) -> str:
-    """Start a kernel (``name``, else the server's default) whose working directory is ``path``; its id."""
-    body: dict[str, str] = {}
-    if name:
-        body["name"] = name
-    if path is not None:
-        body["path"] = path
-    model = await conn.request("POST", "api/kernels", json_body=body)
-    if not isinstance(model, dict) or not isinstance(model.get("id"), str):
-        raise MalformedAnswer(f"POST {conn.display_url}api/kernels: no kernel id in the answer")
-    logger.info("started kernel %s (%s)", model["id"], model.get("name", "default"))
-    return str(model["id"])
-
-
-async def shutdown_kernel(conn: Connection, kernel_id: str, *, retry_s: float = 10.0) -> bool:
-    """Shut a kernel down; ``False`` if it was already gone.
-
-    A kernel caught in the middle of an automatic restart makes the server answer 500 (jupyter_server
-    2.x trips over its own restart future), so server errors are retried for up to ``retry_s``.
-    """
-    deadline = time.monotonic() + retry_s
-    delay = 0.1
-    while True:
-        try:
-            await conn.request("DELETE", f"api/kernels/{kernel_id}")
-        except RemoteError as exc:
-            if exc.status == 404:
-                return False
-            if exc.status is None or exc.status < 500 or time.monotonic() + delay > deadline:
-                raise
-            logger.info("shutting down kernel %s failed (%s); retrying", kernel_id, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            continue
-        logger.info("shut down kernel %s", kernel_id)
-        return True
-
-
-async def interrupt_kernel(conn: Connection, kernel_id: str) -> None:
-    """Interrupt a kernel through REST (works for both signal and message interrupt modes)."""
-    await conn.request("POST", f"api/kernels/{kernel_id}/interrupt")
-
-
-# -- frames ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    channel: str
-    msg_type: str
-    parent_id: str | None
-    content: dict[str, Any]
-    date: str
-
-
-def _parse_json(raw: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedAnswer(f"kernel websocket: {what} is not JSON") from exc
-    if not isinstance(value, dict):
-        raise MalformedAnswer(f"kernel websocket: {what} is not an object")
-    return value
-
-
-def _decode_frame(frame: str | bytes, v1: bool) -> _Message:
-    """One websocket frame → a message (buffers are dropped: no output we keep uses them)."""
-    if v1:
-        if isinstance(frame, str):
-            raise MalformedAnswer("kernel websocket: a text frame on the v1 protocol")
-        count = int.from_bytes(frame[:8], "little")
-        offsets = [int.from_bytes(frame[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
-        if count < 6:
-            raise MalformedAnswer("kernel websocket: a v1 frame with too few parts")
-        channel = frame[offsets[0] : offsets[1]].decode()
-        header = _parse_json(frame[offsets[1] : offsets[2]], "header")
-        parent = _parse_json(frame[offsets[2] : offsets[3]], "parent header")
-        content = _parse_json(frame[offsets[4] : offsets[5]], "content")
-    else:
-        if isinstance(frame, bytes):
-            # Legacy binary frame (a message with buffers): uint32 count, offsets, JSON, buffers.
-            (count,) = struct.unpack("!I", frame[:4])
-            starts = struct.unpack("!" + "I" * count, frame[4 : 4 * (count + 1)])
-            end = starts[1] if count > 1 else len(frame)
-            msg = _parse_json(frame[starts[0] : end], "message")
-        else:
-            msg = _parse_json(frame, "message")
-        channel = str(msg.get("channel", ""))
-        header, parent, content = (
-            msg.get("header") or {},
-            msg.get("parent_header") or {},
-            msg.get("content") or {},
-        )
-    return _Message(
-        channel=channel,
-        msg_type=str(header.get("msg_type", "")),
-        parent_id=parent.get("msg_id"),
-        content=content,
-        date=str(header.get("date", "")),
-    )
-
-
-def _encode_frame(channel: str, header: dict[str, Any], content: dict[str, Any], v1: bool) -> str | bytes:
-    if not v1:
-        msg = {"channel": channel, "header": header, "parent_header": {}, "metadata": {}, "content": content}
-        return json.dumps(msg, separators=(",", ":"))
-    parts = [
-        channel.encode(),
-        *(json.dumps(p, separators=(",", ":")).encode() for p in (header, {}, {}, content)),
-    ]
-    offsets = [8 * (len(parts) + 2)]
-    for part in parts:
-        offsets.append(offsets[-1] + len(part))
-    return b"".join([len(offsets).to_bytes(8, "little"), *(o.to_bytes(8, "little") for o in offsets), *parts])
-
-
-# -- outputs, the way nbclient builds them --------------------------------------------------------
-
-_Outputs = list[dict[str, Any]]
-
-
-class _DisplayRegistry:
-    """Where each ``display_id`` was shown: ``update_display_data`` rewrites all of them, across cells."""
-
-    def __init__(self) -> None:
-        self._shown: dict[str, list[tuple[_Outputs, int]]] = {}
-
-    def update(self, display_id: str, content: Mapping[str, Any]) -> None:
-        for outputs, index in self._shown.get(display_id, ()):
-            outputs[index]["data"] = content.get("data", {})
-            outputs[index]["metadata"] = content.get("metadata", {})
-
-    def record(self, display_id: str, outputs: _Outputs, index: int) -> None:
-        self._shown.setdefault(display_id, []).append((outputs, index))
-
-    def forget(self, outputs: _Outputs) -> None:
-        for display_id, places in self._shown.items():
-            self._shown[display_id] = [(o, i) for o, i in places if o is not outputs]
-
-
-class _OutputArea:
-    """Turns one request's IOPub messages into nbformat outputs, with nbclient's and JupyterLab's rules.
-
-    ``clear_output(wait=True)`` clears just before the next output; ``display_id`` updates rewrite every
-    earlier display with that id; consecutive stream outputs of the same name are merged, with carriage
-    returns and backspaces applied (as JupyterLab shows them and nbclient's ``coalesce_streams`` saves).
-    """
-
-    def __init__(self, outputs: _Outputs, displays: _DisplayRegistry) -> None:
-        self.outputs = outputs
-        self._displays = displays
-        self._clear_pending = False
-
-    def handle(self, msg_type: str, content: Mapping[str, Any]) -> None:
-        if msg_type == "clear_output":
-            if content.get("wait"):
-                self._clear_pending = True
-            else:
-                self._clear()
-            return
-        display_id = None
-        if msg_type in ("display_data", "execute_result", "update_display_data"):
-            transient = content.get("transient") or {}
-            display_id = transient.get("display_id") if isinstance(transient, dict) else None
-            if display_id:
-                self._displays.update(display_id, content)
-        if msg_type == "update_display_data":
-            return
-        output = _output_from(msg_type, content)
-        if output is None:
-            return
-        if self._clear_pending:
-            self._clear()
-        if output["output_type"] == "stream" and self._merge_stream(output):
-            return
-        if display_id:
-            self._displays.record(display_id, self.outputs, len(self.outputs))
-        self.outputs.append(output)
-
-    def _clear(self) -> None:
-        self._clear_pending = False
-        self.outputs.clear()
-        self._displays.forget(self.outputs)
-
-    def _merge_stream(self, output: dict[str, Any]) -> bool:
-        last = self.outputs[-1] if self.outputs else None
-        if last is None or last.get("output_type") != "stream" or last.get("name") != output["name"]:
-            output["text"] = _apply_overwrites(output["text"])
-            return False
-        # Only the last line of the old text can be touched by a new \r or \b.
-        text = last["text"]
-        cut = text.rfind("\n") + 1
-        last["text"] = text[:cut] + _apply_overwrites(text[cut:] + output["text"])
-        return True
-
-
-def _apply_overwrites(text: str) -> str:
-    if "\r" in text:
-        text = _CARRIAGE_RETURN.sub("", text)
-    if "\b" in text:
-        while True:
-            shorter = _BACKSPACE.sub("", text)
-            if shorter == text:
-                break
-            text = shorter
-    return text
-
-
-def _output_from(msg_type: str, content: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The nbformat v4 output for an IOPub message, or None for messages that are not outputs."""
-    if msg_type == "stream":
-        return {
-            "output_type": "stream",
-            "name": content.get("name", "stdout"),
-            "text": content.get("text", ""),
-        }
-    if msg_type == "display_data":
-        return {
-            "output_type": "display_data",
-            "data": content.get("data", {}),
-            "metadata": content.get("metadata", {}),
-        }
-    if msg_type == "execute_result":
-        return {
-            "output_type": "execute_result",
-            "data": content.get("data", {}),
-            "metadata": content.get("metadata", {}),
-            "execution_count": content.get("execution_count"),
-        }
-    if msg_type == "error":
-        return {
-            "output_type": "error",
-            "ename": content.get("ename", ""),
-            "evalue": content.get("evalue", ""),
-            "traceback": list(content.get("traceback", [])),
-        }
-    return None
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -505,7 +86,7 @@ class ExecutionResult:
 class _Waiter:
     """Something in flight that the reader feeds messages with the matching parent id."""
 
-    def feed(self, msg: _Message) -> None:
+    def feed(self, msg: Message) -> None:
         raise NotImplementedError
 
     def fail(self, exc: RemoteError) -> None:
@@ -518,7 +99,7 @@ class _ReplyWaiter(_Waiter):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
 
-    def feed(self, msg: _Message) -> None:
+    def feed(self, msg: Message) -> None:
         if msg.channel == "shell" and not self.future.done():
             self.future.set_result(msg.content)
 
@@ -535,14 +116,14 @@ class Execution(_Waiter):
         self,
         session: KernelSession,
         msg_id: str,
-        outputs: _Outputs,
-        displays: _DisplayRegistry,
+        outputs: Outputs,
+        displays: DisplayRegistry,
         on_output: OutputCallback | None,
     ) -> None:
         self.msg_id = msg_id
         self.outputs = outputs
         self._session = session
-        self._area = _OutputArea(outputs, displays)
+        self._area = OutputArea(outputs, displays)
         self._on_output = on_output
         self._changed = asyncio.Event()
         self._reply: dict[str, Any] | None = None
@@ -563,7 +144,7 @@ class Execution(_Waiter):
     def finished(self) -> bool:
         return self._finished
 
-    def feed(self, msg: _Message) -> None:
+    def feed(self, msg: Message) -> None:
         if self._finished:
             return
         if msg.channel == "iopub":
@@ -582,7 +163,7 @@ class Execution(_Waiter):
                     self._session.output_drain_timeout_s, self._drain_expired
                 )
 
-    def _feed_iopub(self, msg: _Message) -> None:
+    def _feed_iopub(self, msg: Message) -> None:
         msg_type = msg.msg_type
         if msg_type == "status":
             state = msg.content.get("execution_state")
@@ -602,9 +183,9 @@ class Execution(_Waiter):
                 self._execution_count = count
             self._mark_started()
             return
-        if msg_type not in _OUTPUT_TYPES:
+        if msg_type not in OUTPUT_TYPES:
             return
-        if msg_type == "stream" and _RATE_LIMIT_NOTICE.search(str(msg.content.get("text", ""))):
+        if is_rate_limit_notice(msg_type, msg.content):
             logger.warning(
                 "the server dropped output of request %s: %s", self.msg_id, msg.content["text"].strip()
             )
@@ -718,7 +299,7 @@ class KernelSession:
     """One kernel's channels websocket, with one client ``session_id`` for its whole life.
 
     Use as ``async with KernelSession(conn, kernel_id) as ks: result = await ks.execute("1 + 1")``.
-    The session never starts or stops the kernel: see :func:`start_kernel` / :func:`shutdown_kernel`.
+    The session never starts or stops the kernel: see :mod:`lamplighter.remote.kernels`.
     A dropped socket is reopened with the same ``session_id`` (the server replays what was buffered)
     for up to ``reconnect_timeout_s``; a kernel that died or restarted fails every request in flight,
     and every later one, with :class:`KernelDied`.
@@ -757,7 +338,7 @@ class KernelSession:
         self._v1 = False
         self._connected = asyncio.Event()
         self._pending: dict[str, _Waiter] = {}
-        self._displays = _DisplayRegistry()
+        self._displays = DisplayRegistry()
         self._broken: RemoteError | None = None
         self._closing = False
         self._reader: asyncio.Task[None] | None = None
@@ -867,7 +448,7 @@ class KernelSession:
     async def _reopen(self) -> ClientConnection:
         """Reconnect with the same session_id (the server replays what it buffered for it)."""
 
-        def gone(exc: RemoteError) -> RemoteError:
+        def gone(exc: NotFound) -> RemoteError:
             return KernelDied(f"kernel {self.kernel_id} is gone (HTTP 404 on reconnect)")
 
         return await reopen_websocket(
@@ -876,7 +457,7 @@ class KernelSession:
         )  # fmt: skip
 
     def _dispatch(self, frame: str | bytes) -> None:
-        msg = _decode_frame(frame, self._v1)
+        msg = decode_frame(frame, self._v1)
         if msg.parent_id is not None:
             waiter = self._pending.get(msg.parent_id)
             if waiter is not None:
@@ -910,15 +491,7 @@ class KernelSession:
     # -- writing
 
     def _header(self, msg_type: str) -> dict[str, Any]:
-        return {
-            "msg_id": uuid.uuid4().hex,
-            "session": self.session_id,
-            "username": self.username,
-            # The protocol wants a send date in every header; this is not a decision clock.
-            "date": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-            "msg_type": msg_type,
-            "version": _PROTOCOL_VERSION,
-        }
+        return new_header(msg_type, session_id=self.session_id, username=self.username)
 
     async def _send_request(self, msg_type: str, content: dict[str, Any], waiter: _Waiter) -> str:
         header = self._header(msg_type)
@@ -948,7 +521,7 @@ class KernelSession:
             if self._broken is not None or ws is None:
                 continue
             try:
-                await ws.send(_encode_frame(channel, header, content, self._v1))
+                await ws.send(encode_frame(channel, header, content, self._v1))
                 return
             except ConnectionClosed:
                 # The reader reconnects; wait for it and send again.
