@@ -17,7 +17,6 @@ from rich.live import Live
 from rich.text import Text
 
 from lamplighter.agent import Agent
-from lamplighter.cli.common import EXIT_FAILED, EXIT_OK
 from lamplighter.journal import Journal
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.model import Action, Decision, format_duration
@@ -30,8 +29,8 @@ from lamplighter.wiring import open_target
 __all__ = ["run_demo"]
 
 
-def run_demo(idle_timeout: timedelta) -> int:
-    """Run the demo; the exit status is 0 when the server was stopped as expected."""
+def run_demo(idle_timeout: timedelta) -> bool:
+    """Run the demo; True when the server was stopped as expected (the CLI turns that into the exit status)."""
     console = Console(highlight=False, soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="lamplighter-demo-") as tmp:
         workdir = Path(tmp)
@@ -44,7 +43,7 @@ def run_demo(idle_timeout: timedelta) -> int:
             server.stop()
 
 
-async def _demo(server: LocalServer, workdir: Path, idle_timeout: timedelta, console: Console) -> int:
+async def _demo(server: LocalServer, workdir: Path, idle_timeout: timedelta, console: Console) -> bool:
     journal_path = workdir / "journal.sqlite3"
     settings = load_settings(
         {
@@ -94,7 +93,7 @@ async def _demo(server: LocalServer, workdir: Path, idle_timeout: timedelta, con
         console.print(f"   {event.at:%H:%M:%S}  {event.kind:<8} {event.verdict or '':<8} {event.summary}")
     if not result_watch.stopped or server.wait_exited(10) is None:
         console.print("[red]The server was not stopped.[/]")
-        return EXIT_FAILED
+        return False
     action = events[-1].detail if events else {}
     acted, gone = action.get("decided_after_s"), action.get("overshoot_s")
     if isinstance(acted, float) and isinstance(gone, float):
@@ -102,7 +101,7 @@ async def _demo(server: LocalServer, workdir: Path, idle_timeout: timedelta, con
             f"[bold green]Stopped.[/] lamplighter acted {acted * 1000:.0f} ms after the deadline; the server "
             f"finished shutting down {gone * 1000:.0f} ms after it. {agent.probes} probes in all."
         )
-    return EXIT_OK
+    return True
 
 
 def _end_live(console: Console) -> None:

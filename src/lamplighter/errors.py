@@ -13,11 +13,9 @@ an exit status, with no traceback unless ``--debug``::
     │   ├── RemoteTimeout      a named time budget ran out
     │   ├── MalformedAnswer    the server answered something we cannot read
     │   ├── KernelDied         the kernel died or restarted under a run
-    │   ├── CellFailed         a notebook cell raised
-    │   └── CommandFailed      a remote shell command exited non-zero
+    │   └── CellFailed         a notebook cell raised
     ├── PlatformError          the platform could not do what we asked
     │   ├── SageMakerCallFailed  a SageMaker API call failed (AWS error code)
-    │   ├── StopFailed         stopping an app failed or did not take effect
     │   └── Unsupported        the platform cannot do this at all
     └── JournalError           the open journal fails while reading or writing     (exit 1)
 
@@ -33,7 +31,6 @@ from __future__ import annotations
 __all__ = [
     "AuthRejected",
     "CellFailed",
-    "CommandFailed",
     "ConfigError",
     "ConnectFailed",
     "JournalError",
@@ -45,7 +42,6 @@ __all__ = [
     "RemoteError",
     "RemoteTimeout",
     "SageMakerCallFailed",
-    "StopFailed",
     "Unsupported",
 ]
 
@@ -116,15 +112,6 @@ class CellFailed(RemoteError):
         self.cell_index = cell_index
 
 
-class CommandFailed(RemoteError):
-    """Raised when a remote shell command exits non-zero; carries the status and the end of its output."""
-
-    def __init__(self, message: str, *, exit_code: int, output_tail: str) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.output_tail = output_tail
-
-
 class PlatformError(LamplighterError):
     """Raised when a platform (Jupyter, JupyterHub, SageMaker) cannot carry out an action."""
 
@@ -136,10 +123,6 @@ class SageMakerCallFailed(PlatformError):
         super().__init__(message)
         self.operation = operation
         self.code = code
-
-
-class StopFailed(PlatformError):
-    """Raised when stopping an app failed, or was accepted but the app is still running."""
 
 
 class Unsupported(PlatformError):

@@ -13,7 +13,6 @@ from typing import Any
 from lamplighter.errors import (
     AuthRejected,
     CellFailed,
-    CommandFailed,
     ConfigError,
     ConnectFailed,
     KernelDied,
@@ -62,7 +61,7 @@ def exit_code_for(exc: LamplighterError) -> int:
         return EXIT_TIMEOUT
     if isinstance(exc, KernelDied):
         return EXIT_KERNEL_DIED
-    if isinstance(exc, CellFailed | CommandFailed):
+    if isinstance(exc, CellFailed):
         return EXIT_FAILED
     if isinstance(exc, ConnectFailed | AuthRejected | RemoteError):
         return EXIT_REMOTE

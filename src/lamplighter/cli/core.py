@@ -231,4 +231,4 @@ def _demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    return run_demo(idle)
+    return EXIT_OK if run_demo(idle) else EXIT_FAILED
