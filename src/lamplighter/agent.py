@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-from lamplighter.errors import AuthRejected, LamplighterError, RemoteError
+from lamplighter.errors import AuthRejected, LamplighterError, NotFound, RemoteError
 from lamplighter.heartbeat import write_heartbeat
 from lamplighter.journal import Journal
 from lamplighter.model import (
@@ -123,7 +123,7 @@ class Agent:
         except RemoteError as exc:
             # A wrong token or base URL on the very first probe is a configuration error, not an
             # outage; a server that does not answer yet (an app still starting) is waited for.
-            if self._last is None and (isinstance(exc, AuthRejected) or exc.status == 404):
+            if self._last is None and isinstance(exc, AuthRejected | NotFound):
                 raise
             down = exc.status is None or exc.status in _PROXY_SAYS_DOWN
             return ProbeFailure(self.target, str(exc), unreachable=down)

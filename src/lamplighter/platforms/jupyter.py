@@ -7,12 +7,20 @@ SageMaker Studio JupyterLab app); only the stopper differs between them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from lamplighter.errors import AuthRejected, ConnectFailed, MalformedAnswer, RemoteError, RemoteTimeout
+from lamplighter.errors import (
+    AuthRejected,
+    ConnectFailed,
+    MalformedAnswer,
+    NotFound,
+    RemoteError,
+    RemoteTimeout,
+)
 from lamplighter.model import (
     Decision,
     KernelInfo,
@@ -63,10 +71,8 @@ class JupyterServer:
         """Terminals and sessions are extensions: a server without them answers 404, which means none."""
         try:
             return await self._conn.get(path)
-        except RemoteError as exc:
-            if exc.status == 404:
-                return []
-            raise
+        except NotFound:
+            return []
 
     async def cull_kernel(self, kernel_id: str) -> None:
         await self._delete(f"api/kernels/{kernel_id}")
@@ -75,11 +81,8 @@ class JupyterServer:
         await self._delete(f"api/terminals/{name}")
 
     async def _delete(self, path: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):  # already gone is done
             await self._conn.request("DELETE", path)
-        except RemoteError as exc:
-            if exc.status != 404:  # already gone is done
-                raise
 
 
 def parse_snapshot(
