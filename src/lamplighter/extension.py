@@ -40,6 +40,7 @@ from lamplighter.model import (
 )
 from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import parse_snapshot
+from lamplighter.redaction import redact
 from lamplighter.remote.connection import Connection
 from lamplighter.settings import Settings, load_settings, option_specs
 from lamplighter.targets import build_signals
@@ -145,6 +146,8 @@ class InProcessShutdown:
         return "in-server shutdown"
 
     async def stop(self, decision: Decision) -> StopResult:
+        # The server's own log is where its admin looks first for why it went away.
+        self._serverapp.log.warning("lamplighter: stopping the server: %s", redact(decision.reason))
         await self._serverapp._cleanup()
         ioloop.IOLoop.current().stop()
         return StopResult(StopOutcome.STOPPED, "the server is shutting down")
