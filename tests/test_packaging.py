@@ -117,6 +117,7 @@ def _extension_state(jupyter: Path, env: dict[str, str], config_dir: Path) -> st
 
 
 @pytest.mark.slow  # a fresh venv from the wheel (jupyter_server from the pip cache), then a real server
+@pytest.mark.timeout(300)  # ~45 s with a warm pip cache; a cold one downloads jupyter_server's tree
 def test_extension_enable_and_disable_in_a_fresh_venv(dist: Path, pip_cache: str, tmp_path: Path) -> None:
     venv = tmp_path.resolve() / "venv"
     _run(sys.executable, "-m", "venv", "--without-pip", venv)
