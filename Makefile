@@ -1,4 +1,5 @@
 # make demo: install and run the demo.  make test: install everything the tests need and run them all.
+# make dist: build the sdist and wheel into dist/ and check their metadata as PyPI would.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CHP := configurable-http-proxy@4
 NODE_STAMP := $(VENV)/node/.installed-$(subst @,-,$(CHP))
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit dist bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +35,13 @@ typecheck: $(STAMP)
 unit: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+# The sdist is built first and the wheel from it, so a file the sdist forgets breaks the build here.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+test: lint typecheck dist unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_watch.py --runs 10 --hold 180
@@ -42,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_signals.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -85,6 +85,7 @@ def test_extension_culls_reports_and_stops(server_factory: ServerFactory, tmp_pa
     assert body["checks"] >= 1 and body["settings"]["idle_timeout"] == "5s" and body["verdict"] == "keep"
     assert body["stop_at"] is not None
     assert server.wait_exited(20) is not None, "the idle server did not stop itself"
+    assert "lamplighter: stopping the server: idle for" in server.log_path.read_text(errors="replace")
     with Journal(journal) as j:
         summaries = [e.summary for e in j.events(kind="action")]
     assert any(s.startswith(f"shut down kernel {kernel['id']}") for s in summaries)

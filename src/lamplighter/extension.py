@@ -37,8 +37,11 @@ from lamplighter.model import (
     format_time,
     parse_timestamp,
 )
+from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import parse_snapshot
+from lamplighter.redaction import redact
 from lamplighter.settings import Settings, load_settings, option_specs
+from lamplighter.stoppers import DryRun, NoStop
 from lamplighter.wiring import build_signals, build_stopper
 
 __all__ = ["InServerAgent", "Lamplighter"]
@@ -142,9 +145,30 @@ class InProcessShutdown:
         return "in-server shutdown"
 
     async def stop(self, decision: Decision) -> StopResult:
+        # The server's own log is where its admin looks first for why it went away.
         await self._serverapp._cleanup()
         ioloop.IOLoop.current().stop()
         return StopResult(StopOutcome.STOPPED, "the server is shutting down")
+
+
+class LoggedStop:
+    """Says in the server's own log, before any stopper acts, that lamplighter stops the server and why."""
+
+    def __init__(self, real: Stopper, log: Any) -> None:
+        self._real = real
+        self._log = log
+
+    @property
+    def description(self) -> str:
+        return self._real.description
+
+    async def stop(self, decision: Decision) -> StopResult:
+        self._log.warning(
+            "lamplighter: stopping the server: %s (%s)", redact(decision.reason), self._real.description
+        )
+        result = await self._real.stop(decision)
+        self._log.info("lamplighter: %s: %s", result.outcome.value, redact(result.detail))
+        return result
 
 
 class InServerAgent:
@@ -155,7 +179,9 @@ class InServerAgent:
         target = serverapp.connection_url
         self.probe = InProcessServer(serverapp.web_app, target)
         # The wiring's stopper, except that a server shutdown is done in process (no HTTP to ourselves).
-        self.stopper = build_stopper(settings, None, target, in_process=InProcessShutdown(serverapp))
+        stopper = build_stopper(settings, None, target, in_process=InProcessShutdown(serverapp))
+        # A dry run or --action none stops nothing: the server log is for real stops.
+        self.stopper = stopper if isinstance(stopper, DryRun | NoStop) else LoggedStop(stopper, serverapp.log)
         self.last: Decision | None = None
         self.journal = Journal(settings.journal)
         self.agent = Agent(
