@@ -162,7 +162,8 @@ def build_stopper(settings: Settings, conn: Connection | None, target: str) -> S
             raise ConfigError("command: --action command needs --command 'shell command'")
         stopper = CommandStopper(settings.command, target)
     elif settings.platform == "sagemaker":
-        from lamplighter.platforms.sagemaker import AppIdentity, SageMakerStopper
+        from lamplighter.platforms.sagemaker import SageMakerStopper
+        from lamplighter.sagemaker.identity import AppIdentity
 
         identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
         if settings.region:

@@ -95,7 +95,7 @@ def _resolve_sagemaker(settings: Settings) -> Settings:
     """On SageMaker the app type, and so the server's local URL, follow from the metadata file."""
     if settings.platform != "sagemaker":
         return settings
-    from lamplighter.platforms.sagemaker import AppIdentity, jupyter_base_url
+    from lamplighter.sagemaker.identity import AppIdentity, jupyter_base_url
 
     identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
     if identity.app_type == "CodeEditor":
