@@ -12,7 +12,7 @@ import pytest
 
 from lamplighter.cli import main
 from lamplighter.errors import MalformedAnswer
-from lamplighter.fleet import AgentState, FleetEntry, Heartbeat, fleet_status
+from lamplighter.sagemaker.fleet import AgentState, FleetEntry, Heartbeat, fleet_status
 from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
 
 pytest_plugins = ["tests.emulators.conftest_sagemaker"]

@@ -16,7 +16,13 @@ import pytest
 
 from lamplighter.cli import main
 from lamplighter.errors import ConfigError
-from lamplighter.lcc import MAX_CONTENT_CHARS, RenderOptions, default_lcc_name, install_lcc, render_on_start
+from lamplighter.sagemaker.lcc import (
+    MAX_CONTENT_CHARS,
+    RenderOptions,
+    default_lcc_name,
+    install_lcc,
+    render_on_start,
+)
 from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
 from tests.waiting import wait_until
 

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-from lamplighter.aws_lambda import OnStartConfig, app_from_event, handler
+from lamplighter.aws_lambda import handler
 from lamplighter.cli import main
 from lamplighter.errors import ConfigError
 from lamplighter.journal import Journal
-from lamplighter.onstart import run_on_start
-from lamplighter.platforms.sagemaker import AppIdentity
+from lamplighter.sagemaker.aws_lambda import OnStartConfig, app_from_event
+from lamplighter.sagemaker.identity import AppIdentity
+from lamplighter.sagemaker.onstart import run_on_start
 from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain, aws_env
 
 pytest_plugins = ["tests.emulators.conftest_sagemaker"]
@@ -173,7 +174,7 @@ def test_handler_skips_and_reports_without_raising(
 def test_the_script_comes_from_configuration_never_the_event(
     sm: SageMakerEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lamplighter.aws_lambda import load_script
+    from lamplighter.sagemaker.aws_lambda import load_script
 
     sm.put_object("setup-bucket", "scripts/on-start.sh", b"echo from s3\n")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", sm.endpoint_url)

@@ -12,16 +12,11 @@ import pytest
 
 from lamplighter.errors import ConfigError, PlatformError, RemoteError, RemoteTimeout, Unsupported
 from lamplighter.model import Action, Decision, StopOutcome
-from lamplighter.platforms.sagemaker import (
-    AppIdentity,
-    RetryPolicy,
-    SageMakerStopper,
-    call,
-    jupyter_base_url,
-    presigned_connection,
-    sagemaker_client,
-    wait_until_in_service,
-)
+from lamplighter.platforms.sagemaker import SageMakerStopper
+from lamplighter.retry import Backoff
+from lamplighter.sagemaker.client import RetryPolicy, call, sagemaker_client, wait_until_in_service
+from lamplighter.sagemaker.identity import AppIdentity, jupyter_base_url
+from lamplighter.sagemaker.login import presigned_connection
 from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
 
 pytest_plugins = ["tests.emulators.conftest_sagemaker"]
@@ -35,7 +30,7 @@ _DECISION = Decision(
     stop_at=_NOW,
     next_check_at=_NOW,
 )
-_FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.02)
+_FAST = RetryPolicy(attempts=4, backoff=Backoff(first_s=0.01, longest_s=0.02, jitter=0.5))
 
 
 def _create(

@@ -547,6 +547,51 @@ class Settings:
     )
     log_level: str = _opt("info", "Log level.", parse=_choice(*LOG_LEVELS), group="journal")
 
+    # -- on-start (the Lambda function of lamplighter.sagemaker.aws_lambda) ----------------------
+    onstart_script: str | None = _opt(
+        None,
+        "The on-start script's text (Lambda environment variables hold 4 KB in all); or onstart_script_uri.",
+        parse=_parse_optional_str,
+        group="onstart",
+        flag=False,
+    )
+    onstart_script_uri: str | None = _opt(
+        None,
+        "s3://bucket/key of the on-start script, which the function may read; or onstart_script.",
+        parse=_parse_optional_str,
+        group="onstart",
+        flag=False,
+    )
+    onstart_app_types: tuple[str, ...] = _opt(
+        ("JupyterLab", "JupyterServer"),
+        "App types whose CreateApp runs the on-start script (comma-separated).",
+        parse=_parse_list,
+        group="onstart",
+        flag=False,
+    )
+    onstart_domains: tuple[str, ...] = _opt(
+        (),
+        "Domain ids whose apps run the on-start script (comma-separated; empty: all).",
+        parse=_parse_list,
+        group="onstart",
+        flag=False,
+    )
+    onstart_login_as: str | None = _opt(
+        None,
+        "User profile to log in as for shared spaces, which have no owner.",
+        parse=_parse_optional_str,
+        group="onstart",
+        flag=False,
+    )
+    onstart_ready_timeout: timedelta = _opt(
+        timedelta(minutes=10),
+        "How long to wait for the app to be ready (capped by the time the invocation has left).",
+        parse=parse_duration,
+        group="onstart",
+        flag=False,
+        bounds=(timedelta(0), _DAY),
+    )
+
     # -- derived ------------------------------------------------------------------------------
     @property
     def effective_startup_grace(self) -> timedelta:

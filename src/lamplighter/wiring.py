@@ -48,7 +48,7 @@ def _same(settings: Settings) -> Settings:
 
 def _sagemaker_settings(settings: Settings) -> Settings:
     """On SageMaker the app type, and so the server's local URL, follow from the metadata file."""
-    from lamplighter.platforms.sagemaker import AppIdentity, jupyter_base_url
+    from lamplighter.sagemaker.identity import AppIdentity, jupyter_base_url
 
     identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
     if identity.app_type == "CodeEditor":
@@ -92,7 +92,8 @@ def _end_process(settings: Settings, conn: Connection | None) -> Stopper:
 
 
 def _delete_app(settings: Settings, conn: Connection | None) -> Stopper:
-    from lamplighter.platforms.sagemaker import AppIdentity, SageMakerStopper
+    from lamplighter.platforms.sagemaker import SageMakerStopper
+    from lamplighter.sagemaker.identity import AppIdentity
 
     identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
     if settings.region:

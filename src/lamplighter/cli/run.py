@@ -226,7 +226,7 @@ async def _connect(args: argparse.Namespace) -> Connection:
         return connection_from_args(args)
     if not (args.space or args.user_profile):
         raise ConfigError("--sagemaker-domain: name the app's --space (or --user-profile for Studio Classic)")
-    from lamplighter.platforms.sagemaker import presigned_connection
+    from lamplighter.sagemaker.login import presigned_connection
 
     settings = settings_from_args(args)
     return await presigned_connection(

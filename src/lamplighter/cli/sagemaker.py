@@ -1,9 +1,10 @@
 """The SageMaker Studio commands: ``lcc render|install``, ``on-start`` and ``fleet status``.
 
-Only parsing and printing live here; the work is in :mod:`lamplighter.lcc`, :mod:`lamplighter.onstart`
-and :mod:`lamplighter.fleet`. The AWS options (``--region``, ``--sagemaker-endpoint-url``, ``--insecure``)
-are the settings of the same names, so they also come from ``LAMPLIGHTER_REGION``/``AWS_REGION``,
-``LAMPLIGHTER_SAGEMAKER_ENDPOINT_URL`` and the config file.
+Only parsing and printing live here; the work is in :mod:`lamplighter.sagemaker.lcc`,
+:mod:`lamplighter.sagemaker.onstart` and :mod:`lamplighter.sagemaker.fleet`. The AWS options
+(``--region``, ``--sagemaker-endpoint-url``, ``--insecure``) are the settings of the same names, so they
+also come from ``LAMPLIGHTER_REGION``/``AWS_REGION``, ``LAMPLIGHTER_SAGEMAKER_ENDPOINT_URL`` and the
+config file.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _render(args: argparse.Namespace) -> str:
-    from lamplighter.lcc import RenderOptions, render_on_start
+    from lamplighter.sagemaker.lcc import RenderOptions, render_on_start
 
     options: dict[str, Any] = {
         "app_type": args.app_type,
@@ -240,7 +241,7 @@ def _lcc_render(args: argparse.Namespace) -> int:
 
 
 def _lcc_install(args: argparse.Namespace) -> int:
-    from lamplighter.lcc import install_lcc
+    from lamplighter.sagemaker.lcc import install_lcc
 
     settings = _setup(args)
     script = _read_script(args.script) if args.script else _render(args)
@@ -286,8 +287,8 @@ def _lcc_install(args: argparse.Namespace) -> int:
 
 def _on_start(args: argparse.Namespace) -> int:
     from lamplighter.journal import Journal
-    from lamplighter.onstart import record_on_start, run_on_start
-    from lamplighter.platforms.sagemaker import AppIdentity
+    from lamplighter.sagemaker.identity import AppIdentity
+    from lamplighter.sagemaker.onstart import record_on_start, run_on_start
 
     settings = _setup(args)
     if not (args.space or args.user_profile):
@@ -331,7 +332,7 @@ def _on_start(args: argparse.Namespace) -> int:
 
 
 def _fleet_status(args: argparse.Namespace) -> int:
-    from lamplighter.fleet import fleet_status
+    from lamplighter.sagemaker.fleet import fleet_status
 
     settings = _setup(args)
     now = datetime.now(timezone.utc)

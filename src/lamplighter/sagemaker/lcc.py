@@ -1,6 +1,6 @@
 """SageMaker Studio lifecycle configurations: render lamplighter's on-start script, install it on a domain.
 
-:func:`render_on_start` fills ``templates/sagemaker-on-start.sh``: a script that installs lamplighter (from
+:func:`render_on_start` fills ``templates/lcc-on-start.sh``: a script that installs lamplighter (from
 PyPI, or from an S3 prefix or folder of wheels for VPC-only domains) and keeps ``lamplighter watch
 --platform sagemaker`` running under a small restart loop, with the AWS sample's setting names.
 
@@ -22,8 +22,9 @@ from importlib import resources
 from typing import Any
 
 from lamplighter import __version__
-from lamplighter.errors import ConfigError
-from lamplighter.platforms.sagemaker import SageMakerCallFailed, call, jupyter_base_url, sagemaker_client
+from lamplighter.errors import ConfigError, SageMakerCallFailed
+from lamplighter.sagemaker.client import call, sagemaker_client
+from lamplighter.sagemaker.identity import jupyter_base_url
 
 __all__ = [
     "LCC_APP_TYPES",
@@ -83,7 +84,7 @@ def render_on_start(options: RenderOptions) -> str:
             'export LAMPLIGHTER_APP_TYPE="${LAMPLIGHTER_APP_TYPE:-code-editor}"'
             "  # no Jupyter API: watch files, the editor and processes\n"
         )
-    template = resources.files("lamplighter").joinpath("templates/sagemaker-on-start.sh").read_text()
+    template = resources.files("lamplighter.sagemaker").joinpath("templates/lcc-on-start.sh").read_text()
     values = {
         "APP_TYPE": options.app_type,
         "VERSION": __version__,

@@ -22,17 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from lamplighter.errors import LamplighterError, MalformedAnswer, RemoteError
+from lamplighter.errors import LamplighterError, MalformedAnswer, NotFound
 from lamplighter.heartbeat import DEFAULT_HEARTBEAT_PATH, Heartbeat
 from lamplighter.model import format_duration
-from lamplighter.platforms.sagemaker import (
-    JUPYTER_APP_TYPES,
-    StudioApp,
-    list_apps,
-    presigned_connection,
-    sagemaker_client,
-)
 from lamplighter.remote.connection import Connection
+from lamplighter.sagemaker.client import list_apps, sagemaker_client
+from lamplighter.sagemaker.identity import JUPYTER_APP_TYPES, StudioApp
+from lamplighter.sagemaker.login import presigned_connection
 
 __all__ = [
     "DEFAULT_HEARTBEAT_PATH",
@@ -100,10 +96,8 @@ async def read_heartbeat(conn: Connection, path: str = DEFAULT_HEARTBEAT_PATH) -
     """The heartbeat through the contents API (untracked); ``None`` when there is no file."""
     try:
         model = await conn.get(f"api/contents/{path}", params={"content": "1", "type": "file"})
-    except RemoteError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    except NotFound:
+        return None
     if not isinstance(model, dict) or not isinstance(model.get("content"), str):
         raise MalformedAnswer(f"GET {conn.display_url}api/contents/{path}: not a file model")
     text = model["content"]

@@ -1,9 +1,9 @@
 """On-start: when a SageMaker Studio app starts, run a setup script in it and record how that went.
 
 The trigger is either a person (``lamplighter on-start``) or the CloudTrail ``CreateApp`` event through
-EventBridge (:mod:`lamplighter.aws_lambda`). That event fires when CreateApp is *called*, so the app is
-usually still Pending: :func:`run_on_start` waits, bounded, until DescribeApp says InService (a Failed,
-Deleting or Deleted app fails at once) and until a presigned login reaches its Jupyter API. Then the
+EventBridge (:mod:`lamplighter.sagemaker.aws_lambda`). That event fires when CreateApp is *called*, so
+the app is usually still Pending: :func:`run_on_start` waits, bounded, until DescribeApp says InService
+(a Failed, Deleting or Deleted app fails at once) and until a presigned login reaches its Jupyter API. Then the
 script runs in a Jupyter terminal through :func:`lamplighter.remote.terminal.run_script`, as the app's
 user; its exit status and the end of its output make an :class:`OnStartResult`, which
 :func:`record_on_start` writes to the journal.
@@ -14,7 +14,6 @@ bound by the lifecycle configuration's time limit.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -24,16 +23,12 @@ from typing import Any
 
 from lamplighter.errors import AuthRejected, ConfigError, RemoteError, RemoteTimeout
 from lamplighter.journal import Journal
-from lamplighter.platforms.sagemaker import (
-    JUPYTER_APP_TYPES,
-    AppIdentity,
-    presigned_connection,
-    sagemaker_client,
-    wait_until_in_service,
-)
 from lamplighter.remote.connection import Connection
 from lamplighter.remote.terminal import run_script
-from lamplighter.retry import Backoff
+from lamplighter.retry import Backoff, attempts
+from lamplighter.sagemaker.client import sagemaker_client, wait_until_in_service
+from lamplighter.sagemaker.identity import JUPYTER_APP_TYPES, AppIdentity
+from lamplighter.sagemaker.login import presigned_connection
 
 __all__ = ["OUTPUT_TAIL_CHARS", "OnStartResult", "connect_when_ready", "record_on_start", "run_on_start"]
 
@@ -115,7 +110,8 @@ async def connect_when_ready(
     await wait_until_in_service(
         client, app, timeout_s=max(0.0, deadline - time.monotonic()), poll_interval_s=poll_interval_s
     )
-    for delay in Backoff(longest_s=poll_interval_s).delays():
+    ready = max(0.0, deadline - time.monotonic())
+    async for attempt in attempts(Backoff(longest_s=poll_interval_s), timeout_s=ready):
         try:
             return await presigned_connection(
                 app.domain_id,
@@ -129,13 +125,12 @@ async def connect_when_ready(
             raise
         except RemoteError as exc:
             # InService can come a moment before the app's Jupyter server answers through the proxy.
-            if time.monotonic() + delay > deadline:
+            if attempt.last:
                 raise RemoteTimeout(
                     f"app {app.label} is InService but its Jupyter API did not answer: {exc}"
                 ) from exc
             logger.info("app %s: Jupyter not answering yet (%s); retrying", app.label, exc)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover - the delays never end
+    raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
 
 async def run_on_start(
