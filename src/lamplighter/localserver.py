@@ -17,7 +17,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from lamplighter.errors import ConfigError, RemoteTimeout
+from lamplighter.retry import Backoff, attempts_sync
 
 __all__ = ["LocalServer", "start_local_server"]
 
@@ -112,11 +112,10 @@ def start_local_server(
         process = subprocess.Popen(
             argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    deadline = time.monotonic() + startup_timeout_s
     info_file = workdir / "runtime" / f"jpserver-{process.pid}.json"
     bound: int | None = None
     with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
+        for _attempt in attempts_sync(Backoff(0.1, 0.1), timeout_s=startup_timeout_s):
             if process.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-2000:]
                 raise RemoteTimeout(
@@ -138,7 +137,6 @@ def start_local_server(
                         )
                 except httpx.TransportError:
                     pass  # the port is chosen before the server listens on it
-            time.sleep(0.1)
     _terminate(process)
     raise RemoteTimeout(f"the local Jupyter server did not answer within {startup_timeout_s:.0f} s")
 
