@@ -202,3 +202,44 @@ def test_every_secret_setting_variable_is_kept_from_hooks() -> None:
 
     assert secret_variables() <= SECRET_VARIABLES
     assert {"LAMPLIGHTER_TOKEN", "JUPYTER_TOKEN", "LAMPLIGHTER_COOKIES"} <= secret_variables()
+
+
+def test_in_server_logs_go_to_the_server_log_without_secrets() -> None:
+    import io
+    import logging
+    from types import SimpleNamespace
+
+    from lamplighter.extension import _route_logs
+
+    out = io.StringIO()
+    server_log = logging.getLogger("test-serverapp")
+    server_log.addHandler(logging.StreamHandler(out))
+    ours = logging.getLogger("lamplighter")
+    before = (list(ours.handlers), ours.propagate)
+    try:
+        _route_logs(SimpleNamespace(log=server_log))
+        _route_logs(SimpleNamespace(log=server_log))  # a second load adds nothing twice
+        hide("in-server-secret-4711")
+        logging.getLogger("lamplighter.agent").warning("probe failed with token=%s", "in-server-secret-4711")
+        server_log.warning("the server's own line: in-server-secret-4711")
+    finally:
+        ours.handlers[:], ours.propagate = before
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "probe failed" in lines[0]
+    assert "in-server-secret-4711" not in out.getvalue()
+
+
+def test_the_lambda_guards_the_runtime_log_handlers() -> None:
+    import logging
+
+    from lamplighter.aws_lambda import handler
+    from lamplighter.redaction import RedactingFilter
+
+    runtime = logging.StreamHandler()  # what the Lambda runtime puts on the root logger
+    logging.getLogger().addHandler(runtime)
+    try:
+        handler({"detail": {"eventSource": "ec2.amazonaws.com"}}, None)
+        assert any(isinstance(f, RedactingFilter) for f in runtime.filters)
+    finally:
+        logging.getLogger().removeHandler(runtime)

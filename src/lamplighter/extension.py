@@ -39,7 +39,7 @@ from lamplighter.model import (
 )
 from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import parse_snapshot
-from lamplighter.redaction import redact
+from lamplighter.redaction import guard_handlers, redact
 from lamplighter.settings import Settings, load_settings, option_specs
 from lamplighter.stoppers import DryRun, NoStop
 from lamplighter.wiring import build_signals, build_stopper
@@ -258,7 +258,20 @@ def _settings_from_config(serverapp: Any) -> Settings:
     return load_settings(flags)
 
 
+def _route_logs(serverapp: Any) -> None:
+    """lamplighter's own log lines go to the server's log, and no line there carries a secret."""
+    handlers = list(getattr(serverapp.log, "handlers", ()))
+    guard_handlers(handlers)
+    ours = logging.getLogger("lamplighter")
+    for handler in handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    if handlers:
+        ours.propagate = False  # else each line shows twice where the root logger has a handler too
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    _route_logs(serverapp)
     settings = _settings_from_config(serverapp)
     agent = InServerAgent(serverapp, settings)
     route = url_path_join(serverapp.web_app.settings["base_url"], "lamplighter/api/status")

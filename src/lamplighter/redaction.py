@@ -30,6 +30,7 @@ __all__ = [
     "MASK",
     "SECRET_VARIABLES",
     "RedactingFilter",
+    "guard_handlers",
     "hide",
     "redact",
     "redact_data",
@@ -165,3 +166,11 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+def guard_handlers(handlers: Iterable[logging.Handler]) -> None:
+    """Put a :class:`RedactingFilter` on each handler, once: for logs whose handlers somebody else set up
+    (the Jupyter server's in-server mode, the Lambda runtime's)."""
+    for handler in handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamplighter.errors import ConfigError, LamplighterError
+from lamplighter.redaction import guard_handlers
 from lamplighter.sagemaker.identity import JUPYTER_APP_TYPES, AppIdentity
 from lamplighter.sagemaker.onstart import run_on_start
 from lamplighter.settings import Settings, load_settings
@@ -168,6 +169,7 @@ def load_script(config: OnStartConfig) -> str:
 def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda function: run the configured script in the app the CreateApp event names."""
     logging.getLogger("lamplighter").setLevel(logging.INFO)
+    guard_handlers(logging.getLogger().handlers)  # the runtime's handlers: no secret in CloudWatch
     began = time.monotonic()
     remaining_s = _remaining_s(context)
     label = "?"
