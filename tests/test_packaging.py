@@ -68,7 +68,7 @@ def test_sdist_holds_the_sources_and_nothing_local(dist: Path) -> None:
         "README.md",
         "jupyter-config/server-config/lamplighter.json",
         "src/lamplighter/extension.py",
-        "src/lamplighter/templates/sagemaker-on-start.sh",
+        "src/lamplighter/sagemaker/templates/lcc-on-start.sh",
         "tests/conftest.py",
     ):
         assert needed in names, needed
