@@ -90,7 +90,7 @@ def test_wheel_ships_the_extension_disabled_and_the_license(dist: Path) -> None:
         assert json.loads(zf.read(config)) == {"ServerApp": {"jpserver_extensions": {"lamplighter": False}}}
         (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
         assert "Apache License\n                           Version 2.0" in zf.read(license_file).decode()
-        assert "lamplighter/py.typed" in names and "lamplighter/templates/sagemaker-on-start.sh" in names
+        assert "lamplighter/py.typed" in names and "lamplighter/sagemaker/templates/lcc-on-start.sh" in names
     meta = _wheel_metadata(wheel)
     assert meta["License-Expression"] == "Apache-2.0" and meta.get_all("License-File") == ["LICENSE"]
     classifiers = meta.get_all("Classifier") or []
