@@ -14,12 +14,11 @@ import lamplighter.cli.httpx_import  # noqa: F401  # first: httpx without its CL
 import argparse
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from lamplighter import __version__
-from lamplighter.cli.common import EXIT_CONFIG, EXIT_INTERRUPTED, error_line, exit_code_for
+from lamplighter.cli.common import EXIT_CONFIG, EXIT_INTERRUPTED, error_line, exit_code_for, report_failure
 from lamplighter.cli.completion import add_completion_parser
 from lamplighter.cli.config import add_config_parser
 from lamplighter.cli.core import add_core_parsers
@@ -146,7 +145,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lamplighter: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except LamplighterError as exc:
-        if verbosity:
-            print(redact(traceback.format_exc()), end="", file=sys.stderr)
-        print(error_line(exc), file=sys.stderr)
+        report_failure(exc, verbosity=verbosity)
         return exit_code_for(exc)

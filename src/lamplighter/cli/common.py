@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "console",
     "error_line",
     "exit_code_for",
+    "report_failure",
     "settings_from_args",
     "start_logging",
 ]
@@ -77,6 +79,13 @@ def exit_code_for(exc: LamplighterError) -> int:
 def error_line(problem: BaseException | str) -> str:
     """The one line an expected failure prints, under the redaction rule."""
     return redact(f"lamplighter: {problem}")
+
+
+def report_failure(exc: BaseException, *, verbosity: int = 0) -> None:
+    """The error's one line on stderr; with ``-v``/``--debug`` its traceback first."""
+    if verbosity:
+        print(redact("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
+    print(error_line(exc), file=sys.stderr)
 
 
 def _describe_default(value: Any) -> str:

@@ -20,7 +20,7 @@ from lamplighter.cli.common import (
     add_settings_options,
     connection_from_args,
     console,
-    error_line,
+    report_failure,
     settings_from_args,
     start_logging,
 )
@@ -411,10 +411,10 @@ def _run_shell(args: argparse.Namespace) -> int:
         script = _read_script(args.script) if args.script else None
         return asyncio.run(_run_shell_async(args, " ".join(words), script))
     except RemoteTimeout as exc:
-        print(error_line(exc), file=sys.stderr)
+        report_failure(exc, verbosity=args.verbosity)
         return EXIT_SHELL_TIMEOUT
     except LamplighterError as exc:
-        print(error_line(exc), file=sys.stderr)
+        report_failure(exc, verbosity=args.verbosity)
         return EXIT_SHELL_ERROR
 
 
