@@ -38,6 +38,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_REMOTE",
     "EXIT_TIMEOUT",
+    "add_command",
     "add_connection_options",
     "add_settings_options",
     "configure_logging",
@@ -96,6 +97,26 @@ def _describe_default(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    *,
+    description: str | None = None,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand; an epilog is kept as written (they are laid out by hand: tables of exit statuses)."""
+    if epilog is None:
+        return commands.add_parser(name, help=help, description=description)
+    return commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def add_settings_options(

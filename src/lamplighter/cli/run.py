@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from lamplighter.cli.common import (
     CONNECTION_OPTIONS,
     EXIT_OK,
+    add_command,
     add_settings_options,
     connection_from_args,
     console,
@@ -99,13 +100,13 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_notebook_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "notebook",
-        help="Run every cell of a notebook on the server, nbclient-style, and save the outputs.",
+        "Run every cell of a notebook on the server, nbclient-style, and save the outputs.",
         description="Start a kernel on the server, run the notebook's cells in order, save the executed "
         "notebook after every cell, and shut the kernel down. Parameters are papermill-compatible.",
         epilog=_NOTEBOOK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "path", metavar="PATH", help="The notebook: a server path, or a local file with --upload."
@@ -377,13 +378,13 @@ def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver,
 
 
 def _add_shell_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "shell",
-        help="Run a shell command or script in a terminal on the server; exit with its status.",
+        "Run a shell command or script in a terminal on the server; exit with its status.",
         description="Run a command (or upload and run a script with bash) in a Jupyter terminal, stream "
         "its output, and exit with the command's own exit status.",
         epilog=_SHELL_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_option(parser, "script", help="A local script to upload and run with bash ('-': stdin).")
     parser.add_argument(

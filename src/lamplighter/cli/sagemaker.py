@@ -19,6 +19,7 @@ from typing import Any
 from lamplighter.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    add_command,
     add_settings_options,
     console,
     settings_from_args,
@@ -62,21 +63,21 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
     lcc = subparsers.add_parser("lcc", help="SageMaker Studio lifecycle configurations that run the agent.")
     lcc_commands = lcc.add_subparsers(title="lcc commands", metavar="COMMAND")
 
-    render = lcc_commands.add_parser(
+    render = add_command(
+        lcc_commands,
         "render",
-        help="Print the on-start script that installs and supervises `lamplighter watch`.",
+        "Print the on-start script that installs and supervises `lamplighter watch`.",
         epilog=_LCC_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_render_options(render)
     add_option(render, "output", type=Path, help="Write the script here, not to stdout.")
     render.set_defaults(handler=_lcc_render)
 
-    install = lcc_commands.add_parser(
+    install = add_command(
+        lcc_commands,
         "install",
-        help="Create the lifecycle configuration and make it the default of a domain or user profile.",
+        "Create the lifecycle configuration and make it the default of a domain or user profile.",
         epilog=_LCC_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_option(install, "domain", required=True)
     add_option(
@@ -92,11 +93,11 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
     add_settings_options(install, names=_AWS_OPTIONS)
     install.set_defaults(handler=_lcc_install)
 
-    onstart = subparsers.add_parser(
+    onstart = add_command(
+        subparsers,
         "on-start",
-        help="Wait for a SageMaker Studio app, run a script in it as its user, record the result.",
+        "Wait for a SageMaker Studio app, run a script in it as its user, record the result.",
         epilog=_ONSTART_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_option(onstart, "domain", required=True)
     add_option(onstart, "space")
@@ -116,11 +117,11 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
 
     fleet = subparsers.add_parser("fleet", help="Check many apps at once.")
     fleet_commands = fleet.add_subparsers(title="fleet commands", metavar="COMMAND")
-    status = fleet_commands.add_parser(
+    status = add_command(
+        fleet_commands,
         "status",
-        help="Every app of a SageMaker Studio domain, whether lamplighter watches it, and its idle time.",
+        "Every app of a SageMaker Studio domain, whether lamplighter watches it, and its idle time.",
         epilog=_FLEET_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_option(status, "domain", required=True)
     add_option(status, "json")
