@@ -24,7 +24,7 @@ from lamplighter.errors import (
 )
 from lamplighter.redaction import RedactingFilter, redact
 from lamplighter.remote.connection import Connection, connection_from_settings
-from lamplighter.settings import Settings, describe_bounds, load_settings, option_specs
+from lamplighter.settings import Settings, describe_bounds, load_settings, option_specs, parse_bool
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -145,7 +145,9 @@ def add_settings_options(
         default = "a state-dir file" if spec.name == "journal" else _describe_default(spec.default)
         sources = f"default: {default}; env {', '.join(env)}"
         if spec.name in defaults:
-            sources = f"default: {defaults[spec.name]}"
+            own = defaults[spec.name]
+            shown = _describe_default(parse_bool(own)) if meta["parse"] is parse_bool else own
+            sources = f"default: {shown}"
         bounds = describe_bounds(spec)
         limits = f"range {bounds}; " if bounds else ""
         text = f"{meta['help']} [{limits}{sources}]".replace("%", "%%")
