@@ -63,7 +63,7 @@ class _Verbosity(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *_: Any) -> None:
         level = getattr(namespace, self.dest, None) or 0
-        setattr(namespace, self.dest, max(level + 1, 1) if self.const is None else max(level, self.const))
+        setattr(namespace, self.dest, level + 1 if self.const is None else max(level, self.const))
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, dest: str) -> None:
