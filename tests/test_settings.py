@@ -9,7 +9,15 @@ import pytest
 
 from lamplighter.cli import main
 from lamplighter.errors import ConfigError
-from lamplighter.settings import load_settings, parse_duration
+from lamplighter.settings import (
+    APP_TYPES,
+    SAGEMAKER_APP_TYPES,
+    app_type_name,
+    duration_text,
+    load_settings,
+    parse_duration,
+    parse_setting,
+)
 
 
 @pytest.mark.parametrize(
@@ -18,6 +26,37 @@ from lamplighter.settings import load_settings, parse_duration
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        timedelta(0),
+        timedelta(milliseconds=250),
+        timedelta(seconds=90),
+        timedelta(hours=36),
+        timedelta(microseconds=1500001),
+    ],
+)
+def test_duration_text_parses_back(delta: timedelta) -> None:
+    assert parse_duration(duration_text(delta)) == delta
+
+
+def test_one_app_type_set_takes_sagemaker_names() -> None:
+    assert set(SAGEMAKER_APP_TYPES) == set(APP_TYPES)
+    for ours, theirs in SAGEMAKER_APP_TYPES.items():
+        assert app_type_name(theirs) == app_type_name(theirs.upper()) == ours
+        assert load_settings({"app_type": theirs}, env={}).app_type == ours
+    with pytest.raises(
+        ConfigError, match=r"app_type \(--app-type\): expected one of jupyter, jupyter-server, code-editor"
+    ):
+        load_settings({"app_type": "notebook"}, env={})
+
+
+def test_parse_setting_checks_as_load_settings_does() -> None:
+    assert parse_setting("idle_timeout", "15m", "--idle-time") == timedelta(minutes=15)
+    with pytest.raises(ConfigError, match=r"idle_timeout \(--idle-time\): must be between 1s and 365d"):
+        parse_setting("idle_timeout", "0", "--idle-time")
 
 
 def test_precedence_defaults_toml_env_flags(tmp_path: Path) -> None:

@@ -30,21 +30,35 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "ACTIONS",
+    "APP_TYPES",
+    "DURATION_EXPECTED",
     "MAX_DURATION",
     "PLATFORMS",
+    "SAGEMAKER_APP_TYPES",
     "Settings",
+    "app_type_name",
     "default_journal_path",
     "describe_bounds",
+    "duration_text",
     "load_settings",
     "option_specs",
     "parse_bool",
     "parse_duration",
+    "parse_setting",
     "secret_variables",
 ]
 
 ACTIONS = ("shutdown", "command", "none")
 PLATFORMS = ("jupyter", "sagemaker")
-APP_TYPES = ("jupyter", "code-editor")
+#: The one set of app types every ``--app-type`` takes ('jupyter-server' is Studio Classic's app, watched
+#: like 'jupyter'); SageMaker's own names for them are accepted too, in any case.
+APP_TYPES = ("jupyter", "jupyter-server", "code-editor")
+SAGEMAKER_APP_TYPES = {
+    "jupyter": "JupyterLab",
+    "jupyter-server": "JupyterServer",
+    "code-editor": "CodeEditor",
+}
+_APP_TYPE_ALIASES = {name.lower(): ours for ours, name in SAGEMAKER_APP_TYPES.items()}
 UNREACHABLE_ACTIONS = ("report", "stop")
 PROCESS_SCOPES = ("auto", "tree", "user", "container")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -52,6 +66,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _OFF = {"off", "none", "never", "0", "false", "no", ""}
+
+#: What a duration may look like, for error lines and help.
+DURATION_EXPECTED = "a duration like 90, 90s, 15m or 2h"
 
 #: No duration is longer: anything added to a date stays far from ``datetime.max`` (year 9999).
 MAX_DURATION = timedelta(days=3650)
@@ -145,9 +162,16 @@ def _parse_paths(text: object) -> tuple[Path, ...]:
     return tuple(Path(os.path.expanduser(item)) for item in _parse_list(text))
 
 
-def _choice(*allowed: str) -> Callable[[object], str]:
+def app_type_name(text: str) -> str:
+    """An app type in lamplighter's words: ``JupyterLab`` -> ``jupyter``; other text comes back lowered."""
+    value = text.strip().lower()
+    return _APP_TYPE_ALIASES.get(value, value)
+
+
+def _choice(*allowed: str, aliases: Mapping[str, str] | None = None) -> Callable[[object], str]:
     def parse(text: object) -> str:
         value = _parse_str(text).strip().lower()
+        value = (aliases or {}).get(value, value)
         if value not in allowed:
             raise ValueError("not one of the choices")
         return value
@@ -157,8 +181,8 @@ def _choice(*allowed: str) -> Callable[[object], str]:
 
 
 _EXPECTED: dict[Callable[[object], Any], str] = {
-    parse_duration: "a duration like 90, 90s, 15m or 2h",
-    _parse_optional_duration: "a duration like 90, 90s, 15m or 2h, or 'off'",
+    parse_duration: DURATION_EXPECTED,
+    _parse_optional_duration: f"{DURATION_EXPECTED}, or 'off'",
     parse_bool: "true or false",
     _parse_str: "a string",
     _parse_optional_str: "a string",
@@ -262,8 +286,10 @@ class Settings:
     )
     app_type: str = _opt(
         "jupyter",
-        "What to observe: 'jupyter' (its REST API) or 'code-editor' (file, editor and process activity).",
-        parse=_choice(*APP_TYPES),
+        "What to observe: 'jupyter' (its REST API; 'jupyter-server', Studio Classic's app, the same) or "
+        "'code-editor' (file, editor and process activity); SageMaker's names JupyterLab, JupyterServer "
+        "and CodeEditor are accepted too.",
+        parse=_choice(*APP_TYPES, aliases=_APP_TYPE_ALIASES),
         group="target",
     )
     sagemaker_metadata: Path = _opt(
@@ -658,17 +684,23 @@ def _flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _format_bound(value: Any) -> str:
-    """``100ms``, ``90s``, ``10m``, ``365d``: the largest unit that states the bound exactly."""
-    if not isinstance(value, timedelta):
-        return f"{value:g}" if isinstance(value, float) else str(value)
+def duration_text(value: timedelta) -> str:
+    """``100ms``, ``90s``, ``10m``, ``365d``: the largest unit that states it exactly; parses back."""
     ms = round(value.total_seconds() * 1000)
+    if value != timedelta(milliseconds=ms):  # finer than a millisecond: microseconds, exactly
+        return f"{value.total_seconds():.6f}".rstrip("0") + "s"
     if ms == 0:
         return "0s"
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
         if ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+def _format_bound(value: Any) -> str:
+    if not isinstance(value, timedelta):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return duration_text(value)
 
 
 def describe_bounds(spec: Any) -> str | None:
@@ -699,6 +731,13 @@ def _parse_value(spec: Any, raw: object, source: str) -> Any:
         limits = describe_bounds(spec).replace(" to ", " and ")  # type: ignore[union-attr]
         raise ConfigError(f"{spec.name} ({source}): must be between {limits}, got {shown}")
     return value
+
+
+def parse_setting(name: str, raw: object, source: str) -> Any:
+    """One setting's value from ``raw``, checked as :func:`load_settings` checks it; ``source`` names
+    where it came from (a flag) in the ``ConfigError``. For commands that pass a setting on (into a
+    lifecycle script) rather than use it here."""
+    return _parse_value(next(spec for spec in fields(Settings) if spec.name == name), raw, source)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -124,11 +124,16 @@ class Row:
     """In-server mode stops the server it runs in directly instead (the stop *is* a server shutdown)."""
 
 
+_JUPYTER = Row(_jupyter_api, _jupyter_shutdown, connects=True, stops_in_process=True)
+_STUDIO_JUPYTER = Row(_jupyter_api, _delete_app, connects=True, resolve=_sagemaker_settings)
+
 ROWS: dict[tuple[str, str], Row] = {
-    # (--platform, --app-type)
-    ("jupyter", "jupyter"): Row(_jupyter_api, _jupyter_shutdown, connects=True, stops_in_process=True),
+    # (--platform, --app-type); a Studio Classic JupyterServer app is watched like JupyterLab
+    ("jupyter", "jupyter"): _JUPYTER,
+    ("jupyter", "jupyter-server"): _JUPYTER,
     ("jupyter", "code-editor"): Row(_code_editor, _end_process, connects=False),
-    ("sagemaker", "jupyter"): Row(_jupyter_api, _delete_app, connects=True, resolve=_sagemaker_settings),
+    ("sagemaker", "jupyter"): _STUDIO_JUPYTER,
+    ("sagemaker", "jupyter-server"): _STUDIO_JUPYTER,
     ("sagemaker", "code-editor"): Row(_code_editor, _delete_app, connects=False, resolve=_sagemaker_settings),
 }
 

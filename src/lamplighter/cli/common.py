@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterable
+import traceback
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamplighter.errors import (
     AuthRejected,
@@ -22,7 +23,10 @@ from lamplighter.errors import (
 )
 from lamplighter.redaction import RedactingFilter, redact
 from lamplighter.remote.connection import Connection, connection_from_settings
-from lamplighter.settings import Settings, describe_bounds, load_settings, option_specs
+from lamplighter.settings import Settings, describe_bounds, load_settings, option_specs, parse_bool
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "CONNECTION_OPTIONS",
@@ -33,13 +37,17 @@ __all__ = [
     "EXIT_OK",
     "EXIT_REMOTE",
     "EXIT_TIMEOUT",
+    "add_command",
     "add_connection_options",
     "add_settings_options",
     "configure_logging",
     "connection_from_args",
+    "console",
     "error_line",
     "exit_code_for",
+    "report_failure",
     "settings_from_args",
+    "start_logging",
 ]
 
 EXIT_OK = 0
@@ -73,6 +81,13 @@ def error_line(problem: BaseException | str) -> str:
     return redact(f"lamplighter: {problem}")
 
 
+def report_failure(exc: BaseException, *, verbosity: int = 0) -> None:
+    """The error's one line on stderr; with ``-v``/``--debug`` its traceback first."""
+    if verbosity:
+        print(redact("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
+    print(error_line(exc), file=sys.stderr)
+
+
 def _describe_default(value: Any) -> str:
     if value is None:
         return "off"
@@ -83,17 +98,41 @@ def _describe_default(value: Any) -> str:
     return str(value)
 
 
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    *,
+    description: str | None = None,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand; an epilog is kept as written (they are laid out by hand: tables of exit statuses)."""
+    if epilog is None:
+        return commands.add_parser(name, help=help, description=description)
+    return commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_settings_options(
     parser: argparse.ArgumentParser,
     *,
     names: Iterable[str] | None = None,
     groups: Iterable[str] | None = None,
+    defaults: Mapping[str, str] | None = None,
 ) -> None:
     """Add one flag per setting (selected by name or group), generated from :mod:`lamplighter.settings`.
 
-    Flags default to ``SUPPRESS`` so only what the user typed reaches :func:`settings_from_args`.
+    Flags default to ``SUPPRESS`` so only what the user typed reaches :func:`settings_from_args`. A
+    setting in ``defaults`` has that command's own default instead, and is then taken from the flag
+    only (neither the environment nor the config file applies to it in that command).
     """
-    wanted_names = set(names or ())
+    defaults = dict(defaults or {})
+    wanted_names = set(names or ()) | set(defaults)
     wanted_groups = set(groups or ())
     sections: dict[str, argparse._ArgumentGroup] = {}
     for spec in option_specs():
@@ -103,28 +142,35 @@ def add_settings_options(
         section = sections.setdefault(meta["group"], parser.add_argument_group(f"{meta['group']} settings"))
         env = meta["env"] or (f"LAMPLIGHTER_{spec.name.upper()}",)
         default = "a state-dir file" if spec.name == "journal" else _describe_default(spec.default)
+        sources = f"default: {default}; env {', '.join(env)}"
+        if spec.name in defaults:
+            own = defaults[spec.name]
+            shown = _describe_default(parse_bool(own)) if meta["parse"] is parse_bool else own
+            sources = f"default: {shown}"
         bounds = describe_bounds(spec)
         limits = f"range {bounds}; " if bounds else ""
-        text = f"{meta['help']} [{limits}default: {default}; env {', '.join(env)}]".replace("%", "%%")
+        text = f"{meta['help']} [{limits}{sources}]".replace("%", "%%")
         flag = "--" + spec.name.replace("_", "-")
+        initial = defaults.get(spec.name, argparse.SUPPRESS)
         if meta["parse"].__name__ == "parse_bool":
             negative = "--" + (meta["negative"] or f"no-{spec.name.replace('_', '-')}")
             section.add_argument(
-                flag, dest=spec.name, action="store_const", const="true", default=argparse.SUPPRESS, help=text
+                flag, dest=spec.name, action="store_const", const="true", default=initial, help=text
             )
             section.add_argument(
-                negative,
-                dest=spec.name,
-                action="store_const",
-                const="false",
-                default=argparse.SUPPRESS,
-                help=f"The opposite of {flag}.",
+                negative, dest=spec.name, action="store_const", const="false", help=f"The opposite of {flag}."
             )
         else:
             choices = getattr(meta["parse"], "choices", None)
             metavar = "{" + ",".join(choices) + "}" if choices else spec.name.split("_")[-1].upper()
-            section.add_argument(flag, dest=spec.name, metavar=metavar, default=argparse.SUPPRESS, help=text)
-    if "config" not in {a.dest for a in parser._actions}:
+            section.add_argument(flag, dest=spec.name, metavar=metavar, default=initial, help=text)
+    # --config only where a setting reads it: one with a command default is taken from its flag alone.
+    reads_config = any(
+        spec.name not in defaults
+        for spec in option_specs()
+        if spec.name in wanted_names or spec.metadata["group"] in wanted_groups
+    )
+    if reads_config and "config" not in {a.dest for a in parser._actions}:
         parser.add_argument(
             "--config",
             type=Path,
@@ -152,11 +198,17 @@ def connection_from_args(args: argparse.Namespace) -> Connection:
     return connection_from_settings(settings_from_args(args))
 
 
-def configure_logging(level: str, *, stream: Any = None) -> None:
-    """Plain timestamped lines on stderr, redacted; httpx's per-request lines only at debug.
+#: The libraries whose own debug lines (requests, handshakes, AWS calls) show only at -vv or
+#: ``--log-level debug``; lamplighter's own at -v.
+_LIBRARIES = ("httpx", "httpcore", "websockets", "asyncio", "botocore", "boto3", "urllib3")
 
-    The redaction sits on the one handler, so it covers every logger at every level, the
-    libraries' (httpx, httpcore, websockets, botocore) included.
+
+def configure_logging(level: str, *, verbosity: int = 0, stream: Any = None) -> None:
+    """Plain timestamped lines on stderr, redacted, at ``level`` (the ``log_level`` setting).
+
+    ``verbosity`` 1 (``-v``, ``--debug``) adds lamplighter's own debug lines; 2 (``-vv``,
+    ``--debug-http``) the libraries' too, as ``--log-level debug`` does. The redaction sits on the
+    one handler, so it covers every logger at every level, the libraries' included.
     """
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -167,6 +219,25 @@ def configure_logging(level: str, *, stream: Any = None) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
-    quiet = logging.DEBUG if level == "debug" else logging.WARNING
-    for noisy in ("httpx", "httpcore", "websockets", "asyncio", "botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(quiet, logging.getLogger().level))
+    logging.getLogger("lamplighter").setLevel(logging.DEBUG if verbosity >= 1 else logging.NOTSET)
+    loud = level == "debug" or verbosity >= 2
+    for library in _LIBRARIES:
+        logging.getLogger(library).setLevel(
+            logging.DEBUG if loud else max(logging.WARNING, logging.getLogger().level)
+        )
+
+
+def start_logging(args: argparse.Namespace, level: str) -> None:
+    """:func:`configure_logging` at ``level`` with the ``-v``/``--debug`` the user gave."""
+    configure_logging(level, verbosity=getattr(args, "verbosity", 0))
+
+
+def console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """The rich console for tables and progress: colour only on a terminal and without ``NO_COLOR``.
+
+    rich decides both itself (a pipe or a file gets plain text; ``NO_COLOR`` set to anything drops
+    colour, ``FORCE_COLOR`` forces it); this is the one place that makes one, so it stays so.
+    """
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, width=width)

@@ -9,19 +9,19 @@ import sys
 from datetime import datetime, timezone
 
 from lamplighter.cli.common import (
-    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REMOTE,
     add_settings_options,
-    configure_logging,
     error_line,
     settings_from_args,
+    start_logging,
 )
+from lamplighter.cli.options import add_option
 from lamplighter.errors import ConfigError
 from lamplighter.journal import Journal, JournalEvent
 from lamplighter.model import Action, Decision, Memory, StopOutcome, format_time, parse_timestamp
-from lamplighter.settings import Settings, parse_duration
+from lamplighter.settings import Settings, parse_duration, parse_setting
 
 __all__ = ["add_core_parsers"]
 
@@ -41,12 +41,12 @@ def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
     status = commands.add_parser("status", help="Print the verdict and its reasons now; act on nothing.")
     add_settings_options(status, groups=_TARGET_GROUPS)
-    status.add_argument("--json", action="store_true", help="Print JSON.")
+    add_option(status, "json")
     status.set_defaults(handler=_status)
 
     journal = commands.add_parser("journal", help="Print the journal of decisions and actions.")
     add_settings_options(journal, names=("journal",))
-    journal.add_argument("--json", action="store_true", help="Print JSON lines.")
+    add_option(journal, "json", help="Print JSON, one event a line.")
     journal.add_argument(
         "--since", metavar="WHEN", help="Only events newer than a duration ago (2h) or a time (ISO)."
     )
@@ -68,7 +68,7 @@ def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     demo = commands.add_parser(
         "demo", help="Start a throwaway Jupyter server, use it, and watch it go idle and stop."
     )
-    demo.add_argument("--idle-timeout", default="8s", help="Idle timeout for the demo [8s].")
+    add_settings_options(demo, defaults={"idle_timeout": "8s"})
     demo.set_defaults(handler=_demo)
 
 
@@ -77,7 +77,7 @@ def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _watch(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    configure_logging(settings.log_level)
+    start_logging(args, settings.log_level)
     return asyncio.run(_watch_async(settings, once=args.once))
 
 
@@ -113,7 +113,7 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, dry_run=True)
-    configure_logging("warning")
+    start_logging(args, "warning")
     decision = asyncio.run(_status_async(settings))
     if decision.action is Action.SKIP:
         # The probe failed: one line naming why, as for every connect or auth failure.
@@ -223,12 +223,5 @@ def _snooze(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from lamplighter.demo import run_demo
 
-    try:
-        idle = parse_duration(args.idle_timeout)
-    except ValueError:
-        print(
-            f"lamplighter: --idle-timeout: expected a duration like 8s, got {args.idle_timeout!r}",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+    idle = parse_setting("idle_timeout", args.idle_timeout, "--idle-timeout")
     return EXIT_OK if run_demo(idle) else EXIT_FAILED

@@ -17,14 +17,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 from lamplighter.cli.common import (
     CONNECTION_OPTIONS,
     EXIT_OK,
+    add_command,
     add_settings_options,
-    configure_logging,
     connection_from_args,
-    error_line,
+    console,
+    report_failure,
     settings_from_args,
+    start_logging,
 )
+from lamplighter.cli.options import add_option
 from lamplighter.errors import CellFailed, ConfigError, LamplighterError, RemoteTimeout
-from lamplighter.settings import parse_duration
+from lamplighter.settings import SAGEMAKER_APP_TYPES, parse_setting
 
 if TYPE_CHECKING:
     from lamplighter.remote.connection import Connection
@@ -79,53 +82,38 @@ def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _seconds(text: str) -> float:
-    """A time budget flag: plain seconds or 90s/15m/2h."""
-    try:
-        return parse_duration(text).total_seconds()
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected seconds or a duration like 90s, 15m, 2h; got {text!r}"
-        ) from None
-
-
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    add_settings_options(parser, names=(*CONNECTION_OPTIONS, "region", "sagemaker_endpoint_url"))
+    add_settings_options(
+        parser,
+        names=(*CONNECTION_OPTIONS, "region", "sagemaker_endpoint_url"),
+        defaults={"log_level": "warning"},
+    )
     studio = parser.add_argument_group("SageMaker Studio (instead of --url: log in with a presigned URL)")
-    studio.add_argument("--sagemaker-domain", metavar="DOMAIN", help="The Studio domain id (d-...).")
+    add_option(parser, "domain", group=studio)
     owner = studio.add_mutually_exclusive_group()
-    owner.add_argument("--space", metavar="SPACE", help="The space whose app runs the code.")
-    owner.add_argument("--user-profile", metavar="USER", help="The user profile (Studio Classic).")
-    studio.add_argument(
-        "--sagemaker-app-type", choices=("JupyterLab", "JupyterServer"), default="JupyterLab",
-        help="The app type [JupyterLab].",
-    )  # fmt: skip
-    parser.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default="warning",
-        help="Log level on stderr [warning].",
-    )  # fmt: skip
+    add_option(parser, "space", group=owner, help="The space whose app runs the code.")
+    add_option(parser, "user_profile", group=owner)
+    add_option(parser, "app_type", group=studio, default="jupyter")
 
 
 # -- run notebook ------------------------------------------------------------------------------------
 
 
 def _add_notebook_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "notebook",
-        help="Run every cell of a notebook on the server, nbclient-style, and save the outputs.",
+        "Run every cell of a notebook on the server, nbclient-style, and save the outputs.",
         description="Start a kernel on the server, run the notebook's cells in order, save the executed "
         "notebook after every cell, and shut the kernel down. Parameters are papermill-compatible.",
         epilog=_NOTEBOOK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "path", metavar="PATH", help="The notebook: a server path, or a local file with --upload."
     )
     parser.add_argument("--upload", action="store_true", help="PATH and --output are local files.")
     out = parser.add_mutually_exclusive_group()
-    out.add_argument(
-        "-o", "--output", metavar="PATH", help="Save the executed notebook here (after every cell)."
-    )
+    add_option(parser, "output", group=out, help="Save the executed notebook here (after every cell).")
     out.add_argument("--inplace", action="store_true", help="Save the executed notebook over PATH.")
     parser.add_argument(
         "--kernel", metavar="NAME", help="Kernelspec [default: the notebook's, else the server's]."
@@ -150,18 +138,17 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     execution = parser.add_argument_group("execution")
     execution.add_argument("--allow-errors", action="store_true", help="Record failing cells and keep going.")
-    execution.add_argument(
-        "--cell-timeout", type=_seconds, metavar="SECONDS",
-        help="Per-cell budget from when the cell starts: interrupt the kernel, then fail (exit 4) [none].",
-    )  # fmt: skip
-    execution.add_argument(
-        "--timeout", type=_seconds, metavar="SECONDS",
-        help="Budget for the whole run, kernel start included (exit 4) [none].",
-    )  # fmt: skip
-    execution.add_argument(
-        "--start-timeout", type=_seconds, default=60.0, metavar="SECONDS",
-        help="Budget for the kernel to start and answer [60].",
-    )  # fmt: skip
+    add_option(parser, "cell_timeout", group=execution)
+    add_option(
+        parser, "timeout", group=execution, help="Budget for the whole run, kernel start included [none]."
+    )
+    add_option(
+        parser,
+        "start_timeout",
+        group=execution,
+        default=60.0,
+        help="Budget for the kernel to start and answer [60s].",
+    )
     execution.add_argument(
         "--no-pipeline", dest="pipeline", action="store_false",
         help="Send each cell only after the previous one finished (slower; for kernels that misbehave).",
@@ -222,26 +209,34 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _connect(args: argparse.Namespace) -> Connection:
     """The server connection: ``--url`` and a token or cookies, or a SageMaker presigned login."""
-    if not args.sagemaker_domain:
+    if not args.domain:
         return connection_from_args(args)
     if not (args.space or args.user_profile):
-        raise ConfigError("--sagemaker-domain: name the app's --space (or --user-profile for Studio Classic)")
+        raise ConfigError("--domain: name the app's --space (or --user-profile for Studio Classic)")
+    if args.app_type == "code-editor":
+        raise ConfigError(
+            "--app-type: run needs a Jupyter app (jupyter, or jupyter-server for Studio Classic)"
+        )
     from lamplighter.sagemaker.login import presigned_connection
 
     settings = settings_from_args(args)
     return await presigned_connection(
-        args.sagemaker_domain,
+        args.domain,
         space=args.space,
         user_profile=args.user_profile,
-        app_type=args.sagemaker_app_type,
+        app_type=SAGEMAKER_APP_TYPES[args.app_type],
         region=settings.region,
         endpoint_url=settings.sagemaker_endpoint_url,
         verify_tls=settings.verify_tls,
     )
 
 
+def _log_level(args: argparse.Namespace) -> str:
+    return str(parse_setting("log_level", args.log_level, "--log-level"))
+
+
 def _run_notebook(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    start_logging(args, _log_level(args))
     parameters = _parameters(args)
     return asyncio.run(_run_notebook_async(args, parameters))
 
@@ -326,7 +321,6 @@ def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver,
             self._progress: Any = None
             self._task: Any = None
             if progress:
-                from rich.console import Console
                 from rich.progress import (
                     BarColumn,
                     MofNCompleteColumn,
@@ -340,7 +334,7 @@ def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver,
                     BarColumn(),
                     MofNCompleteColumn(),
                     TimeElapsedColumn(),
-                    console=Console(stderr=True),
+                    console=console(stderr=True),
                     transient=False,
                 )
 
@@ -384,23 +378,21 @@ def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver,
 
 
 def _add_shell_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "shell",
-        help="Run a shell command or script in a terminal on the server; exit with its status.",
+        "Run a shell command or script in a terminal on the server; exit with its status.",
         description="Run a command (or upload and run a script with bash) in a Jupyter terminal, stream "
         "its output, and exit with the command's own exit status.",
         epilog=_SHELL_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--script", metavar="FILE", help="A local script to upload and run with bash ('-': stdin)."
-    )
+    add_option(parser, "script", help="A local script to upload and run with bash ('-': stdin).")
     parser.add_argument(
         "--terminal",
         metavar="NAME",
         help="Use (or create) this named terminal and keep it [default: a fresh one].",
     )
-    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="Budget for the command [none].")
+    add_option(parser, "timeout")
     parser.add_argument(
         "words", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="The command and its words."
     )
@@ -415,15 +407,15 @@ def _run_shell(args: argparse.Namespace) -> int:
     if bool(words) == bool(args.script):
         print("lamplighter: run shell: give either -- COMMAND or --script FILE", file=sys.stderr)
         return 2
-    configure_logging(args.log_level)
     try:
+        start_logging(args, _log_level(args))
         script = _read_script(args.script) if args.script else None
         return asyncio.run(_run_shell_async(args, " ".join(words), script))
     except RemoteTimeout as exc:
-        print(error_line(exc), file=sys.stderr)
+        report_failure(exc, verbosity=args.verbosity)
         return EXIT_SHELL_TIMEOUT
     except LamplighterError as exc:
-        print(error_line(exc), file=sys.stderr)
+        report_failure(exc, verbosity=args.verbosity)
         return EXIT_SHELL_ERROR
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,18 +20,22 @@ from typing import Any
 from lamplighter.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    add_command,
     add_settings_options,
-    configure_logging,
+    console,
     settings_from_args,
+    start_logging,
 )
+from lamplighter.cli.options import add_option
 from lamplighter.errors import ConfigError
-from lamplighter.settings import Settings, parse_duration
+from lamplighter.settings import SAGEMAKER_APP_TYPES, Settings, parse_setting
 
 __all__ = ["add_sagemaker_parsers"]
 
 _AWS_OPTIONS = ("region", "sagemaker_endpoint_url", "verify_tls", "log_level")
-_LCC_APP_TYPES = ("JupyterLab", "CodeEditor")
-_ONSTART_APP_TYPES = ("JupyterLab", "JupyterServer")
+# The agent settings a rendered script carries: the command's defaults are the settings' own, and the
+# values come from the flags only (the machine that renders is not the app that runs the script).
+_SCRIPT_SETTINGS = {"idle_timeout": "3600s", "ignore_connections": "true", "skip_terminals": "false"}
 
 _LCC_EPILOG = """\
 The script installs lamplighter in its own virtual environment and keeps `lamplighter watch --platform
@@ -61,82 +64,68 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
     lcc = subparsers.add_parser("lcc", help="SageMaker Studio lifecycle configurations that run the agent.")
     lcc_commands = lcc.add_subparsers(title="lcc commands", metavar="COMMAND")
 
-    render = lcc_commands.add_parser(
+    render = add_command(
+        lcc_commands,
         "render",
-        help="Print the on-start script that installs and supervises `lamplighter watch`.",
+        "Print the on-start script that installs and supervises `lamplighter watch`.",
         epilog=_LCC_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_render_options(render)
-    render.add_argument(
-        "-o", "--output", type=Path, metavar="FILE", help="Write the script here, not to stdout."
-    )
+    add_option(render, "output", type=Path, help="Write the script here, not to stdout.")
     render.set_defaults(handler=_lcc_render)
 
-    install = lcc_commands.add_parser(
+    install = add_command(
+        lcc_commands,
         "install",
-        help="Create the lifecycle configuration and make it the default of a domain or user profile.",
+        "Create the lifecycle configuration and make it the default of a domain or user profile.",
         epilog=_LCC_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    install.add_argument("--domain", required=True, metavar="ID", help="The Studio domain (d-...).")
-    install.add_argument(
-        "--user-profile",
-        metavar="NAME",
-        help="Set the default for this user profile only, not the whole domain.",
+    add_option(install, "domain", required=True)
+    add_option(
+        install, "user_profile", help="Set the default for this user profile only, not the whole domain."
     )
     install.add_argument("--name", metavar="NAME", help="Configuration name [lamplighter-<app type>-<hash>].")
-    install.add_argument(
-        "--script", type=Path, metavar="FILE", help="Install this script instead of rendering one."
-    )
+    add_option(install, "script", type=Path, help="Install this script instead of rendering one.")
     install.add_argument(
         "--dry-run", action="store_true", help="Read the current settings, print the write calls, make none."
     )
-    install.add_argument("--json", action="store_true", help="Print the result as JSON.")
+    add_option(install, "json")
     _add_render_options(install)
     add_settings_options(install, names=_AWS_OPTIONS)
     install.set_defaults(handler=_lcc_install)
 
-    onstart = subparsers.add_parser(
+    onstart = add_command(
+        subparsers,
         "on-start",
-        help="Wait for a SageMaker Studio app, run a script in it as its user, record the result.",
+        "Wait for a SageMaker Studio app, run a script in it as its user, record the result.",
         epilog=_ONSTART_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    onstart.add_argument("--domain", required=True, metavar="ID", help="The Studio domain (d-...).")
-    onstart.add_argument("--space", metavar="NAME", help="The app's space (new Studio).")
-    onstart.add_argument(
-        "--user-profile",
-        metavar="NAME",
+    add_option(onstart, "domain", required=True)
+    add_option(onstart, "space")
+    add_option(
+        onstart,
+        "user_profile",
         help="The app's user profile (Studio Classic); with --space, the user to log in as (shared spaces).",
     )
-    onstart.add_argument("--app-type", choices=_ONSTART_APP_TYPES, default="JupyterLab", help="[JupyterLab]")
+    add_option(onstart, "app_type", default="jupyter", help="The kind of app [jupyter: JupyterLab].")
     onstart.add_argument("--app-name", default="default", metavar="NAME", help="[default]")
-    onstart.add_argument(
-        "--script", type=Path, required=True, metavar="FILE", help="The script to run (bash)."
-    )
-    onstart.add_argument(
-        "--ready-timeout", default="10m", metavar="DURATION", help="How long to wait for the app [10m]."
-    )
-    onstart.add_argument(
-        "--timeout", default=None, metavar="DURATION", help="Time budget of the script itself [none]."
-    )
-    onstart.add_argument(
-        "--json", action="store_true", help="Print the result as JSON, not the output as it runs."
-    )
+    add_option(onstart, "script", type=Path, required=True, help="The script to run (bash).")
+    add_option(onstart, "ready_timeout", default="10m", help="How long to wait for the app [10m].")
+    add_option(onstart, "timeout", help="Time budget of the script itself [none].")
+    add_option(onstart, "json", help="Print the result as JSON, not the output as it runs.")
     add_settings_options(onstart, names=(*_AWS_OPTIONS, "journal"))
     onstart.set_defaults(handler=_on_start)
 
     fleet = subparsers.add_parser("fleet", help="Check many apps at once.")
     fleet_commands = fleet.add_subparsers(title="fleet commands", metavar="COMMAND")
-    status = fleet_commands.add_parser(
+    status = add_command(
+        fleet_commands,
         "status",
-        help="Every app of a SageMaker Studio domain, whether lamplighter watches it, and its idle time.",
+        "Every app of a SageMaker Studio domain, whether lamplighter watches it, and its idle time.",
         epilog=_FLEET_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_argument("--sagemaker-domain", required=True, metavar="ID", help="The Studio domain (d-...).")
-    status.add_argument("--json", action="store_true", help="Print JSON.")
+    add_option(status, "domain", required=True)
+    add_option(status, "json")
     status.add_argument("--all", action="store_true", help="Include Deleted apps.")
     status.add_argument(
         "--login-as", metavar="USER", help="User profile to read shared spaces' apps as (they have no owner)."
@@ -148,19 +137,16 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
 
 def _add_render_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("script options")
-    group.add_argument("--app-type", choices=_LCC_APP_TYPES, required=True, help="The app type it runs in.")
-    group.add_argument(
-        "--idle-time",
-        default="3600",
-        metavar="DURATION",
-        help="IDLE_TIME_IN_SECONDS: stop after this idle [3600s].",
+    add_option(
+        parser,
+        "app_type",
+        group=group,
+        required=True,
+        help="The app type it runs in: jupyter or code-editor.",
     )
-    group.add_argument(
-        "--count-connections",
-        action="store_true",
-        help="IGNORE_CONNECTIONS=False: an open notebook tab on an idle kernel keeps the app.",
-    )
-    group.add_argument("--skip-terminals", action="store_true", help="SKIP_TERMINALS=True: ignore terminals.")
+    # IDLE_TIME_IN_SECONDS, IGNORE_CONNECTIONS and SKIP_TERMINALS of the script: the agent's settings.
+    add_settings_options(parser, defaults=_SCRIPT_SETTINGS)
+    parser.add_argument("--idle-time", dest="idle_timeout", help=argparse.SUPPRESS)  # the old spelling
     group.add_argument(
         "--package", metavar="SPEC", help="What pip installs [lamplighter[sagemaker]==VERSION]."
     )
@@ -182,23 +168,20 @@ def _render(args: argparse.Namespace) -> str:
     from lamplighter.sagemaker.lcc import RenderOptions, render_on_start
 
     options: dict[str, Any] = {
-        "app_type": args.app_type,
-        "idle_time_s": int(_duration(args.idle_time, "--idle-time")),
-        "ignore_connections": not args.count_connections,
-        "skip_terminals": args.skip_terminals,
+        "app_type": SAGEMAKER_APP_TYPES[args.app_type],
+        "idle_time_s": int(
+            parse_setting("idle_timeout", args.idle_timeout, "--idle-timeout").total_seconds()
+        ),
+        "ignore_connections": parse_setting(
+            "ignore_connections", args.ignore_connections, "--count-connections"
+        ),
+        "skip_terminals": parse_setting("skip_terminals", args.skip_terminals, "--skip-terminals"),
         "wheelhouse": args.wheelhouse,
         "log_file": args.log_file,
     }
     if args.package:
         options["package"] = args.package
     return render_on_start(RenderOptions(**options))
-
-
-def _duration(text: str, flag: str) -> float:
-    try:
-        return parse_duration(text).total_seconds()
-    except ValueError:
-        raise ConfigError(f"{flag}: expected a duration like 600, 90s, 15m or 2h, got {text!r}") from None
 
 
 def _read_script(path: Path) -> str:
@@ -215,11 +198,7 @@ def _setup(args: argparse.Namespace) -> Settings:
     # --dry-run...) share names with settings but mean something else here.
     ours = {*_AWS_OPTIONS, "journal", "heartbeat_interval", "config"}
     settings = settings_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k in ours}))
-    configure_logging(settings.log_level)
-    if settings.log_level != "debug":
-        # boto3 reports where it found credentials at info; that is noise here.
-        for noisy in ("botocore", "boto3", "urllib3"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    start_logging(args, settings.log_level)
     return settings
 
 
@@ -249,7 +228,7 @@ def _lcc_install(args: argparse.Namespace) -> int:
         install_lcc(
             script,
             domain_id=args.domain,
-            app_type=args.app_type,
+            app_type=SAGEMAKER_APP_TYPES[args.app_type],
             user_profile=args.user_profile,
             name=args.name,
             region=settings.region,
@@ -278,7 +257,9 @@ def _lcc_install(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"reusing the identical lifecycle configuration {result.lcc_name}")
     done = "would be" if result.dry_run else "is now"
-    print(f"{result.lcc_arn} {done} the default {args.app_type} lifecycle configuration of {result.target}")
+    print(
+        f"{result.lcc_arn} {done} the default {SAGEMAKER_APP_TYPES[args.app_type]} lifecycle configuration of {result.target}"
+    )
     return EXIT_OK
 
 
@@ -295,7 +276,7 @@ def _on_start(args: argparse.Namespace) -> int:
         raise ConfigError("on-start: name the app's --space (or --user-profile for Studio Classic)")
     app = AppIdentity(
         domain_id=args.domain,
-        app_type=args.app_type,
+        app_type=SAGEMAKER_APP_TYPES[args.app_type],
         app_name=args.app_name,
         space_name=args.space,
         user_profile_name=None if args.space else args.user_profile,
@@ -314,8 +295,8 @@ def _on_start(args: argparse.Namespace) -> int:
             endpoint_url=settings.sagemaker_endpoint_url,
             verify_tls=settings.verify_tls,
             login_as=args.user_profile if args.space else None,
-            ready_timeout_s=_duration(args.ready_timeout, "--ready-timeout"),
-            run_timeout_s=_duration(args.timeout, "--timeout") if args.timeout else None,
+            ready_timeout_s=args.ready_timeout,
+            run_timeout_s=args.timeout,
             on_output=None if args.json else stream,
         )
     )
@@ -338,7 +319,7 @@ def _fleet_status(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     entries = asyncio.run(
         fleet_status(
-            args.sagemaker_domain,
+            args.domain,
             now=now,
             region=settings.region,
             endpoint_url=settings.sagemaker_endpoint_url,
@@ -357,7 +338,6 @@ def _fleet_status(args: argparse.Namespace) -> int:
 
 
 def _print_fleet(entries: list[Any], now: datetime) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from lamplighter.model import format_duration, format_time
@@ -378,7 +358,7 @@ def _print_fleet(entries: list[Any], now: datetime) -> None:
             format_time(beat.stop_at) if beat and beat.stop_at else "",
             entry.detail,
         )
-    console = Console()
-    if not console.is_terminal:  # piped: no terminal width to fit, keep rows on one line each
-        console = Console(width=200)
-    console.print(table)
+    out = console()
+    if not out.is_terminal:  # piped: no terminal width to fit, keep rows on one line each
+        out = console(width=200)
+    out.print(table)

@@ -1,0 +1,118 @@
+"""The command-line options that are not settings, each declared once: its spelling, type and help.
+
+Settings (``--idle-timeout``, ``--region``, ``--log-level`` ...) are generated from
+:mod:`lamplighter.settings` by :func:`~lamplighter.cli.common.add_settings_options`. What is here
+belongs to one invocation, not to a standing configuration: whom to log in to (``--domain``,
+``--space``), a run's time budgets (``--timeout``), the output form (``--json``). As settings they
+would be read from the environment and the config file too, so a ``LAMPLIGHTER_TIMEOUT`` meant for
+one command would silently apply to every ``run``. Several commands share them, hence one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from lamplighter.errors import ConfigError
+from lamplighter.settings import APP_TYPES, DURATION_EXPECTED, app_type_name, parse_duration
+
+__all__ = ["OPTIONS", "Option", "add_option", "check_required", "duration_flag", "parse_duration_flag"]
+
+
+def duration_flag(flag: str) -> Callable[[str], float]:
+    """An argparse ``type`` for a duration flag: seconds, from the one duration parser.
+
+    It raises :class:`ConfigError`, which argparse lets through, so a bad value is one line naming the
+    flag (exit 2), as a bad setting is.
+    """
+
+    def seconds(text: str) -> float:
+        return parse_duration_flag(flag, text).total_seconds()
+
+    return seconds
+
+
+def parse_duration_flag(flag: str, text: str) -> timedelta:
+    """``text`` as a duration, or a one-line :class:`ConfigError` naming ``flag``."""
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: expected {DURATION_EXPECTED}, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its flags, its help, the argparse keywords, and former spellings still accepted."""
+
+    flags: tuple[str, ...]
+    help: str
+    argparse: Mapping[str, Any] = field(default_factory=dict)
+    #: Older spellings users may have in scripts: accepted, not shown in ``--help``.
+    old: tuple[str, ...] = ()
+
+
+def _budget(flag: str, what: str) -> Option:
+    return Option((flag,), what, {"type": duration_flag(flag), "metavar": "DURATION"})
+
+
+OPTIONS: dict[str, Option] = {
+    "json": Option(("--json",), "Print JSON, not text.", {"action": "store_true"}),
+    "domain": Option(
+        ("--domain",),
+        "The SageMaker Studio domain id (d-...).",
+        {"metavar": "ID"},
+        old=("--sagemaker-domain",),
+    ),
+    "space": Option(("--space",), "The app's space (Studio).", {"metavar": "NAME"}),
+    "user_profile": Option(
+        ("--user-profile",), "The app's user profile (Studio Classic).", {"metavar": "NAME"}
+    ),
+    "app_type": Option(
+        ("--app-type",),
+        "The kind of app; SageMaker's names JupyterLab, JupyterServer, CodeEditor are accepted too.",
+        {"type": app_type_name, "choices": APP_TYPES},
+        old=("--sagemaker-app-type",),
+    ),
+    "script": Option(("--script",), "A local bash script to run.", {"metavar": "FILE"}),
+    "output": Option(("-o", "--output"), "Write it here, not to stdout.", {"metavar": "PATH"}),
+    "timeout": _budget("--timeout", "Time budget of the whole command [none]."),
+    "cell_timeout": _budget(
+        "--cell-timeout", "Per-cell budget from when the cell starts: interrupt the kernel, then fail [none]."
+    ),
+    "start_timeout": _budget("--start-timeout", "Budget for the kernel to start and answer."),
+    "ready_timeout": _budget("--ready-timeout", "How long to wait for the app to be ready."),
+}
+
+
+def add_option(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    group: argparse._ArgumentGroup | None = None,
+    **overrides: Any,
+) -> argparse.Action:
+    """Add the option ``name`` from :data:`OPTIONS` (to ``group`` of ``parser`` if given);
+    ``overrides`` (help, default, required) are the command's own."""
+    option = OPTIONS[name]
+    keywords = {"help": option.help, **option.argparse, **overrides}
+    if keywords.pop("required", False):
+        # argparse would reject an old spelling as "--domain is required": checked after parsing instead.
+        keywords["help"] += " (required)"
+        required = parser.get_default("required_options") or ()
+        parser.set_defaults(required_options=(*required, (option.flags[-1], name)))
+    target = group or parser
+    action = target.add_argument(*option.flags, dest=name, **keywords)
+    for old in option.old:
+        hidden = {k: v for k, v in keywords.items() if k != "help"}
+        target.add_argument(old, dest=name, help=argparse.SUPPRESS, **hidden)
+    return action
+
+
+def check_required(args: argparse.Namespace) -> None:
+    """Raise a one-line :class:`ConfigError` for a required option given in no spelling."""
+    for flag, name in getattr(args, "required_options", ()):
+        if getattr(args, name, None) is None:
+            raise ConfigError(f"{flag} is required")
