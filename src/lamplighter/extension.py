@@ -5,7 +5,8 @@ same names as the command line: ``c.Lamplighter.idle_timeout = "1h"``, ``c.Lampl
 600``. It reads the server's own kernel, terminal and session managers (no HTTP, no websocket: it
 creates no activity), culls idle kernels and terminals, stops the server through the configured action,
 and serves ``GET {base_url}lamplighter/api/status`` with the verdict, the settings in force and how
-many checks have run.
+many checks have run; ``{base_url}lamplighter/`` (the status page) and ``{base_url}lamplighter/metrics``
+come from :mod:`lamplighter.views`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import parse_snapshot
 from lamplighter.redaction import guard_handlers, redact
 from lamplighter.settings import Settings, load_settings, option_specs
+from lamplighter.signals.keepalive import write_snooze
 from lamplighter.stoppers import DryRun, NoStop
+from lamplighter.views.metrics import Metrics
+from lamplighter.views.page import MetricsHandler, PageHandler, SnoozeHandler, Sparkline
 from lamplighter.wiring import build_signals, build_stopper
 
 __all__ = ["InServerAgent", "Lamplighter"]
@@ -184,14 +188,15 @@ class InServerAgent:
         self.stopper = stopper if isinstance(stopper, DryRun | NoStop) else LoggedStop(stopper, serverapp.log)
         self.last: Decision | None = None
         self.journal = Journal(settings.journal)
+        # The views (lamplighter.views): metrics and the status page read what the agent sees.
+        self.metrics = Metrics(self.journal)
+        self.sparkline = Sparkline()
+        # The server is this process: its tree is ours to read, whatever port it listens on.
+        probe, signals, self._metered = self.metrics.instrument(
+            self.probe, build_signals(settings, server_pid=os.getpid()), kind="in-process"
+        )
         self.agent = Agent(
-            settings,
-            self.probe,
-            self.stopper,
-            self.journal,
-            # The server is this process: its tree is ours to read, whatever port it listens on.
-            signals=build_signals(settings, server_pid=os.getpid()),
-            on_decision=self._seen,
+            settings, probe, self.stopper, self.journal, signals=signals, on_decision=self._seen
         )
         self.task: asyncio.Task[Any] | None = None
         self._listen_for_kernels(serverapp)
@@ -209,6 +214,19 @@ class InServerAgent:
 
     def _seen(self, decision: Decision) -> None:
         self.last = decision
+        self._metered(decision)
+        self.sparkline.add(self.metrics.work_now(self.probe.target))
+
+    def snooze(self, until: datetime | None) -> None:
+        """Keep the server up until ``until`` (None: end the snooze), as ``lamplighter snooze`` does."""
+        write_snooze(self.settings.keep_alive_file, until)
+        summary = (
+            f"snoozed until {format_time(until)} (status page)" if until else "snooze ended (status page)"
+        )
+        self.journal.record(
+            self.probe.target, "snooze", summary, at=datetime.now(timezone.utc), stop_at=until
+        )
+        self.agent.wake()
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self._run())
@@ -274,8 +292,21 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     _route_logs(serverapp)
     settings = _settings_from_config(serverapp)
     agent = InServerAgent(serverapp, settings)
-    route = url_path_join(serverapp.web_app.settings["base_url"], "lamplighter/api/status")
-    serverapp.web_app.add_handlers(".*$", [(route, StatusHandler, {"agent": agent})])
+    base = serverapp.web_app.settings["base_url"]
+    route = url_path_join(base, "lamplighter/api/status")
+    serverapp.web_app.add_handlers(
+        ".*$",
+        [
+            (route, StatusHandler, {"agent": agent}),
+            (url_path_join(base, "lamplighter/metrics"), MetricsHandler, {"metrics": agent.metrics}),
+            (url_path_join(base, "lamplighter/snooze"), SnoozeHandler, {"source": agent}),
+            (
+                url_path_join(base, "lamplighter/"),
+                PageHandler,
+                {"source": agent, "sparkline": agent.sparkline},
+            ),
+        ],
+    )
     ioloop.IOLoop.current().add_callback(agent.start)
     serverapp.log.info("lamplighter: watching this server in-process (%s)", agent.stopper.description)
 

@@ -551,6 +551,21 @@ class Settings:
         group="policy",
     )
 
+    # -- views (metrics, status page, report) ---------------------------------------------------
+    metrics_port: int | None = _opt(
+        None,
+        "Serve Prometheus metrics at http://METRICS_HOST:PORT/metrics while watching (0: a free port, logged; default off).",
+        parse=_parse_optional_int,
+        group="views",
+        bounds=(0, 65535),
+    )
+    metrics_host: str = _opt(
+        "127.0.0.1",
+        "Address the metrics endpoint binds (default loopback only; 0.0.0.0 exposes it).",
+        parse=_parse_str,
+        group="views",
+    )
+
     # -- the journal --------------------------------------------------------------------------
     journal: Path = _opt(
         default_journal_path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from datetime import datetime, timezone
@@ -35,7 +36,7 @@ def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description="Watch a Jupyter server without creating activity; stop it within a second of its "
         "idle deadline; journal every verdict with its reasons.",
     )
-    add_settings_options(watch, groups=_TARGET_GROUPS)
+    add_settings_options(watch, groups=(*_TARGET_GROUPS, "views"))
     watch.add_argument("--once", action="store_true", help="Decide once, act, and exit (for cron).")
     watch.set_defaults(handler=_watch)
 
@@ -85,15 +86,25 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
     from lamplighter.agent import Agent, exit_on_signals
     from lamplighter.wiring import open_target
 
-    async with open_target(settings) as target:
+    async with open_target(settings) as target, contextlib.AsyncExitStack() as views:
         with Journal(settings.journal) as journal:
+            probe, signals, on_decision = target.probe, target.signals, None
+            if settings.metrics_port is not None:
+                from lamplighter.views.metrics import Metrics, serve_metrics
+
+                metrics = Metrics(journal)
+                probe, signals, on_decision = metrics.instrument(probe, signals)
+                await views.enter_async_context(
+                    serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+                )
             agent = Agent(
                 settings,
-                target.probe,
+                probe,
                 target.stopper,
                 journal,
-                signals=target.signals,
+                signals=signals,
                 notifier=target.notifier,
+                on_decision=on_decision,
             )
             with exit_on_signals(agent):
                 result = await agent.run(once=once)

@@ -1,0 +1,227 @@
+"""The journal summed up per target: hours up, in use, working, idle before a stop, stops, culls, hours saved.
+
+The journal holds a row each time a verdict changed, so the time between two rows of a target has the
+verdict of the first. An app is up from its agent's ``watching`` row (or its first row) until a stop
+that succeeded; each decision row opens a stretch that lasts until the next row of that target:
+
+- *in use*: a KEEP without a deadline (somebody interacts, or work runs);
+- *working*: the in-use stretches whose leading reason is the work clock's (a busy or starting kernel,
+  a busy process tree or GPU: the policy lists work first);
+- *idle*: a KEEP with a deadline; the idle stretch that ends in a stop is *idle before a stop*.
+
+*Saved* is measured against "stopped only when the user remembered": from each stop to the app's next
+start (the next row of that target), or to the report's end, capped at ``cap`` (default 12 h: the
+night a forgotten app would have run). Money is hours × the target's price per hour (:func:`load_prices`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from lamplighter.errors import ConfigError
+from lamplighter.journal import JournalEvent
+
+__all__ = [
+    "DEFAULT_CAP",
+    "Prices",
+    "TargetReport",
+    "load_prices",
+    "stop_reason",
+    "summarise",
+]
+
+DEFAULT_CAP = timedelta(hours=12)
+
+# The leading reason of an in-use verdict names the work clock's evidence with these words: a kernel
+# "busy since" / "starting since", a process tree or GPU that "used 97 % ... over the last 30 s".
+_WORK_WORDS = (" busy since ", " starting since ", " used ")
+
+
+def stop_reason(event: JournalEvent) -> str:
+    """``idle`` for a stop past an idle deadline, ``unreachable`` for one after an outage (no idle_since)."""
+    return "idle" if event.idle_since is not None else "unreachable"
+
+
+def _is_stop(event: JournalEvent) -> bool:
+    return event.kind == "action" and "cull" not in event.detail and event.summary.startswith("stop ")
+
+
+@dataclass
+class TargetReport:
+    """One target's figures, in seconds (``hours`` gives them in hours for printing)."""
+
+    target: str
+    up_s: float = 0.0
+    in_use_s: float = 0.0
+    working_s: float = 0.0
+    idle_before_stop_s: float = 0.0
+    saved_s: float = 0.0
+    stops: dict[str, int] = field(default_factory=dict)  # by outcome
+    culls: dict[str, int] = field(default_factory=dict)  # by kind
+    decision_lags_s: list[float] = field(default_factory=list)
+    instance_type: str | None = None
+    price_per_hour: float | None = None
+
+    def hours(self) -> dict[str, float]:
+        return {
+            "up": self.up_s / 3600,
+            "in_use": self.in_use_s / 3600,
+            "working": self.working_s / 3600,
+            "idle_before_stop": self.idle_before_stop_s / 3600,
+            "saved": self.saved_s / 3600,
+        }
+
+    def money(self) -> dict[str, float] | None:
+        if self.price_per_hour is None:
+            return None
+        hours = self.hours()
+        return {"up": hours["up"] * self.price_per_hour, "saved": hours["saved"] * self.price_per_hour}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hours"] = self.hours()
+        data["money"] = self.money()
+        return data
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Price per hour by instance type, and which instance type each target runs on."""
+
+    per_hour: Mapping[str, float]
+    targets: Mapping[str, str] = field(default_factory=dict)
+    default_type: str | None = None
+    currency: str = "USD"
+
+    def for_target(self, target: str) -> tuple[str | None, float | None]:
+        kind = self.targets.get(target, self.default_type)
+        return kind, (self.per_hour.get(kind) if kind is not None else None)
+
+
+def load_prices(path: Path) -> Prices:
+    """Read a price file (TOML, see ``deploy/prices-sagemaker.toml``); a bad one is a ConfigError (exit 2)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--prices: cannot read {path} ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--prices: {path} is not TOML ({exc})") from None
+    table = data.get("per_hour")
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"--prices: {path} has no [per_hour] table of instance type = price")
+    try:
+        per_hour = {str(k): float(v) for k, v in table.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"--prices: {path}: every [per_hour] value must be a number") from None
+    targets = data.get("targets", {})
+    if not isinstance(targets, dict):
+        raise ConfigError(f"--prices: {path}: [targets] must map a target to an instance type")
+    default = data.get("default_instance_type")
+    return Prices(
+        per_hour=per_hour,
+        targets={str(k): str(v) for k, v in targets.items()},
+        default_type=str(default) if default else None,
+        currency=str(data.get("currency", "USD")),
+    )
+
+
+def _working(event: JournalEvent) -> bool:
+    return any(word in event.summary for word in _WORK_WORDS)
+
+
+def summarise(
+    events: Iterable[JournalEvent],
+    *,
+    start: datetime | None,
+    end: datetime,
+    cap: timedelta = DEFAULT_CAP,
+    prices: Prices | None = None,
+) -> list[TargetReport]:
+    """Per target figures from ``events`` (read since ``start``) up to ``end``."""
+    by_target: dict[str, list[JournalEvent]] = {}
+    for event in events:
+        if event.kind in ("decision", "action", "agent"):
+            by_target.setdefault(event.target, []).append(event)
+    reports = [_one_target(target, rows, end, cap) for target, rows in sorted(by_target.items())]
+    if prices is not None:
+        for report in reports:
+            report.instance_type, report.price_per_hour = prices.for_target(report.target)
+    return reports
+
+
+def _one_target(target: str, rows: Sequence[JournalEvent], end: datetime, cap: timedelta) -> TargetReport:
+    report = TargetReport(target)
+    up_since: datetime | None = None
+    stretch: JournalEvent | None = None  # the decision whose verdict holds now
+    stopped_at: datetime | None = None
+    rows = sorted(rows, key=lambda e: (e.at, e.id))
+    for event in rows:
+        at = event.at
+        if stopped_at is not None and not _is_stop(event):
+            # The next row after a stop is the app's next start: the time in between was saved.
+            report.saved_s += min((at - stopped_at).total_seconds(), cap.total_seconds())
+            stopped_at = None
+        if up_since is None and not _is_stop(event):
+            up_since = at
+        if stretch is not None:
+            _count_stretch(report, stretch, at)
+            stretch = None
+        if event.kind == "decision":
+            stretch = event
+        elif event.kind == "action" and "cull" in event.detail:
+            kind = str(event.detail["cull"])
+            report.culls[f"{kind} {event.verdict}"] = report.culls.get(f"{kind} {event.verdict}", 0) + 1
+        elif _is_stop(event):
+            outcome = event.verdict or "unknown"
+            report.stops[outcome] = report.stops.get(outcome, 0) + 1
+            lag = event.detail.get("decided_after_s")
+            if isinstance(lag, int | float):
+                report.decision_lags_s.append(float(lag))
+            if outcome == "stopped" and event.idle_since is not None:
+                # The stop row carries the idle spell's start: it began before the idle verdict's row.
+                report.idle_before_stop_s += max(0.0, (at - event.idle_since).total_seconds())
+            if outcome == "stopped" and up_since is not None:
+                report.up_s += (at - up_since).total_seconds()
+                up_since = None
+                stopped_at = at
+    if stretch is not None:
+        _count_stretch(report, stretch, end)
+    if up_since is not None:
+        report.up_s += max(0.0, (end - up_since).total_seconds())
+    if stopped_at is not None:
+        report.saved_s += min(max(0.0, (end - stopped_at).total_seconds()), cap.total_seconds())
+    return report
+
+
+def _count_stretch(report: TargetReport, decision: JournalEvent, until: datetime) -> None:
+    if decision.verdict == "keep" and decision.stop_at is None:
+        seconds = max(0.0, (until - decision.at).total_seconds())
+        report.in_use_s += seconds
+        if _working(decision):
+            report.working_s += seconds
+
+
+def to_json(reports: Sequence[TargetReport], *, start: datetime | None, end: datetime) -> str:
+    return json.dumps(
+        {
+            "start": start.isoformat() if start else None,
+            "end": end.isoformat(),
+            "targets": [r.to_dict() for r in reports],
+            "total_hours": {
+                key: sum(r.hours()[key] for r in reports)
+                for key in ("up", "in_use", "working", "idle_before_stop", "saved")
+            },
+        },
+        indent=2,
+    )
