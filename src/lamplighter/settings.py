@@ -554,14 +554,14 @@ class Settings:
     # -- views (metrics, status page, report) ---------------------------------------------------
     metrics_port: int | None = _opt(
         None,
-        "Serve Prometheus metrics at http://METRICS_HOST:PORT/metrics while watching (0: a free port, logged; default off).",
+        "Serve Prometheus metrics at http://METRICS_HOST:PORT/metrics while watching (0: a free port, logged).",
         parse=_parse_optional_int,
         group="views",
         bounds=(0, 65535),
     )
     metrics_host: str = _opt(
         "127.0.0.1",
-        "Address the metrics endpoint binds (default loopback only; 0.0.0.0 exposes it).",
+        "Address the metrics endpoint binds (loopback: only this machine can scrape it).",
         parse=_parse_str,
         group="views",
     )
