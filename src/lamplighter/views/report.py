@@ -16,6 +16,7 @@ night a forgotten app would have run). Money is hours × the target's price per 
 
 from __future__ import annotations
 
+import html
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +40,9 @@ __all__ = [
     "load_prices",
     "stop_reason",
     "summarise",
+    "to_html",
+    "to_json",
+    "to_text",
 ]
 
 DEFAULT_CAP = timedelta(hours=12)
@@ -225,3 +229,90 @@ def to_json(reports: Sequence[TargetReport], *, start: datetime | None, end: dat
         },
         indent=2,
     )
+
+
+# -- printing ------------------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("up", "up h"),
+    ("in_use", "in use h"),
+    ("working", "working h"),
+    ("idle_before_stop", "idle→stop h"),
+    ("saved", "saved h"),
+)
+
+
+def to_text(reports: Sequence[TargetReport], *, currency: str | None = None) -> str:
+    """One line per target, then the totals; money columns when prices were given."""
+    width = max([len("target"), *(len(r.target) for r in reports)])
+    money = currency is not None
+    head = (
+        f"{'target':<{width}}"
+        + "".join(f" {title:>11}" for _, title in _COLUMNS)
+        + f" {'stops':>6} {'culls':>6}"
+    )
+    if money:
+        head += f" {'cost ' + str(currency):>10} {'saved ' + str(currency):>10}"
+    lines = [head]
+    for r in reports:
+        hours = r.hours()
+        line = f"{r.target:<{width}}" + "".join(f" {hours[key]:>11.2f}" for key, _ in _COLUMNS)
+        line += f" {sum(r.stops.values()):>6} {sum(r.culls.values()):>6}"
+        if money:
+            cash = r.money()
+            line += f" {cash['up']:>10.2f} {cash['saved']:>10.2f}" if cash else f" {'?':>10} {'?':>10}"
+        lines.append(line)
+    if len(reports) > 1:
+        total = f"{'total':<{width}}" + "".join(
+            f" {sum(r.hours()[key] for r in reports):>11.2f}" for key, _ in _COLUMNS
+        )
+        total += f" {sum(sum(r.stops.values()) for r in reports):>6} {sum(sum(r.culls.values()) for r in reports):>6}"
+        if money:
+            priced = [m for m in (r.money() for r in reports) if m is not None]
+            total += f" {sum(m['up'] for m in priced):>10.2f} {sum(m['saved'] for m in priced):>10.2f}"
+        lines.append(total)
+    return "\n".join(lines)
+
+
+def _bars_svg(report: TargetReport, scale_h: float) -> str:
+    """Five horizontal bars (up, in use, working, idle before stop, saved), one shared scale."""
+    colours = ("#4c78a8", "#59a14f", "#9c755f", "#e15759", "#f28e2b")
+    rows = []
+    for i, ((key, title), colour) in enumerate(zip(_COLUMNS, colours, strict=True)):
+        hours = report.hours()[key]
+        width = 0 if scale_h <= 0 else 360 * hours / scale_h
+        y = 6 + i * 22
+        rows.append(
+            f'<text x="0" y="{y + 13}" font-size="12">{html.escape(title)}</text>'
+            f'<rect x="90" y="{y}" width="{width:.1f}" height="16" fill="{colour}"/>'
+            f'<text x="{96 + width:.1f}" y="{y + 13}" font-size="12">{hours:.2f}</text>'
+        )
+    return f'<svg width="520" height="{12 + 22 * len(_COLUMNS)}" role="img">{"".join(rows)}</svg>'
+
+
+def to_html(
+    reports: Sequence[TargetReport], *, start: datetime | None, end: datetime, currency: str | None
+) -> str:
+    """One self-contained HTML file: the table and an inline SVG bar chart per target (no scripts, no links)."""
+    scale = max([0.0, *(max(r.hours().values()) for r in reports)])
+    period = (
+        f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC" if start else f"up to {end:%Y-%m-%d %H:%M} UTC"
+    )
+    sections = "".join(
+        f"<h2>{html.escape(r.target)}</h2>{_bars_svg(r, scale)}"
+        f"<p>stops: {html.escape(_counts(r.stops))}; culls: {html.escape(_counts(r.culls))}</p>"
+        for r in reports
+    )
+    table = html.escape(to_text(reports, currency=currency))
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lamplighter report</title>'
+        "<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:60em}pre{background:#f6f8fa;padding:1em}"
+        "</style></head><body>"
+        f"<h1>lamplighter report</h1><p>{html.escape(period)}</p><pre>{table}</pre>{sections}"
+        "<p>Saved: from each stop to the app's next start, capped (what a forgotten app would have run).</p>"
+        "</body></html>\n"
+    )
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"
