@@ -58,8 +58,8 @@ __all__ = [
     "App",
     "PolicyResult",
     "Trace",
-    "load_trace",
     "format_table",
+    "load_trace",
     "replay",
     "write_trace",
 ]
