@@ -23,6 +23,7 @@ from lamplighter.cli.completion import add_completion_parser
 from lamplighter.cli.config import add_config_parser
 from lamplighter.cli.core import add_core_parsers
 from lamplighter.cli.options import check_required
+from lamplighter.cli.report import add_report_parsers
 from lamplighter.cli.run import add_run_parser
 from lamplighter.cli.sagemaker import add_sagemaker_parsers
 from lamplighter.errors import LamplighterError
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_core_parsers(commands)
     add_run_parser(commands)
+    add_report_parsers(commands)
     add_sagemaker_parsers(commands)
     add_config_parser(commands)
     add_completion_parser(commands)

@@ -7,7 +7,10 @@ that succeeded; each decision row opens a stretch that lasts until the next row 
 - *in use*: a KEEP without a deadline (somebody interacts, or work runs);
 - *working*: the in-use stretches whose leading reason is the work clock's (a busy or starting kernel,
   a busy process tree or GPU: the policy lists work first);
-- *idle*: a KEEP with a deadline; the idle stretch that ends in a stop is *idle before a stop*.
+- *idle before a stop*: from the ``idle_since`` a successful stop row carries to that stop.
+
+An agent that exits on request (``exiting on request``) ends the up time it can vouch for; the next
+row of that target begins a new one.
 
 *Saved* is measured against "stopped only when the user remembered": from each stop to the app's next
 start (the next row of that target), or to the report's end, capped at ``cap`` (default 12 h: the
@@ -176,12 +179,17 @@ def _one_target(target: str, rows: Sequence[JournalEvent], end: datetime, cap: t
             # The next row after a stop is the app's next start: the time in between was saved.
             report.saved_s += min((at - stopped_at).total_seconds(), cap.total_seconds())
             stopped_at = None
-        if up_since is None and not _is_stop(event):
+        if up_since is None and not _is_stop(event) and not event.summary.startswith("exiting"):
             up_since = at
         if stretch is not None:
             _count_stretch(report, stretch, at)
             stretch = None
-        if event.kind == "decision":
+        if event.kind == "agent" and event.summary.startswith("exiting"):
+            # The agent left (SIGTERM, Ctrl-C): what the app did after is not known, so not counted.
+            if up_since is not None:
+                report.up_s += (at - up_since).total_seconds()
+                up_since = None
+        elif event.kind == "decision":
             stretch = event
         elif event.kind == "action" and "cull" in event.detail:
             kind = str(event.detail["cull"])
