@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # JupyterHub's proxy, from npm, for the tests that stop a server behind it (tests/chp.py finds it here).
 CHP := configurable-http-proxy@4
 NODE_STAMP := $(VENV)/node/.installed-$(subst @,-,$(CHP))
+# Debian's chromium, for the status page test (tests/test_status_page.py drives it over DevTools).
+CHROMIUM_STAMP := $(VENV)/.chromium
 
 .PHONY: demo test lint typecheck unit dist bench clean
 
@@ -22,6 +24,11 @@ $(NODE_STAMP): | $(BIN)/python
 	npm install --prefix $(VENV)/node --no-audit --no-fund --silent $(CHP)
 	touch $(NODE_STAMP)
 
+$(CHROMIUM_STAMP): | $(BIN)/python
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	touch $(CHROMIUM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/lamplighter demo
 
@@ -32,7 +39,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(NODE_STAMP)
+unit: $(STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/pytest -q
 
 # The sdist is built first and the wheel from it, so a file the sdist forgets breaks the build here.

@@ -47,8 +47,8 @@ class Sparkline:
 
 def sparkline_svg(samples: list[float], *, width: int = 300, height: int = 40) -> str:
     """An inline SVG polyline of ``samples`` (empty: a flat line), scaled to the largest value."""
-    if not samples:
-        samples = [0.0]
+    if len(samples) < 2:  # a polyline needs two points to show
+        samples = [samples[0] if samples else 0.0] * 2
     top = max(max(samples), 1.0)
     step = width / max(len(samples) - 1, 1)
     points = " ".join(
@@ -56,7 +56,8 @@ def sparkline_svg(samples: list[float], *, width: int = 300, height: int = 40) -
     )
     return (
         f'<svg id="sparkline" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-label="work at each check"><polyline fill="none" stroke="#1a7f37" '
+        f'role="img" aria-label="work at each check"><rect width="{width}" height="{height}" fill="#f6f8fa"/>'
+        f'<polyline fill="none" stroke="#1a7f37" '
         f'stroke-width="2" points="{points}"/></svg>'
     )
 
