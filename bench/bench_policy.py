@@ -10,7 +10,7 @@ Targets (issue 15): lamplighter kills 0 running jobs where the other two kill so
 app-hours past the timeout are at most 1 % of theirs.
 
 Usage: .venv/bin/python bench/bench_policy.py [--apps 100] [--days 30] [--seed 1] [--timeout 1h]
-       [--workers 2] [--trace-out trace.jsonl] [--runs 1]
+       [--workers 2] [--trace-out trace.jsonl] [--runs 1] [--prices deploy/prices-sagemaker.toml]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lamplighter.settings import parse_duration
 from lamplighter.views.replay import format_table, replay, write_trace
+from lamplighter.views.report import load_prices
 from lamplighter.views.synthetic import generate
 
 
@@ -35,18 +36,22 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--trace-out", type=Path)
+    parser.add_argument(
+        "--prices", type=Path, default=Path(__file__).parent.parent / "deploy" / "prices-sagemaker.toml"
+    )
     args = parser.parse_args()
     trace = generate(apps=args.apps, days=args.days, seed=args.seed)
     if args.trace_out:
         write_trace(trace, args.trace_out)
     timeout = parse_duration(args.timeout)
+    prices = load_prices(args.prices)
     walls = []
     for _ in range(max(1, args.runs)):
         started = time.perf_counter()
-        results = replay(trace, timeout, seed=args.seed, workers=args.workers)
+        results = replay(trace, timeout, seed=args.seed, workers=args.workers, per_hour=prices.per_hour)
         walls.append(time.perf_counter() - started)
     print(f"trace: {args.apps} apps, {args.days} days, seed {args.seed}; timeout {args.timeout}")
-    print(format_table(results))
+    print(format_table(results, currency=prices.currency))
     ours = next(r for r in results if r.policy == "lamplighter")
     ok = True
     for anchor in (r for r in results if r.policy != "lamplighter"):

@@ -66,6 +66,7 @@ def test_watch_serves_metrics_on_a_free_port(jupyter: LocalServer, tmp_path: Pat
         until = value(parsed, "lamplighter_seconds_until_stop")
         assert 500 < until <= 600, until
         assert value(parsed, "lamplighter_busy_kernels") == 0
+        assert 0 <= value(parsed, "lamplighter_idle_seconds") < 100
         assert value(parsed, "lamplighter_probes_total") >= 1
         assert any(target in dict(ls).get("target", "") for (n, ls) in parsed if n == "lamplighter_verdict")
         assert httpx.get(url.replace("/metrics", "/other"), timeout=5).status_code == 404
@@ -112,3 +113,32 @@ def test_extension_serves_metrics_authenticated(server_factory: ServerFactory, t
     assert value(parsed, "lamplighter_verdict", verdict="keep") == 1
     assert value(parsed, "lamplighter_probes_total", kind="in-process") >= 1
     assert 0 < value(parsed, "lamplighter_seconds_until_stop") <= 600
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_we_serve(tmp_path: Path) -> None:
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "deploy/grafana/lamplighter-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    asked = {m for e in exprs for m in re.findall(r"\blamplighter_[a-z_]+", e)}
+    now = datetime.now(timezone.utc)
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        # One of everything: a stop with its lag, a cull, a probe and a failure, a live verdict.
+        journal.record("t", "agent", "watching", at=now - timedelta(hours=1))
+        journal.record("t", "action", "stop stopped: gone", at=now, verdict="stopped", idle_since=now,
+                       detail={"decided_after_s": 0.1})  # fmt: skip
+        journal.record("t", "action", "shut down kernel k", at=now, verdict="done", detail={"cull": "kernel"})
+        metrics = Metrics(journal)
+        metrics.probes.labels("t", "k").inc()
+        metrics.probe_failures.labels("t", "k", "ConnectFailed").inc()
+        served = {
+            s.name
+            for family in text_string_to_metric_families(metrics.render().decode())
+            for s in family.samples
+        }
+    assert asked - served == {"lamplighter_verdict", "lamplighter_seconds_until_stop", "lamplighter_idle_seconds",
+                              "lamplighter_busy_kernels", "lamplighter_work_busy"}  # fmt: skip
+    assert len(exprs) >= 8

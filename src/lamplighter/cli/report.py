@@ -49,6 +49,12 @@ def add_report_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--timeout", metavar="DURATION", type=duration_flag("--timeout"), default=3600.0,
         help="The idle timeout all three policies use [1h].",
     )  # fmt: skip
+    replay.add_argument(
+        "--prices",
+        metavar="FILE",
+        type=Path,
+        help="TOML price table: money columns by each app's instance type.",
+    )
     replay.add_argument("--json", action="store_true", help="Print JSON.")
     replay.set_defaults(handler=_replay)
 
@@ -89,12 +95,14 @@ def _replay(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from lamplighter.views.replay import format_table, load_trace, replay
+    from lamplighter.views.report import load_prices
 
+    prices = load_prices(args.prices) if args.prices else None
     trace = load_trace(args.trace)
-    results = replay(trace, timedelta(seconds=args.timeout))
+    results = replay(trace, timedelta(seconds=args.timeout), per_hour=prices.per_hour if prices else None)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print(f"{len(trace.apps)} apps over {trace.duration_s / 86400:.1f} days; timeout {args.timeout:g} s")
-        print(format_table(results))
+        print(format_table(results, currency=prices.currency if prices else None))
     return EXIT_OK

@@ -42,7 +42,7 @@ from __future__ import annotations
 import bisect
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -413,6 +413,8 @@ class PolicyResult:
     stops: int = 0
     up_hours: float = 0.0
     checks: int = 0
+    up_cost: float = 0.0  # app-hours up × the app's price per hour (apps without a price: 0)
+    idle_cost: float = 0.0  # idle app-hours past the timeout × price
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -474,23 +476,42 @@ def _replay_app(app: App, policy: _Policy, timeout: float, end: float, result: P
         t = restart
 
 
-def _replay_one(args: tuple[str, App, float, float, int]) -> PolicyResult:
-    name, app, timeout_s, duration_s, seed = args
+def _replay_one(args: tuple[str, App, float, float, int, float]) -> PolicyResult:
+    name, app, timeout_s, duration_s, seed, price = args
     result = PolicyResult(name)
     _replay_app(app, POLICIES[name](timeout_s, seed), timeout_s, duration_s, result)
+    result.up_cost = result.up_hours * price
+    result.idle_cost = result.idle_hours_past_timeout * price
     return result
 
 
 def replay(
-    trace: Trace, timeout: timedelta, *, policies: Iterable[str] = POLICIES, seed: int = 0, workers: int = 1
+    trace: Trace,
+    timeout: timedelta,
+    *,
+    policies: Iterable[str] = POLICIES,
+    seed: int = 0,
+    workers: int = 1,
+    per_hour: Mapping[str, float] | None = None,
 ) -> list[PolicyResult]:
-    """Every app of ``trace`` through each policy with the same ``timeout``; ``workers`` > 1 uses processes."""
+    """Every app of ``trace`` through each policy with the same ``timeout``; ``workers`` > 1 uses processes.
+
+    ``per_hour`` (instance type → price) turns each app's hours into money.
+    """
+    prices = per_hour or {}
     names = list(policies)
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         raise ConfigError(f"policy {unknown[0]!r}: expected one of {', '.join(POLICIES)}")
     jobs = [
-        (name, app, timeout.total_seconds(), trace.duration_s, seed * 1_000_003 + number)
+        (
+            name,
+            app,
+            timeout.total_seconds(),
+            trace.duration_s,
+            seed * 1_000_003 + number,
+            prices.get(app.instance_type or "", 0.0),
+        )
         for name in names
         for number, app in enumerate(trace.apps)
     ]
@@ -511,25 +532,28 @@ def replay(
             total.stops += part.stops
             total.up_hours += part.up_hours
             total.checks += part.checks
+            total.up_cost += part.up_cost
+            total.idle_cost += part.idle_cost
         results.append(total)
     return results
 
 
-def format_table(results: Sequence[PolicyResult]) -> str:
-    """The README's cost table (Markdown)."""
+def format_table(results: Sequence[PolicyResult], *, currency: str | None = None) -> str:
+    """The README's cost table (Markdown); money columns when ``currency`` is given."""
     anchor = max((r.idle_hours_past_timeout for r in results if r.policy != "lamplighter"), default=0.0)
+    money = f" | cost up ({currency}) | cost idle past the timeout ({currency})" if currency else ""
     lines = [
-        "| policy | idle app-hours past the timeout | running jobs killed | stops of apps in use | stops | app-hours up |",
-        "|---|---|---|---|---|---|",
+        "| policy | idle app-hours past the timeout | running jobs killed | stops of apps in use | stops "
+        f"| app-hours up{money} |",
+        "|---|---|---|---|---|---|" + ("---|---|" if currency else ""),
     ]
     for r in results:
-        share = (
-            f" ({100 * r.idle_hours_past_timeout / anchor:.2f} % of the worst)"
-            if anchor and r.policy == "lamplighter"
-            else ""
-        )
+        share = ""
+        if anchor and r.policy == "lamplighter":
+            share = f" ({100 * r.idle_hours_past_timeout / anchor:.2f} % of the worst)"
+        cash = f" | {r.up_cost:,.0f} | {r.idle_cost:,.0f}" if currency else ""
         lines.append(
             f"| {r.policy} | {r.idle_hours_past_timeout:.1f}{share} | {r.jobs_killed} | {r.stops_in_use} "
-            f"| {r.stops} | {r.up_hours:.1f} |"
+            f"| {r.stops} | {r.up_hours:.1f}{cash} |"
         )
     return "\n".join(lines)
