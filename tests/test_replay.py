@@ -113,7 +113,12 @@ def test_replay_command(tmp_path: Path) -> None:
     done = cli("replay", str(path), "--timeout", "30m", "--json")
     assert done.returncode == 0, done.stderr
     assert [r["policy"] for r in json.loads(done.stdout)] == ["aws-lcc", "hub-culler", "lamplighter"]
-    done = cli("replay", str(path), "--prices", "deploy/prices-sagemaker.toml")
+    done = cli(
+        "replay",
+        str(path),
+        "--prices",
+        str(Path(__file__).parent.parent / "deploy" / "prices-sagemaker.toml"),
+    )
     assert done.returncode == 0 and "| lamplighter |" in done.stdout and "cost up (USD)" in done.stdout
     missing = cli("replay", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr

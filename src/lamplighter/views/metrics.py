@@ -111,7 +111,10 @@ class _MeteredSignal:
 
 
 class Metrics(Collector):
-    """One registry for every target this process watches; :meth:`render` is the scrape answer."""
+    """One registry for every target this process watches; :meth:`render` is the scrape answer.
+
+    The journal's figures cover the instrumented targets, or every target of the journal while none is.
+    """
 
     def __init__(self, journal: Journal | None = None, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -207,7 +210,10 @@ class Metrics(Collector):
         yield from (verdict, until, idle, kernels, work)
 
     def _journal_families(self, journal: Journal, now: datetime) -> Iterable[Metric]:
-        events = journal.events(limit=10_000_000)
+        # Only the targets this process watches: a shared journal also holds other agents' history.
+        events = [e for target in sorted(self._live) for e in journal.events(target=target, limit=10_000_000)]
+        if not self._live:
+            events = journal.events(limit=10_000_000)
         reports = summarise(events, start=None, end=now)
         stops = CounterMetricFamily(
             "lamplighter_stops",
