@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_watch.py --runs 10 --hold 180
 	$(BIN)/python bench/bench_remote.py
 	$(BIN)/python bench/bench_signals.py
+	$(BIN)/python bench/bench_policy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
