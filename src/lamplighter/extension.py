@@ -55,7 +55,10 @@ logger = logging.getLogger(__name__)
 _KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 
 # The server is the target itself: how to reach it is not configurable here.
-_NOT_IN_SERVER = frozenset({"url", "token", "token_file", "cookies", "verify_tls", "request_timeout"})
+# Its metrics are served by the server itself, at {base_url}lamplighter/metrics: no port of their own.
+_NOT_IN_SERVER = frozenset(
+    {"url", "token", "token_file", "cookies", "verify_tls", "request_timeout", "metrics_port", "metrics_host"}
+)
 
 
 def _traits() -> dict[str, Any]:
