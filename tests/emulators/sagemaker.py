@@ -10,7 +10,8 @@ Emulated operations: CreateDomain, DescribeDomain, UpdateDomain, ListDomains; Cr
 DescribeUserProfile, UpdateUserProfile; CreateSpace, DescribeSpace; CreateApp, DescribeApp, ListApps
 (paginated with NextToken; no status/type filter, like the real API), DeleteApp;
 CreateStudioLifecycleConfig, DescribeStudioLifecycleConfig; CreatePresignedDomainUrl. For the Lambda's
-script it also serves S3 GetObject (path style) for objects put with :meth:`SageMakerEmulator.put_object`.
+script it also serves S3 GetObject and PutObject (path style; objects also put with
+:meth:`SageMakerEmulator.put_object`).
 
 Apps move Pending → InService → Deleting → Deleted on time-based transitions (``pending_s``,
 ``deleting_s``). A JupyterLab or JupyterServer app runs a real ``jupyter server`` under the app type's base
@@ -226,6 +227,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def do_PUT(self) -> None:
+        # S3 PutObject, path style: what boto3's upload_file sends for a small file.
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        bucket, _, key = unquote(urlsplit(self.path).path.lstrip("/")).partition("/")
+        self.server.emulator._objects[(bucket, key)] = body
+        self.send_response(200)
+        self.send_header("ETag", '"0"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_GET(self) -> None:
         # S3 GetObject, path style (botocore uses path style for an IP endpoint).

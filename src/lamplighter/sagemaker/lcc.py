@@ -1,8 +1,10 @@
 """SageMaker Studio lifecycle configurations: render lamplighter's on-start script, install it on a domain.
 
-:func:`render_on_start` fills ``templates/lcc-on-start.sh``: a script that installs lamplighter (from
-PyPI, or from an S3 prefix or folder of wheels for VPC-only domains) and keeps ``lamplighter watch
---platform sagemaker`` running under a small restart loop, with the AWS sample's setting names.
+:func:`render_on_start` fills ``templates/lcc-on-start.sh``: a script that installs lamplighter (from a
+wheelhouse made by ``lamplighter lcc bundle``, an S3 prefix or a folder, or from a package index the
+domain trusts) and keeps ``lamplighter watch --platform sagemaker`` running under a small restart loop,
+with the AWS sample's setting names. lamplighter is not published on PyPI, so a script that would
+install it from there is refused: whoever registered the name could run code as the app's role.
 
 :func:`install_lcc` creates the studio lifecycle configuration (``CreateStudioLifecycleConfig``) and makes
 it the default of a domain (``UpdateDomain``) or of one user profile (``UpdateUserProfile``) for its app
@@ -54,8 +56,10 @@ class RenderOptions:
     ignore_connections: bool = True
     skip_terminals: bool = False
     package: str = f"lamplighter[sagemaker]=={__version__}"
-    wheelhouse: str = ""  # s3://bucket/prefix/ or a folder of wheels; empty: PyPI
+    wheelhouse: str = ""  # s3://bucket/prefix/ or a folder made by `lamplighter lcc bundle`
+    index_url: str = ""  # a package index that serves lamplighter (a private mirror)
     log_file: str = "/var/log/apps/app_container.log"
+    install_budget_s: int = 120  # past this the install carries on in the background
 
 
 def render_on_start(options: RenderOptions) -> str:
@@ -67,12 +71,22 @@ def render_on_start(options: RenderOptions) -> str:
     for name, value in (
         ("package", options.package),
         ("wheelhouse", options.wheelhouse),
+        ("index url", options.index_url),
         ("log file", options.log_file),
     ):
         if not _SHELL_SAFE.match(value):
             raise ConfigError(f"{name}: {value!r} has quotes, spaces or shell characters")
     if not options.package:
         raise ConfigError("package: must not be empty")
+    if not (options.wheelhouse or options.index_url):
+        raise ConfigError(
+            "lamplighter is not published on PyPI: build a wheelhouse with `lamplighter lcc bundle --to "
+            "s3://bucket/prefix` and pass --wheelhouse, or pass --index-url of a mirror that serves it"
+        )
+    if not 1 <= options.install_budget_s <= 240:
+        raise ConfigError(
+            "install budget: 1 to 240 seconds (SageMaker stops a lifecycle script at 5 minutes)"
+        )
     if options.app_type == "JupyterLab":
         jupyter = (
             'export JL_HOSTNAME="${JL_HOSTNAME:-0.0.0.0}"  # where the app\'s Jupyter server listens\n'
@@ -93,6 +107,8 @@ def render_on_start(options: RenderOptions) -> str:
         "SKIP_TERMINALS": str(bool(options.skip_terminals)),
         "PACKAGE": options.package,
         "WHEELHOUSE": options.wheelhouse,
+        "INDEX_URL": options.index_url,
+        "INSTALL_BUDGET_S": str(int(options.install_budget_s)),
         "LOG_FILE": options.log_file,
     }
     script = template.replace("@JUPYTER_SETTINGS@\n", jupyter)
