@@ -315,6 +315,46 @@ async def test_install_makes_the_config_the_domain_default(
     assert lab["LifecycleConfigArns"] == [result.lcc_arn]
 
 
+async def test_install_covers_shared_spaces_and_reports_sagemakers_own_idle_shutdown(
+    sm: SageMakerEmulator, domain: StudioDomain
+) -> None:
+    client = sm.client()
+    idle = {"IdleSettings": {"LifecycleManagement": "ENABLED", "IdleTimeoutInMinutes": 120}}
+    client.update_domain(
+        DomainId=domain.id,
+        DefaultSpaceSettings={
+            "ExecutionRole": "arn:aws:iam::123456789012:role/SpaceRole",
+            "JupyterLabAppSettings": {"AppLifecycleManagement": idle},
+        },
+    )
+    script = render_on_start(RenderOptions("JupyterLab", wheelhouse="s3://b/w/"))
+    result = await install_lcc(
+        script, domain_id=domain.id, app_type="JupyterLab", endpoint_url=sm.endpoint_url
+    )
+
+    described = client.describe_domain(DomainId=domain.id)
+    space = described["DefaultSpaceSettings"]
+    assert space["JupyterLabAppSettings"]["LifecycleConfigArns"] == [result.lcc_arn]
+    assert space["JupyterLabAppSettings"]["DefaultResourceSpec"]["LifecycleConfigArn"] == result.lcc_arn
+    assert space["JupyterLabAppSettings"]["AppLifecycleManagement"] == idle  # kept
+    assert space["ExecutionRole"].endswith("role/SpaceRole")  # the rest of the space defaults kept
+    assert described["DefaultUserSettings"]["JupyterLabAppSettings"]["LifecycleConfigArns"] == [
+        result.lcc_arn
+    ]
+    assert "shared-space defaults" in result.target
+    assert len(result.notes) == 1
+    assert "SageMaker's own idle shutdown is enabled in the domain's shared-space defaults" in result.notes[0]
+    assert "after 120 idle minutes" in result.notes[0]
+
+    # Code Editor: SageMaker's DefaultSpaceSettings cannot hold it, and the result says so.
+    editor = render_on_start(RenderOptions("CodeEditor", wheelhouse="s3://b/w/"))
+    other = await install_lcc(
+        editor, domain_id=domain.id, app_type="CodeEditor", endpoint_url=sm.endpoint_url
+    )
+    assert any("DefaultSpaceSettings has no CodeEditorAppSettings" in note for note in other.notes)
+    assert "CodeEditorAppSettings" not in client.describe_domain(DomainId=domain.id)["DefaultSpaceSettings"]
+
+
 async def test_install_for_one_user_profile(sm: SageMakerEmulator, domain: StudioDomain) -> None:
     script = render_on_start(RenderOptions("CodeEditor", wheelhouse="s3://b/w/"))
     result = await install_lcc(

@@ -81,6 +81,17 @@ _LCC_APP_TYPES = ("JupyterServer", "KernelGateway", "CodeEditor", "JupyterLab")
 _SPACE_APP_TYPES = ("JupyterLab", "CodeEditor")
 _PROFILE_APP_TYPES = ("JupyterServer", "KernelGateway", "DetailedProfiler", "TensorBoard")
 LOGIN_FLOWS = ("redirect", "host-cookie")
+# DefaultSpaceSettings' members in botocore's sagemaker model (no CodeEditorAppSettings).
+_DEFAULT_SPACE_KEYS = {
+    "ExecutionRole",
+    "SecurityGroups",
+    "JupyterServerAppSettings",
+    "KernelGatewayAppSettings",
+    "JupyterLabAppSettings",
+    "SpaceStorageSettings",
+    "CustomPosixUserConfig",
+    "CustomFileSystemConfigs",
+}
 _SETTINGS_FOR_LCC_TYPE = {
     "JupyterLabAppSettings": "JupyterLab",
     "CodeEditorAppSettings": "CodeEditor",
@@ -377,7 +388,11 @@ class SageMakerEmulator:
             self._fail_next = reason
 
     def add_domain(
-        self, name: str = "lamplighter-test", *, default_user_settings: dict[str, Any] | None = None
+        self,
+        name: str = "lamplighter-test",
+        *,
+        default_user_settings: dict[str, Any] | None = None,
+        default_space_settings: dict[str, Any] | None = None,
     ) -> str:
         """Create a domain directly (as an admin's CreateDomain would); returns its id."""
         _, payload = self._dispatch(
@@ -387,6 +402,7 @@ class SageMakerEmulator:
                     "DomainName": name,
                     "AuthMode": "IAM",
                     "DefaultUserSettings": default_user_settings or {"ExecutionRole": self._role()},
+                    "DefaultSpaceSettings": default_space_settings or {"ExecutionRole": self._role()},
                     "SubnetIds": ["subnet-0"],
                     "VpcId": "vpc-0",
                 }
@@ -511,6 +527,7 @@ class SageMakerEmulator:
             "Status": "InService",
             "AuthMode": params.get("AuthMode", "IAM"),
             "DefaultUserSettings": params.get("DefaultUserSettings") or {},
+            "DefaultSpaceSettings": params.get("DefaultSpaceSettings") or {},
             "CreationTime": time.time(),
             "LastModifiedTime": time.time(),
             "Url": f"https://{domain_id}.studio.{self.region}.sagemaker.aws",
@@ -528,8 +545,16 @@ class SageMakerEmulator:
         domain = self._domain(params)
         update = params.get("DefaultUserSettings") or {}
         self._check_lcc_settings(update)
+        space_update = params.get("DefaultSpaceSettings") or {}
+        unknown = set(space_update) - _DEFAULT_SPACE_KEYS
+        if unknown:
+            raise _ApiError(
+                "ValidationException", f"DefaultSpaceSettings has no {', '.join(sorted(unknown))}"
+            )
+        self._check_lcc_settings(space_update)
         # Each settings structure given replaces the stored one as a whole.
         domain["DefaultUserSettings"].update(update)
+        domain["DefaultSpaceSettings"].update(space_update)
         domain["LastModifiedTime"] = time.time()
         return {"DomainArn": domain["DomainArn"]}
 

@@ -321,6 +321,7 @@ def _lcc_install(args: argparse.Namespace) -> int:
                     "reused": result.reused,
                     "target": result.target,
                     "dry_run": result.dry_run,
+                    "notes": list(result.notes),
                     "calls": [{"operation": c.operation, "params": c.display()} for c in result.calls],
                 },
                 indent=2,
@@ -332,6 +333,8 @@ def _lcc_install(args: argparse.Namespace) -> int:
         print(f"{verb} {planned.operation} {json.dumps(planned.display(), indent=2)}")
     if result.reused:
         print(f"reusing the identical lifecycle configuration {result.lcc_name}")
+    for note in result.notes:
+        print(f"note: {note}")
     done = "would be" if result.dry_run else "is now"
     print(
         f"{result.lcc_arn} {done} the default {SAGEMAKER_APP_TYPES[args.app_type]} lifecycle configuration of {result.target}"
