@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,3 +151,30 @@ def test_script_with_no_network_logs_the_failure_and_exits_0(tmp_path: Path, gro
     text = log.read_text()
     assert "the app runs without lamplighter" in text
     assert "supervising" not in text
+
+
+def test_the_lambda_requirements_install_from_the_wheelhouse_with_no_index(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    """What ``sam build`` does with ``deploy/sam/function``: pip download -r for Lambda's platform."""
+    function = tmp_path / "function"
+    function.mkdir()
+    requirements = Path(__file__).resolve().parents[1] / "deploy" / "sam" / "function" / "requirements.txt"
+    shutil.copy(requirements, function / "requirements.txt")
+    shutil.copytree(wheelhouse, function / "wheelhouse")
+    pinned = [line for line in requirements.read_text().splitlines() if line.startswith("lamplighter")]
+    assert pinned == [f"lamplighter[sagemaker]=={__version__}"]
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "download", "--quiet", "-r", str(function / "requirements.txt")),
+            *("--dest", str(tmp_path / "out"), "--only-binary=:all:", "--platform", "manylinux2014_x86_64"),
+            *("--implementation", "cp", "--python-version", "3.12"),
+        ],
+        cwd=tmp_path,  # not the function folder: --find-links is taken relative to the file
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PIP_CONFIG_FILE": "/dev/null"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert any(p.name.startswith(f"lamplighter-{__version__}-") for p in (tmp_path / "out").iterdir())
