@@ -246,6 +246,7 @@ def test_sam_template_passes_cfn_lint_and_matches_only_successful_create_app() -
         ("logs:CreateLogStream", "logs:PutLogEvents"),
         "sagemaker:DescribeApp",
         "sagemaker:DescribeSpace",
+        "sagemaker:DescribeUserProfile",
         "sagemaker:CreatePresignedDomainUrl",
     }
     # The optional parts: the trail, a KMS-encrypted script bucket, a VPC (all off by default).
