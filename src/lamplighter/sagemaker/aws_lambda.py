@@ -17,7 +17,9 @@ user. It comes from the function's configuration, read through the one settings 
 
 Other settings: ``LAMPLIGHTER_ONSTART_APP_TYPES`` (comma-separated, default ``JupyterLab,JupyterServer``),
 ``LAMPLIGHTER_ONSTART_DOMAINS`` (comma-separated domain ids; empty means all),
-``LAMPLIGHTER_ONSTART_LOGIN_AS`` (the user profile to log in as for shared spaces, which have no owner),
+``LAMPLIGHTER_ONSTART_LOGIN_AS`` (the user profile to log in as for shared spaces; a private space is
+always logged in to as its owner, and without it a shared space takes the event's user profile when that
+is in the domain, see :func:`event_user`),
 ``LAMPLIGHTER_ONSTART_READY_TIMEOUT`` (how long to wait for the app, default 600 s, capped by the time the
 invocation has left), ``LAMPLIGHTER_SAGEMAKER_ENDPOINT_URL`` (a VPC endpoint, or the tests' emulator) and
 ``LAMPLIGHTER_VERIFY_TLS``.

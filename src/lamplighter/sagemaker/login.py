@@ -1,7 +1,11 @@
 """Logging in to a Studio app from outside: ``CreatePresignedDomainUrl``, then its login redirects.
 
 :func:`presigned_connection` returns a :class:`~lamplighter.remote.connection.Connection` to the app's
-Jupyter server, authenticated by the login's cookies. A presigned URL is a credential: it is never logged
+Jupyter server, authenticated by the login's cookies. The login is made for the right user
+(:func:`resolve_user_profile`: a private space's owner, never anyone else). Two login flows are handled:
+the redirects end on the app's base path; or they end elsewhere (Studio's page, an HTML/JS redirect), and
+the app is at the presigned URL's host plus its base path with the session cookies, as the AWS samples
+take it, with Studio's ``/app?appType=…`` status page saying whether it is ready. A presigned URL is a credential: it is never logged
 and never put in an error message, and the login requests go straight through an httpx transport so
 that httpx's own request log never sees them.
 """
