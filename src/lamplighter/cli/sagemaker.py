@@ -272,7 +272,7 @@ def _lcc_bundle(args: argparse.Namespace) -> int:
 
     from lamplighter.sagemaker.wheelhouse import build_wheelhouse, upload_wheelhouse
 
-    settings = _setup(args)
+    _setup(args)
     pythons = [p.strip() for p in args.pythons.split(",") if p.strip()]
     if not pythons or any(not p.startswith("3.") or not p[2:].isdigit() for p in pythons):
         raise ConfigError(f"--python: expected versions like 3.10,3.11,3.12, got {args.pythons!r}")
@@ -281,14 +281,8 @@ def _lcc_bundle(args: argparse.Namespace) -> int:
         folder = Path(scratch) if args.to.startswith("s3://") else Path(args.to)
         manifest = build_wheelhouse(folder, source=args.source, pythons=pythons, pip_args=pip_args)
         if args.to.startswith("s3://"):
-            client = None
-            if settings.sagemaker_endpoint_url:  # the tests' emulator serves S3 too
-                import boto3
-
-                client = boto3.session.Session().client(
-                    "s3", region_name=settings.region, endpoint_url=settings.sagemaker_endpoint_url
-                )
-            upload_wheelhouse(folder, args.to, client=client)
+            # boto3's own S3 client: AWS_ENDPOINT_URL_S3 reaches an S3 VPC endpoint (or a test's).
+            upload_wheelhouse(folder, args.to)
     counts = ", ".join(f"{python}: {len(names)} wheels" for python, names in manifest["pythons"].items())
     print(f"wheelhouse for lamplighter {manifest['lamplighter']} at {args.to} ({counts})")
     print(f"use it: lamplighter lcc install --wheelhouse {args.to} ...", file=sys.stderr)
