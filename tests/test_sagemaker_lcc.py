@@ -458,3 +458,12 @@ def test_cli_render_and_dry_run_install(
         != 0
     )
     assert "ResourceNotFound" in capsys.readouterr().err
+
+
+def test_bundle_refuses_bad_input_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lcc", "bundle", "--to", str(tmp_path / "w"), "--python", "2.7"]) == 2
+    assert "--python: expected versions like 3.10,3.11,3.12" in capsys.readouterr().err
+    assert main(["lcc", "bundle", "--to", str(tmp_path / "w"), "--source", str(tmp_path)]) == 2
+    assert "builds lamplighter from a source checkout" in capsys.readouterr().err
+    assert main(["lcc", "bundle", "--to", "s3://", "--source", str(tmp_path)]) == 2
+    assert not (tmp_path / "w").exists()
