@@ -217,3 +217,39 @@ async def test_kernels_and_terminals_cannot_be_culled(layout: CodeEditorOptions)
         await probe.cull_kernel("k")
     with pytest.raises(Unsupported):
         await probe.cull_terminal("1")
+
+
+async def test_activity_folders_are_found_under_either_image_layout(tmp_path: Path) -> None:
+    """SageMaker Distribution >= 2.4 keeps the server data in the home; older images under /opt."""
+    new, old = tmp_path / "home" / "sagemaker-code-editor-server-data", tmp_path / "opt" / "server-data"
+    probe = CodeEditorProbe(
+        CodeEditorOptions(data_dirs=(new, old), timestamp_files=()), agent_started=AGENT_STARTED
+    )
+    edited = AGENT_STARTED + timedelta(minutes=5)
+    touch(old / "data" / "User" / "History" / "a1" / "entries.json", edited)
+    snapshot = await probe.snapshot()
+    assert snapshot.last_activity == edited
+    assert any("History/a1/entries.json" in r.detail for r in snapshot.readings)
+
+    # The new layout wins as soon as it exists (looked up on every probe, not once).
+    later = AGENT_STARTED + timedelta(minutes=9)
+    touch(new / "data" / "User" / "Backups" / "untitled-1", later)
+    assert (await probe.snapshot()).last_activity == later
+
+
+def test_code_editor_data_dir_setting_reaches_the_probe(tmp_path: Path) -> None:
+    from lamplighter.settings import load_settings
+    from lamplighter.wiring import row_for
+
+    settings = load_settings(
+        {"platform": "jupyter", "app_type": "code-editor"},
+        env={"LAMPLIGHTER_CODE_EDITOR_DATA_DIR": str(tmp_path / "data-dir")},
+    )
+    assert settings.code_editor_data_dir == tmp_path / "data-dir"
+    row, resolved = row_for(settings)
+    probe = row.probe(resolved, None)
+    assert isinstance(probe, CodeEditorProbe)
+    assert probe.options.data_dirs == (tmp_path / "data-dir",)
+    default = row.probe(load_settings({"platform": "jupyter", "app_type": "code-editor"}, env={}), None)
+    assert isinstance(default, CodeEditorProbe)
+    assert default.options.data_dirs[0] == Path("/home/sagemaker-user/sagemaker-code-editor-server-data")

@@ -246,5 +246,18 @@ def test_sam_template_passes_cfn_lint_and_matches_only_successful_create_app() -
         ("logs:CreateLogStream", "logs:PutLogEvents"),
         "sagemaker:DescribeApp",
         "sagemaker:DescribeSpace",
+        "sagemaker:DescribeUserProfile",
         "sagemaker:CreatePresignedDomainUrl",
     }
+    # The optional parts: the trail, a KMS-encrypted script bucket, a VPC (all off by default).
+    parameters = template["Parameters"]
+    assert parameters["CreateTrail"]["AllowedValues"] == ["true", "false"]
+    for name in ("ScriptKmsKeyArn", "SubnetIds", "SecurityGroupIds", "SageMakerEndpointUrl"):
+        assert parameters[name]["Default"] == "", name
+    assert template["Resources"]["Trail"]["Condition"] == "MakeTrail"
+    assert template["Resources"]["VpcAccessPolicy"]["Condition"] == "InVpc"
+    assert {"HasKmsKey", "InVpc", "MakeTrail"} <= set(template["Conditions"])
+    assert "VpcConfig" in function
+    # The function is built from this checkout's wheelhouse, never from a package index.
+    requirements = (_TEMPLATE.parent / "function" / "requirements.txt").read_text().split("\n")
+    assert "--no-index" in requirements and "--find-links wheelhouse" in requirements

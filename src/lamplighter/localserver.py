@@ -76,7 +76,8 @@ def start_local_server(
         raise ConfigError(
             "the local Jupyter server needs the demo extra: pip install 'lamplighter[demo]'"
         ) from None
-    token = token or secrets.token_hex(16)
+    # "" starts it with no token, as SageMaker Distribution does behind Studio's proxy.
+    token = secrets.token_hex(16) if token is None else token
     root = workdir / "root"
     for sub in ("root", "config", "data", "runtime"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,8 @@ def start_local_server(
             if bound:
                 url = f"http://127.0.0.1:{bound}{base}"
                 try:
-                    answer = client.get(url + "api/status", headers={"Authorization": f"token {token}"})
+                    auth = {"Authorization": f"token {token}"} if token else {}
+                    answer = client.get(url + "api/status", headers=auth)
                     if answer.status_code == 200:
                         return LocalServer(
                             url=url,

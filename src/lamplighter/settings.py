@@ -498,6 +498,13 @@ class Settings:
         group="signals",
         bounds=(1, 65535),
     )
+    code_editor_data_dir: Path | None = _opt(
+        None,
+        "Code Editor's server-data folder, whose data/User/History and Backups show edits [auto: "
+        "~sagemaker-user/sagemaker-code-editor-server-data, else /opt/amazon/sagemaker/…, whichever exists].",
+        parse=_parse_optional_path,
+        group="signals",
+    )
 
     # -- the action ---------------------------------------------------------------------------
     action: str = _opt(

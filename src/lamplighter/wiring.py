@@ -68,8 +68,11 @@ def _jupyter_api(settings: Settings, conn: Connection | None) -> Probe:
 def _code_editor(settings: Settings, conn: Connection | None) -> Probe:
     from lamplighter.platforms.codeeditor import CodeEditorOptions, CodeEditorProbe
 
+    options = CodeEditorOptions(healthz_url=settings.code_server_healthz, server_port=settings.editor_port)
+    if settings.code_editor_data_dir:
+        options = replace(options, data_dirs=(settings.code_editor_data_dir,))
     return CodeEditorProbe(
-        CodeEditorOptions(healthz_url=settings.code_server_healthz, server_port=settings.editor_port),
+        options,
         agent_started=datetime.now(timezone.utc),
         target=f"code-editor:{settings.editor_port or 'sagemaker'}",
     )

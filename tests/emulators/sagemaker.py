@@ -10,7 +10,8 @@ Emulated operations: CreateDomain, DescribeDomain, UpdateDomain, ListDomains; Cr
 DescribeUserProfile, UpdateUserProfile; CreateSpace, DescribeSpace; CreateApp, DescribeApp, ListApps
 (paginated with NextToken; no status/type filter, like the real API), DeleteApp;
 CreateStudioLifecycleConfig, DescribeStudioLifecycleConfig; CreatePresignedDomainUrl. For the Lambda's
-script it also serves S3 GetObject (path style) for objects put with :meth:`SageMakerEmulator.put_object`.
+script it also serves S3 GetObject and PutObject (path style; objects also put with
+:meth:`SageMakerEmulator.put_object`).
 
 Apps move Pending → InService → Deleting → Deleted on time-based transitions (``pending_s``,
 ``deleting_s``). A JupyterLab or JupyterServer app runs a real ``jupyter server`` under the app type's base
@@ -20,11 +21,24 @@ URL (``/jupyterlab/default/``, ``/jupyter/default/``) with its root in the owner
 InService only once its server answers; DeleteApp kills the server, and the app reads Deleted only once
 the process is gone.
 
-The presigned login mirrors Studio's: ``AuthorizedUrl`` is ``{endpoint}/auth?token=<one-time>``; the
-``/auth`` page checks and burns the one-time token, sets a studio session cookie and redirects to the
-app's Jupyter login with the Jupyter token, so Jupyter sets its own login cookie and redirects on to
-``{base}lab``. The Jupyter token travels only in a ``Location`` header, never in the presigned URL.
-A login for an app that is not InService lands on a studio home page instead of the app.
+Its Jupyter servers run the way SageMaker Distribution starts them, with no token
+(``--ServerApp.token=''``), reachable only through Studio's front door (:mod:`tests.emulators.studio_proxy`,
+``studio_url``), which lets a request into an app's base path only with the ``studio-session`` cookie
+of a login made for that app.
+
+The presigned login mirrors Studio's: ``AuthorizedUrl`` is ``{studio_url}/auth?token=<one-time>``; the
+``/auth`` page checks and burns the one-time token and sets the session cookie. Then, by ``login_flow``:
+``"redirect"`` answers 302 to ``{base}lab`` (a login for an app that is not InService is sent to a
+studio home page instead); ``"host-cookie"`` answers 200 with a page whose script sends the browser to
+the studio home, so a client must take the URL's host plus the app's base path itself, with the
+cookies, and may poll ``/app?appType=…&appName=…`` (plain-text status) until the app is InService, as
+the AWS samples do.
+
+The rules are SageMaker's (botocore ``sagemaker`` model, the Studio developer guide): JupyterLab and
+CodeEditor apps run in spaces, JupyterServer and KernelGateway (Studio Classic) for user profiles; a
+space runs one app at a time; ListApps sorts ascending unless told otherwise; CreatePresignedDomainUrl
+into a private space (``SpaceSharingSettings.SharingType: Private``) is refused for anyone but its owner,
+and into any space for a user profile that is not in the domain.
 """
 
 from __future__ import annotations
@@ -42,12 +56,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from lamplighter.localserver import LocalServer, start_local_server
+from tests.emulators.studio_proxy import Local, StudioProxy, ToApp
 from tests.waiting import wait_until
 
-__all__ = ["EmulatedApp", "SageMakerEmulator", "StudioDomain", "aws_env"]
+__all__ = ["LOGIN_FLOWS", "EmulatedApp", "SageMakerEmulator", "StudioDomain", "aws_env"]
 
 _JUPYTER_BASES = {"JupyterLab": "/jupyterlab/default/", "JupyterServer": "/jupyter/default/"}
 _APP_TYPES = (
@@ -62,6 +77,21 @@ _APP_TYPES = (
     "Canvas",
 )
 _LCC_APP_TYPES = ("JupyterServer", "KernelGateway", "CodeEditor", "JupyterLab")
+# Where each app type may run: a space, or a user profile (Studio Classic).
+_SPACE_APP_TYPES = ("JupyterLab", "CodeEditor")
+_PROFILE_APP_TYPES = ("JupyterServer", "KernelGateway", "DetailedProfiler", "TensorBoard")
+LOGIN_FLOWS = ("redirect", "host-cookie")
+# DefaultSpaceSettings' members in botocore's sagemaker model (no CodeEditorAppSettings).
+_DEFAULT_SPACE_KEYS = {
+    "ExecutionRole",
+    "SecurityGroups",
+    "JupyterServerAppSettings",
+    "KernelGatewayAppSettings",
+    "JupyterLabAppSettings",
+    "SpaceStorageSettings",
+    "CustomPosixUserConfig",
+    "CustomFileSystemConfigs",
+}
 _SETTINGS_FOR_LCC_TYPE = {
     "JupyterLabAppSettings": "JupyterLab",
     "CodeEditorAppSettings": "CodeEditor",
@@ -209,48 +239,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        emulator = self.server.emulator
-        if parts.path == "/auth":
-            token = (parse_qs(parts.query).get("token") or [""])[0]
-            status, location, cookie = emulator._login(token)
-            if status == 302:
-                self.send_response(302)
-                self.send_header("Location", location)
-                if cookie:
-                    self.send_header("Set-Cookie", f"studio-session={cookie}; Path=/; HttpOnly")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self._html(status, "<html><body>Invalid or expired authentication token.</body></html>")
-        elif parts.path == "/studio/home":
-            self._html(200, "<html><body>SageMaker Studio (emulated): your app is not running.</body></html>")
-        else:
-            # S3 GetObject, path style (botocore uses path style for an IP endpoint).
-            bucket, _, key = unquote(parts.path.lstrip("/")).partition("/")
-            body = emulator._objects.get((bucket, key))
-            if body is None:
-                error = b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>"
-                self.send_response(404)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(error)))
-                self.end_headers()
-                self.wfile.write(error)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    def _html(self, status: int, text: str) -> None:
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(data)))
+    def do_PUT(self) -> None:
+        # S3 PutObject, path style: what boto3's upload_file sends for a small file.
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        bucket, _, key = unquote(urlsplit(self.path).path.lstrip("/")).partition("/")
+        self.server.emulator._objects[(bucket, key)] = body
+        self.send_response(200)
+        self.send_header("ETag", '"0"')
+        self.send_header("Content-Length", "0")
         self.end_headers()
-        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        # S3 GetObject, path style (botocore uses path style for an IP endpoint).
+        bucket, _, key = unquote(urlsplit(self.path).path.lstrip("/")).partition("/")
+        body = self.server.emulator._objects.get((bucket, key))
+        if body is None:
+            error = (
+                b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>"
+            )
+            self.send_response(404)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 class SageMakerEmulator:
@@ -269,7 +287,11 @@ class SageMakerEmulator:
         pending_s: float = 0.1,
         deleting_s: float = 0.1,
         list_page_size: int = 10,
+        login_flow: str = "redirect",
     ) -> None:
+        if login_flow not in LOGIN_FLOWS:
+            raise ValueError(f"login_flow: one of {LOGIN_FLOWS}")
+        self.login_flow = login_flow
         self.workdir = workdir
         self.region = region
         self.account_id = account_id
@@ -284,6 +306,8 @@ class SageMakerEmulator:
         self._apps: list[EmulatedApp] = []
         self._lccs: dict[str, dict[str, Any]] = {}
         self._logins: dict[str, _Login] = {}
+        self._sessions: dict[str, _Login] = {}  # studio-session cookie → the login it came from
+        self._proxy: StudioProxy | None = None
         self._faults: list[tuple[str, _ApiError]] = []
         self._fail_next: str | None = None
         self._objects: dict[tuple[str, str], bytes] = {}
@@ -304,14 +328,23 @@ class SageMakerEmulator:
         host, port = self._http.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    @property
+    def studio_url(self) -> str:
+        """Studio's front door: the login pages and the apps, behind the session cookie."""
+        assert self._proxy is not None, "start the emulator first"
+        return self._proxy.url
+
     def start(self) -> SageMakerEmulator:
         self._thread.start()
+        self._proxy = StudioProxy(self)
         return self
 
     def close(self) -> None:
         """Stop the API and every app's Jupyter server."""
         self._http.shutdown()
         self._http.server_close()
+        if self._proxy is not None:
+            self._proxy.close()
         for thread in list(self._threads):
             thread.join(30)
         for app in self._apps:
@@ -355,7 +388,11 @@ class SageMakerEmulator:
             self._fail_next = reason
 
     def add_domain(
-        self, name: str = "lamplighter-test", *, default_user_settings: dict[str, Any] | None = None
+        self,
+        name: str = "lamplighter-test",
+        *,
+        default_user_settings: dict[str, Any] | None = None,
+        default_space_settings: dict[str, Any] | None = None,
     ) -> str:
         """Create a domain directly (as an admin's CreateDomain would); returns its id."""
         _, payload = self._dispatch(
@@ -365,6 +402,7 @@ class SageMakerEmulator:
                     "DomainName": name,
                     "AuthMode": "IAM",
                     "DefaultUserSettings": default_user_settings or {"ExecutionRole": self._role()},
+                    "DefaultSpaceSettings": default_space_settings or {"ExecutionRole": self._role()},
                     "SubnetIds": ["subnet-0"],
                     "VpcId": "vpc-0",
                 }
@@ -489,6 +527,7 @@ class SageMakerEmulator:
             "Status": "InService",
             "AuthMode": params.get("AuthMode", "IAM"),
             "DefaultUserSettings": params.get("DefaultUserSettings") or {},
+            "DefaultSpaceSettings": params.get("DefaultSpaceSettings") or {},
             "CreationTime": time.time(),
             "LastModifiedTime": time.time(),
             "Url": f"https://{domain_id}.studio.{self.region}.sagemaker.aws",
@@ -506,8 +545,16 @@ class SageMakerEmulator:
         domain = self._domain(params)
         update = params.get("DefaultUserSettings") or {}
         self._check_lcc_settings(update)
+        space_update = params.get("DefaultSpaceSettings") or {}
+        unknown = set(space_update) - _DEFAULT_SPACE_KEYS
+        if unknown:
+            raise _ApiError(
+                "ValidationException", f"DefaultSpaceSettings has no {', '.join(sorted(unknown))}"
+            )
+        self._check_lcc_settings(space_update)
         # Each settings structure given replaces the stored one as a whole.
         domain["DefaultUserSettings"].update(update)
+        domain["DefaultSpaceSettings"].update(space_update)
         domain["LastModifiedTime"] = time.time()
         return {"DomainArn": domain["DomainArn"]}
 
@@ -612,12 +659,29 @@ class SageMakerEmulator:
         app_type, name = _required(params, "AppType"), _required(params, "AppName")
         if app_type not in _APP_TYPES:
             raise _ApiError("ValidationException", f"AppType {app_type!r} is not valid")
+        if space and app_type not in _SPACE_APP_TYPES:
+            raise _ApiError("ValidationException", f"{app_type} apps cannot be created in a space")
+        if user and app_type not in _PROFILE_APP_TYPES:
+            raise _ApiError(
+                "ValidationException", f"{app_type} apps cannot be created for a user profile; use a space"
+            )
         try:
             existing = self._find_app(params)
         except _ApiError:
             existing = None
         if existing is not None and existing.status() != "Deleted":
             raise _ApiError("ResourceInUse", f"App {name} of type {app_type} already exists")
+        if space:
+            running = [
+                a
+                for a in self._apps
+                if (a.domain_id, a.space_name) == (domain["DomainId"], space) and a.status() != "Deleted"
+            ]
+            if running:
+                raise _ApiError(
+                    "ResourceInUse",
+                    f"Space {space} already has an app ({running[0].app_type}); a space runs one app at a time",
+                )
         owner = space or user or ""
         arn = self._arn("app", f"{domain['DomainId']}/{owner}/{app_type.lower()}/{name}")
         app_dir = self.workdir / "apps" / f"{domain['DomainId']}-{owner}-{app_type}-{name}-{len(self._apps)}"
@@ -665,7 +729,7 @@ class SageMakerEmulator:
             server = start_local_server(
                 app.home_workdir,
                 base_url=app.base_path,
-                token=secrets.token_hex(16),
+                token="",  # SageMaker Distribution: no token; Studio's proxy and its cookie guard the app
                 extra_args=["--ContentsManager.allow_hidden=True"],
             )
         except Exception as exc:  # the app fails the way a broken image does
@@ -710,7 +774,10 @@ class SageMakerEmulator:
             and params.get("UserProfileNameEquals") in (None, app.user_profile_name)
             and params.get("SpaceNameEquals") in (None, app.space_name)
         ]
-        apps.sort(key=lambda a: a.created_at, reverse=params.get("SortOrder", "Descending") == "Descending")
+        order = params.get("SortOrder", "Ascending")
+        if order not in ("Ascending", "Descending") or params.get("SortBy", "CreationTime") != "CreationTime":
+            raise _ApiError("ValidationException", "SortOrder/SortBy: Ascending|Descending by CreationTime")
+        apps.sort(key=lambda a: a.created_at, reverse=order == "Descending")
         size = int(params.get("MaxResults") or self.list_page_size)
         if not 1 <= size <= 100:
             raise _ApiError("ValidationException", "MaxResults must be between 1 and 100")
@@ -777,46 +844,89 @@ class SageMakerEmulator:
 
     def _op_CreatePresignedDomainUrl(self, params: dict[str, Any]) -> dict[str, Any]:
         profile = self._profile(params)
-        space = params.get("SpaceName") or None
-        if space and (profile["DomainId"], space) not in self._spaces:
-            raise _ApiError("ResourceNotFound", f"Space {space} does not exist")
+        space_name = params.get("SpaceName") or None
+        if space_name:
+            space = self._spaces.get((profile["DomainId"], space_name))
+            if space is None:
+                raise _ApiError("ResourceNotFound", f"Space {space_name} does not exist")
+            owner = (space.get("OwnershipSettings") or {}).get("OwnerUserProfileName")
+            private = (space.get("SpaceSharingSettings") or {}).get("SharingType") == "Private"
+            if private and owner != profile["UserProfileName"]:
+                raise _ApiError(
+                    "ValidationException",
+                    f"User profile {profile['UserProfileName']} cannot access private space {space_name}",
+                )
         expires = int(params.get("ExpiresInSeconds") or 300)
         if not 5 <= expires <= 300:
             raise _ApiError("ValidationException", "ExpiresInSeconds must be between 5 and 300")
         if not 1800 <= int(params.get("SessionExpirationDurationInSeconds") or 43200) <= 43200:
             raise _ApiError("ValidationException", "SessionExpirationDurationInSeconds must be 1800 to 43200")
         landing = str(params.get("LandingUri") or "")
-        app_type = "JupyterLab" if space else "JupyterServer"
+        app_type = "JupyterLab" if space_name else "JupyterServer"
         if landing.startswith("app:"):
             app_type = landing.split(":")[1]
         token = secrets.token_urlsafe(24)
         self._logins[token] = _Login(
-            profile["DomainId"], profile["UserProfileName"], space, app_type, time.time() + expires
+            profile["DomainId"], profile["UserProfileName"], space_name, app_type, time.time() + expires
         )
-        return {"AuthorizedUrl": f"{self.endpoint_url}/auth?token={token}"}
+        return {"AuthorizedUrl": f"{self.studio_url}/auth?token={token}"}
 
-    def _login(self, token: str) -> tuple[int, str, str | None]:
-        """The ``/auth`` page: (status, redirect location, studio cookie)."""
+    # Studio's front door (tests.emulators.studio_proxy calls this for every new connection).
+
+    def front(self, method: str, target: str, cookies: dict[str, str]) -> Local | ToApp:
+        parts = urlsplit(target)
+        query = parse_qs(parts.query)
+        if parts.path == "/auth" and method == "GET":
+            return self._auth((query.get("token") or [""])[0])
+        if parts.path == "/studio/home":
+            return Local(
+                200, "<html><body>SageMaker Studio (emulated): your app is not running.</body></html>"
+            )
+        with self._lock:
+            login = self._sessions.get(cookies.get("studio-session", ""))
+        if login is None:
+            return Local(403, "<html><body>Not signed in to SageMaker Studio.</body></html>")
+        if parts.path == "/app":
+            app_type = (query.get("appType") or [""])[0]
+            app = self._login_app(login, app_type, (query.get("appName") or ["default"])[0])
+            return Local(200, app.status() if app is not None else "NotFound", content_type="text/plain")
+        app = self._login_app(login, login.app_type)
+        if app is None or app.base_path is None or not parts.path.startswith(app.base_path):
+            return Local(404, "<html><body>No such app in this Studio session.</body></html>")
+        server = app.server
+        if app.status() != "InService" or server is None:
+            return Local(404, f"<html><body>The app is {app.status()}.</body></html>")
+        return ToApp(server.port)
+
+    def _login_app(self, login: _Login, app_type: str, app_name: str = "default") -> EmulatedApp | None:
+        try:
+            return self.app(
+                login.domain_id,
+                app_type,
+                space=login.space,
+                user_profile=None if login.space else login.user_profile,
+                app_name=app_name,
+            )
+        except KeyError:
+            return None
+
+    def _auth(self, token: str) -> Local:
+        """The ``/auth`` page: burn the one-time token, set the session cookie, send the browser on."""
         with self._lock:
             login = self._logins.get(token)
             if login is None or login.used or time.time() > login.expires_at:
-                return 403, "", None
+                return Local(403, "<html><body>Invalid or expired authentication token.</body></html>")
             login.used = True
-            try:
-                app = self.app(
-                    login.domain_id,
-                    login.app_type,
-                    space=login.space,
-                    user_profile=None if login.space else login.user_profile,
-                )
-            except KeyError:
-                app = None
-        cookie = secrets.token_hex(16)
-        if app is None or app.status() != "InService" or app.server is None or app.base_path is None:
-            return 302, "/studio/home", cookie
-        server = app.server
-        location = f"{server.url}login?next={quote(app.base_path + 'lab', safe='')}&token={server.token}"
-        return 302, location, cookie
+            session = secrets.token_hex(16)
+            self._sessions[session] = login
+        cookie = ("Set-Cookie", f"studio-session={session}; Path=/; HttpOnly")
+        if self.login_flow == "host-cookie":
+            page = '<html><body><script>window.location.href = "/studio/home";</script></body></html>'
+            return Local(200, page, headers=(cookie,))
+        app = self._login_app(login, login.app_type)
+        if app is None or app.status() != "InService" or app.base_path is None:
+            return Local(302, "", headers=(cookie, ("Location", "/studio/home")))
+        return Local(302, "", headers=(cookie, ("Location", app.base_path + "lab")))
 
     def iter_apps(self) -> Iterator[EmulatedApp]:
         with self._lock:

@@ -43,6 +43,13 @@ sagemaker` running (restarted with backoff if it exits; no cron). It takes the A
 sample's variables: IDLE_TIME_IN_SECONDS, IGNORE_CONNECTIONS, SKIP_TERMINALS, JL_HOSTNAME, JL_PORT,
 JL_BASE_URL. The app's execution role needs sagemaker:DeleteApp and sagemaker:DescribeApp."""
 
+_BUNDLE_EPILOG = """\
+Builds lamplighter's wheel from the source checkout, downloads binary wheels of it and its dependencies
+for CPython 3.10, 3.11 and 3.12 on manylinux x86_64 (pip download --only-binary=:all:), and writes
+manifest.json (which wheels each Python takes, with SHA-256). Then pass the same place to
+`lcc render|install --wheelhouse`: the script installs with pip --no-index from it. Uploading needs
+s3:PutObject; the apps' execution role needs s3:GetObject and s3:ListBucket on the prefix."""
+
 _ONSTART_EPILOG = """\
 Waits (up to --ready-timeout) until the app is InService and its Jupyter API answers, logs in with
 CreatePresignedDomainUrl, runs the script in a terminal as the app's user, and records the exit status
@@ -73,6 +80,32 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
     _add_render_options(render)
     add_option(render, "output", type=Path, help="Write the script here, not to stdout.")
     render.set_defaults(handler=_lcc_render)
+
+    bundle = add_command(
+        lcc_commands,
+        "bundle",
+        "Build the wheelhouse the script installs lamplighter from (no PyPI), for CPython 3.10 to 3.12.",
+        epilog=_BUNDLE_EPILOG,
+    )
+    bundle.add_argument(
+        "--to",
+        required=True,
+        metavar="S3_OR_DIR",
+        help="An s3://bucket/prefix (uploaded with boto3) or a folder.",
+    )
+    bundle.add_argument(
+        "--source", type=Path, metavar="DIR", help="The lamplighter source checkout [the one this runs from]."
+    )
+    bundle.add_argument(
+        "--python",
+        dest="pythons",
+        default="3.10,3.11,3.12",
+        metavar="VERSIONS",
+        help="CPython versions to fetch wheels for [3.10,3.11,3.12].",
+    )
+    bundle.add_argument("--index-url", default="", metavar="URL", help="Fetch from this mirror, not PyPI.")
+    add_settings_options(bundle, names=_AWS_OPTIONS)
+    bundle.set_defaults(handler=_lcc_bundle)
 
     install = add_command(
         lcc_commands,
@@ -154,7 +187,20 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
         "--wheelhouse",
         default="",
         metavar="S3_OR_DIR",
-        help="VPC-only domains: install from this s3:// prefix or folder of wheels, not PyPI.",
+        help="Install from this s3:// prefix or folder made by `lcc bundle` (pip --no-index).",
+    )
+    group.add_argument(
+        "--index-url",
+        default="",
+        metavar="URL",
+        help="Or install from this package index (a private mirror that serves lamplighter).",
+    )
+    group.add_argument(
+        "--install-budget",
+        type=int,
+        default=120,
+        metavar="SECONDS",
+        help="Past this the install carries on in the background and the app starts [120].",
     )
     group.add_argument(
         "--log-file",
@@ -177,6 +223,8 @@ def _render(args: argparse.Namespace) -> str:
         ),
         "skip_terminals": parse_setting("skip_terminals", args.skip_terminals, "--skip-terminals"),
         "wheelhouse": args.wheelhouse,
+        "index_url": args.index_url,
+        "install_budget_s": args.install_budget,
         "log_file": args.log_file,
     }
     if args.package:
@@ -219,6 +267,28 @@ def _lcc_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _lcc_bundle(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from lamplighter.sagemaker.wheelhouse import build_wheelhouse, upload_wheelhouse
+
+    _setup(args)
+    pythons = [p.strip() for p in args.pythons.split(",") if p.strip()]
+    if not pythons or any(not p.startswith("3.") or not p[2:].isdigit() for p in pythons):
+        raise ConfigError(f"--python: expected versions like 3.10,3.11,3.12, got {args.pythons!r}")
+    pip_args = ["--index-url", args.index_url] if args.index_url else []
+    with tempfile.TemporaryDirectory(prefix="lamplighter-wheelhouse-") as scratch:
+        folder = Path(scratch) if args.to.startswith("s3://") else Path(args.to)
+        manifest = build_wheelhouse(folder, source=args.source, pythons=pythons, pip_args=pip_args)
+        if args.to.startswith("s3://"):
+            # boto3's own S3 client: AWS_ENDPOINT_URL_S3 reaches an S3 VPC endpoint (or a test's).
+            upload_wheelhouse(folder, args.to)
+    counts = ", ".join(f"{python}: {len(names)} wheels" for python, names in manifest["pythons"].items())
+    print(f"wheelhouse for lamplighter {manifest['lamplighter']} at {args.to} ({counts})")
+    print(f"use it: lamplighter lcc install --wheelhouse {args.to} ...", file=sys.stderr)
+    return EXIT_OK
+
+
 def _lcc_install(args: argparse.Namespace) -> int:
     from lamplighter.sagemaker.lcc import install_lcc
 
@@ -245,6 +315,7 @@ def _lcc_install(args: argparse.Namespace) -> int:
                     "reused": result.reused,
                     "target": result.target,
                     "dry_run": result.dry_run,
+                    "notes": list(result.notes),
                     "calls": [{"operation": c.operation, "params": c.display()} for c in result.calls],
                 },
                 indent=2,
@@ -256,6 +327,8 @@ def _lcc_install(args: argparse.Namespace) -> int:
         print(f"{verb} {planned.operation} {json.dumps(planned.display(), indent=2)}")
     if result.reused:
         print(f"reusing the identical lifecycle configuration {result.lcc_name}")
+    for note in result.notes:
+        print(f"note: {note}")
     done = "would be" if result.dry_run else "is now"
     print(
         f"{result.lcc_arn} {done} the default {SAGEMAKER_APP_TYPES[args.app_type]} lifecycle configuration of {result.target}"

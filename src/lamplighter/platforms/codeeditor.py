@@ -5,8 +5,11 @@ is activity evidence, which this probe reads into :class:`~lamplighter.model.Act
 *interaction* clock of a :class:`~lamplighter.model.ServerSnapshot`:
 
 - folders whose newest file shows the last edit: VS Code's local ``History`` (a snapshot per save) and
-  ``Backups`` (unsaved and untitled editors), the two folders the AWS Code Editor auto-stop sample
-  reads (``/opt/amazon/sagemaker/sagemaker-code-editor-server-data/data/User/{History,Backups}``);
+  ``Backups`` (unsaved and untitled editors), under ``data/User/`` of the editor's server-data folder.
+  The AWS Code Editor auto-stop sample reads them under ``/opt/amazon/sagemaker/sagemaker-code-editor-
+  server-data``; SageMaker Distribution 2.4 and later keep that folder in the home,
+  ``/home/sagemaker-user/sagemaker-code-editor-server-data``. Both layouts are looked for on every probe
+  (the first that exists wins), or ``data_dirs`` names the folder (``--code-editor-data-dir``);
 - files that hold a timestamp: ``/tmp/.sagemaker-last-active-timestamp``, which SageMaker's idle
   extension rewrites (ISO 8601) on every edit, editor switch, selection and terminal use; an empty or
   unreadable file counts by its modification time (code-server's ``~/.local/share/code-server/heartbeat``
@@ -45,19 +48,38 @@ from lamplighter.remote.connection import Connection
 __all__ = [
     "DEFAULT_ACTIVITY_DIRS",
     "DEFAULT_TIMESTAMP_FILES",
+    "SAGEMAKER_DATA_DIRS",
     "CodeEditorOptions",
     "CodeEditorProbe",
+    "activity_dirs_in",
+    "find_activity_dirs",
 ]
 
 logger = logging.getLogger(__name__)
 
 UTC = timezone.utc
 
-_SAGEMAKER_DATA = Path("/opt/amazon/sagemaker/sagemaker-code-editor-server-data/data")
-DEFAULT_ACTIVITY_DIRS: tuple[Path, ...] = (
-    _SAGEMAKER_DATA / "User" / "History",
-    _SAGEMAKER_DATA / "User" / "Backups",
+# Newest layout first: SageMaker Distribution >= 2.4, then the images before it.
+SAGEMAKER_DATA_DIRS: tuple[Path, ...] = (
+    Path("/home/sagemaker-user/sagemaker-code-editor-server-data"),
+    Path("/opt/amazon/sagemaker/sagemaker-code-editor-server-data"),
 )
+
+
+def activity_dirs_in(data_dir: Path) -> tuple[Path, ...]:
+    """``History`` and ``Backups`` of a VS Code server-data folder."""
+    return (data_dir / "data" / "User" / "History", data_dir / "data" / "User" / "Backups")
+
+
+def find_activity_dirs(data_dirs: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The activity folders of the first server-data folder that exists (else of the first named)."""
+    for data_dir in data_dirs:
+        if data_dir.is_dir():
+            return activity_dirs_in(data_dir)
+    return activity_dirs_in(data_dirs[0]) if data_dirs else ()
+
+
+DEFAULT_ACTIVITY_DIRS: tuple[Path, ...] = activity_dirs_in(SAGEMAKER_DATA_DIRS[0])
 DEFAULT_TIMESTAMP_FILES: tuple[Path, ...] = (Path("/tmp/.sagemaker-last-active-timestamp"),)
 _TIMESTAMP_MAX_BYTES = 200
 
@@ -66,8 +88,11 @@ _TIMESTAMP_MAX_BYTES = 200
 class CodeEditorOptions:
     """Where a Code Editor app leaves its activity evidence, and how to find its server process."""
 
-    activity_dirs: tuple[Path, ...] = DEFAULT_ACTIVITY_DIRS
-    """Folders whose newest file (by modification time, symlinks not followed) is the last edit."""
+    activity_dirs: tuple[Path, ...] | None = None
+    """Folders whose newest file (by modification time, symlinks not followed) is the last edit;
+    None: ``History`` and ``Backups`` of the first of ``data_dirs`` that exists, looked up each probe."""
+    data_dirs: tuple[Path, ...] = SAGEMAKER_DATA_DIRS
+    """Server-data folders to look for, in order, when ``activity_dirs`` is None."""
     timestamp_files: tuple[Path, ...] = DEFAULT_TIMESTAMP_FILES
     """Files holding an ISO 8601 last-active time (else their modification time counts)."""
     healthz_url: str | None = None
@@ -155,7 +180,10 @@ class CodeEditorProbe:
     # -- files ----------------------------------------------------------------------------------
 
     def _read_files(self) -> list[ActivityReading]:
-        readings = [_newest_in(folder) for folder in self.options.activity_dirs]
+        folders = self.options.activity_dirs
+        if folders is None:
+            folders = find_activity_dirs(self.options.data_dirs)
+        readings = [_newest_in(folder) for folder in folders]
         readings += [_timestamp_file(path) for path in self.options.timestamp_files]
         return readings
 

@@ -17,7 +17,9 @@ user. It comes from the function's configuration, read through the one settings 
 
 Other settings: ``LAMPLIGHTER_ONSTART_APP_TYPES`` (comma-separated, default ``JupyterLab,JupyterServer``),
 ``LAMPLIGHTER_ONSTART_DOMAINS`` (comma-separated domain ids; empty means all),
-``LAMPLIGHTER_ONSTART_LOGIN_AS`` (the user profile to log in as for shared spaces, which have no owner),
+``LAMPLIGHTER_ONSTART_LOGIN_AS`` (the user profile to log in as for shared spaces; a private space is
+always logged in to as its owner, and without it a shared space takes the event's user profile when that
+is in the domain, see :func:`event_user`),
 ``LAMPLIGHTER_ONSTART_READY_TIMEOUT`` (how long to wait for the app, default 600 s, capped by the time the
 invocation has left), ``LAMPLIGHTER_SAGEMAKER_ENDPOINT_URL`` (a VPC endpoint, or the tests' emulator) and
 ``LAMPLIGHTER_VERIFY_TLS``.
@@ -48,7 +50,7 @@ from lamplighter.sagemaker.identity import JUPYTER_APP_TYPES, AppIdentity
 from lamplighter.sagemaker.onstart import run_on_start
 from lamplighter.settings import Settings, load_settings
 
-__all__ = ["OnStartConfig", "app_from_event", "handler", "load_script"]
+__all__ = ["OnStartConfig", "app_from_event", "event_user", "handler", "load_script"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,32 @@ def app_from_event(event: Mapping[str, Any], config: OnStartConfig) -> AppIdenti
     )
 
 
+def event_user(event: Mapping[str, Any]) -> str | None:
+    """The user profile the event says made the call, if it says: a hint for shared spaces only.
+
+    CloudTrail carries it as ``requestParameters.userProfileName`` (beside ``spaceName``) or, on domains
+    with ``ExecutionRoleIdentityConfig: USER_PROFILE_NAME``, as the session's ``sourceIdentity``. It is
+    a hint, not a credential: the login checks that the profile is a member of the domain, and a private
+    space is always logged in to as its owner whatever the event says.
+    """
+    detail = event.get("detail")
+    source = detail if isinstance(detail, Mapping) else {}
+    params = source.get("requestParameters") if source else event
+    if isinstance(params, Mapping):
+        named = params.get("userProfileName") or params.get("UserProfileName")
+        if isinstance(named, str) and named:
+            return named
+    identity = source.get("userIdentity") if source else None
+    if isinstance(identity, Mapping):
+        context = identity.get("sessionContext")
+        found = identity.get("sourceIdentity") or (
+            context.get("sourceIdentity") if isinstance(context, Mapping) else None
+        )
+        if isinstance(found, str) and found:
+            return found
+    return None
+
+
 def load_script(config: OnStartConfig) -> str:
     """The script text, from the environment or from S3; raises ``ConfigError``."""
     if config.script or not config.script_uri:
@@ -181,7 +209,15 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         budget = None if remaining_s is None else remaining_s - _MARGIN_S - (time.monotonic() - began)
         ready = config.ready_timeout_s if budget is None else max(1.0, min(config.ready_timeout_s, budget))
         result = asyncio.run(
-            _run(app, script, config, ready_timeout_s=ready, budget_s=budget, began=time.monotonic())
+            _run(
+                app,
+                script,
+                config,
+                ready_timeout_s=ready,
+                budget_s=budget,
+                began=time.monotonic(),
+                event_user=event_user(event) if app.space_name else None,
+            )
         )
     except _EventSkipped as exc:
         return _report(logging.INFO, {"status": "skipped", "reason": str(exc)})
@@ -201,6 +237,7 @@ async def _run(
     ready_timeout_s: float,
     budget_s: float | None,
     began: float,
+    event_user: str | None = None,
 ) -> dict[str, Any]:
     # The script gets whatever the invocation has left once the app is ready.
     result = await run_on_start(
@@ -209,6 +246,7 @@ async def _run(
         endpoint_url=config.endpoint_url,
         verify_tls=config.verify_tls,
         login_as=config.login_as,
+        event_user=event_user,
         ready_timeout_s=ready_timeout_s,
         run_timeout_s=None if budget_s is None else max(1.0, budget_s - (time.monotonic() - began)),
     )

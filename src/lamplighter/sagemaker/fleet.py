@@ -166,7 +166,8 @@ async def _check_jupyter_app(
     try:
         conn = await presigned_connection(
             identity.domain_id,
-            user_profile=identity.user_profile_name or login_as,
+            user_profile=identity.user_profile_name,
+            shared_space_user=login_as,
             space=identity.space_name,
             app_type=identity.app_type,
             verify_tls=verify_tls,

@@ -1,12 +1,17 @@
 """SageMaker Studio lifecycle configurations: render lamplighter's on-start script, install it on a domain.
 
-:func:`render_on_start` fills ``templates/lcc-on-start.sh``: a script that installs lamplighter (from
-PyPI, or from an S3 prefix or folder of wheels for VPC-only domains) and keeps ``lamplighter watch
---platform sagemaker`` running under a small restart loop, with the AWS sample's setting names.
+:func:`render_on_start` fills ``templates/lcc-on-start.sh``: a script that installs lamplighter (from a
+wheelhouse made by ``lamplighter lcc bundle``, an S3 prefix or a folder, or from a package index the
+domain trusts) and keeps ``lamplighter watch --platform sagemaker`` running under a small restart loop,
+with the AWS sample's setting names. lamplighter is not published on PyPI, so a script that would
+install it from there is refused: whoever registered the name could run code as the app's role.
 
 :func:`install_lcc` creates the studio lifecycle configuration (``CreateStudioLifecycleConfig``) and makes
-it the default of a domain (``UpdateDomain``) or of one user profile (``UpdateUserProfile``) for its app
-type. Lifecycle configurations cannot be changed once created, so the default name carries a hash of the
+it the default of a domain (``UpdateDomain``: ``DefaultUserSettings`` for private spaces and, for
+JupyterLab, ``DefaultSpaceSettings`` for shared spaces) or of one user profile (``UpdateUserProfile``)
+for its app type. SageMaker's API has no Code Editor settings in ``DefaultSpaceSettings``, which the
+result says; it also reports SageMaker's own idle shutdown (``AppLifecycleManagement.IdleSettings``)
+where it is enabled, since both then stop the app and the sooner wins. Lifecycle configurations cannot be changed once created, so the default name carries a hash of the
 content: installing the same script again reuses the existing configuration. A dry run reads the current
 settings and returns the write calls it would make, without making them.
 """
@@ -40,6 +45,8 @@ __all__ = [
 LCC_APP_TYPES = ("JupyterLab", "CodeEditor")
 MAX_CONTENT_CHARS = 16384  # StudioLifecycleConfigContent, base64-encoded
 _SETTINGS_KEY = {"JupyterLab": "JupyterLabAppSettings", "CodeEditor": "CodeEditorAppSettings"}
+# What SageMaker's DefaultSpaceSettings can hold (botocore's sagemaker model): no CodeEditorAppSettings.
+_SPACE_SETTINGS_KEYS = ("JupyterLabAppSettings",)
 # Values land inside "${VAR:-value}" in the script: nothing that quoting or expansion would touch.
 _SHELL_SAFE = re.compile(r"""^[^"'$`\\}\s;&|<>()]*$""")
 _LCC_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -54,8 +61,10 @@ class RenderOptions:
     ignore_connections: bool = True
     skip_terminals: bool = False
     package: str = f"lamplighter[sagemaker]=={__version__}"
-    wheelhouse: str = ""  # s3://bucket/prefix/ or a folder of wheels; empty: PyPI
+    wheelhouse: str = ""  # s3://bucket/prefix/ or a folder made by `lamplighter lcc bundle`
+    index_url: str = ""  # a package index that serves lamplighter (a private mirror)
     log_file: str = "/var/log/apps/app_container.log"
+    install_budget_s: int = 120  # past this the install carries on in the background
 
 
 def render_on_start(options: RenderOptions) -> str:
@@ -67,12 +76,22 @@ def render_on_start(options: RenderOptions) -> str:
     for name, value in (
         ("package", options.package),
         ("wheelhouse", options.wheelhouse),
+        ("index url", options.index_url),
         ("log file", options.log_file),
     ):
         if not _SHELL_SAFE.match(value):
             raise ConfigError(f"{name}: {value!r} has quotes, spaces or shell characters")
     if not options.package:
         raise ConfigError("package: must not be empty")
+    if not (options.wheelhouse or options.index_url):
+        raise ConfigError(
+            "lamplighter is not published on PyPI: build a wheelhouse with `lamplighter lcc bundle --to "
+            "s3://bucket/prefix` and pass --wheelhouse, or pass --index-url of a mirror that serves it"
+        )
+    if not 1 <= options.install_budget_s <= 240:
+        raise ConfigError(
+            "install budget: 1 to 240 seconds (SageMaker stops a lifecycle script at 5 minutes)"
+        )
     if options.app_type == "JupyterLab":
         jupyter = (
             'export JL_HOSTNAME="${JL_HOSTNAME:-0.0.0.0}"  # where the app\'s Jupyter server listens\n'
@@ -93,6 +112,8 @@ def render_on_start(options: RenderOptions) -> str:
         "SKIP_TERMINALS": str(bool(options.skip_terminals)),
         "PACKAGE": options.package,
         "WHEELHOUSE": options.wheelhouse,
+        "INDEX_URL": options.index_url,
+        "INSTALL_BUDGET_S": str(int(options.install_budget_s)),
         "LOG_FILE": options.log_file,
     }
     script = template.replace("@JUPYTER_SETTINGS@\n", jupyter)
@@ -136,6 +157,7 @@ class InstallResult:
     target: str  # "domain d-abc" or "user profile alice in d-abc"
     calls: tuple[ApiCall, ...]  # the write calls, in order
     dry_run: bool
+    notes: tuple[str, ...] = ()  # what a person should know: shared spaces, SageMaker's idle shutdown
 
 
 async def install_lcc(
@@ -169,13 +191,26 @@ async def install_lcc(
     key = _SETTINGS_KEY[app_type]
 
     domain = await call(client, "DescribeDomain", DomainId=domain_id)
+    notes: list[str] = []
+    space_defaults: dict[str, Any] | None = None
     if user_profile:
         profile = await call(client, "DescribeUserProfile", DomainId=domain_id, UserProfileName=user_profile)
         current = (profile.get("UserSettings") or {}).get(key) or {}
         target = f"user profile {user_profile} in {domain_id}"
+        notes += _native_idle(current, f"user profile {user_profile}")
     else:
         current = (domain.get("DefaultUserSettings") or {}).get(key) or {}
         target = f"domain {domain_id}"
+        notes += _native_idle(current, "the domain's user defaults")
+        if key in _SPACE_SETTINGS_KEYS:
+            space_defaults = copy.deepcopy(domain.get("DefaultSpaceSettings") or {})
+            notes += _native_idle(space_defaults.get(key) or {}, "the domain's shared-space defaults")
+            target += " (user and shared-space defaults)"
+        else:
+            notes.append(
+                f"shared spaces: SageMaker's DefaultSpaceSettings has no {key}, so shared spaces' "
+                f"{app_type} apps do not get this configuration by default"
+            )
 
     calls: list[ApiCall] = []
     existing = await _describe_lcc(client, name)
@@ -210,14 +245,33 @@ async def install_lcc(
             )
         )
     else:
-        calls.append(ApiCall("UpdateDomain", {"DomainId": domain_id, "DefaultUserSettings": {key: settings}}))
+        update: dict[str, Any] = {"DomainId": domain_id, "DefaultUserSettings": {key: settings}}
+        if space_defaults is not None:
+            # Written whole: the rest of the shared-space defaults (execution role, storage) is kept.
+            space_defaults[key] = _with_default_lcc(space_defaults.get(key) or {}, arn)
+            update["DefaultSpaceSettings"] = space_defaults
+        calls.append(ApiCall("UpdateDomain", update))
 
     if not dry_run:
         for planned in calls:
             answer = await call(client, planned.operation, **planned.params)
             if planned.operation == "CreateStudioLifecycleConfig":
                 arn = str(answer.get("StudioLifecycleConfigArn") or arn)
-    return InstallResult(name, arn, existing is not None, target, tuple(calls), dry_run)
+    return InstallResult(name, arn, existing is not None, target, tuple(calls), dry_run, tuple(notes))
+
+
+def _native_idle(app_settings: dict[str, Any], where: str) -> list[str]:
+    """A note when SageMaker's own idle shutdown is enabled in these app settings."""
+    idle = (app_settings.get("AppLifecycleManagement") or {}).get("IdleSettings") or {}
+    if idle.get("LifecycleManagement") != "ENABLED":
+        return []
+    minutes = idle.get("IdleTimeoutInMinutes")
+    after = f"after {minutes} idle minutes" if minutes else "at its default timeout"
+    return [
+        f"SageMaker's own idle shutdown is enabled in {where} ({after}); both it and lamplighter stop "
+        "idle apps and the sooner wins; SageMaker's counts only JupyterLab/Code Editor activity it sees, "
+        "lamplighter also keeps apps with running work"
+    ]
 
 
 async def _describe_lcc(client: Any, name: str) -> dict[str, Any] | None:

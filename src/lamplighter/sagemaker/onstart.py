@@ -102,10 +102,13 @@ async def connect_when_ready(
     poll_interval_s: float = 5.0,
     verify_tls: bool = True,
     login_as: str | None = None,
+    event_user: str | None = None,
 ) -> Connection:
     """Wait until the app is InService and a presigned login reaches its Jupyter API (by ``deadline``).
 
-    ``deadline`` is a ``time.monotonic()`` value. ``login_as`` names the user for a shared space.
+    ``deadline`` is a ``time.monotonic()`` value. ``login_as`` names the user for a shared space;
+    ``event_user`` is who the trigger says created the app (used for a shared space when it is a member).
+    A private space is always logged in to as its owner.
     """
     await wait_until_in_service(
         client, app, timeout_s=max(0.0, deadline - time.monotonic()), poll_interval_s=poll_interval_s
@@ -115,7 +118,9 @@ async def connect_when_ready(
         try:
             return await presigned_connection(
                 app.domain_id,
-                user_profile=app.user_profile_name or login_as,
+                user_profile=app.user_profile_name,
+                shared_space_user=login_as,
+                event_user=event_user,
                 space=app.space_name,
                 app_type=app.app_type,
                 verify_tls=verify_tls,
@@ -140,6 +145,7 @@ async def run_on_start(
     endpoint_url: str | None = None,
     verify_tls: bool = True,
     login_as: str | None = None,
+    event_user: str | None = None,
     ready_timeout_s: float = 600.0,
     run_timeout_s: float | None = None,
     poll_interval_s: float = 5.0,
@@ -169,6 +175,7 @@ async def run_on_start(
         poll_interval_s=poll_interval_s,
         verify_tls=verify_tls,
         login_as=login_as,
+        event_user=event_user,
     )
     async with conn:
         logger.info("on-start: running the script in %s", app.label)
