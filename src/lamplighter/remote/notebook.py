@@ -723,12 +723,15 @@ class NotebookRunner:
         try:
             return await step.execution.result(timeout_s=self.cell_timeout_s, deadline=deadline)
         except RemoteTimeout as exc:
+            _keep_what_ran(step)
             _mark(nb, step.cell, f"Execution stopped: {exc}")
             raise RemoteTimeout(f"cell {step.index}: {exc}") from exc
         except KernelDied as exc:
+            _keep_what_ran(step)
             _mark(nb, step.cell, f"Execution stopped: the kernel died while this cell ran ({exc})")
             raise
         except asyncio.CancelledError:
+            _keep_what_ran(step)
             _mark(nb, step.cell, "Execution stopped: interrupted while this cell ran")
             raise
 
@@ -736,6 +739,14 @@ class NotebookRunner:
         while True:
             await asyncio.sleep(self.autosave_interval_s)
             saver.request()
+
+
+def _keep_what_ran(step: _Step) -> None:
+    """A cell stopped before its reply did run: keep its count and timings, as nbclient does (its
+    outputs, the KeyboardInterrupt traceback included, are already in the cell)."""
+    step.cell["execution_count"] = step.execution.execution_count
+    if step.execution.timing:
+        step.cell.setdefault("metadata", {})["execution"] = step.execution.timing
 
 
 def _cell_failed(step: _Step, result: ExecutionResult) -> CellFailed:

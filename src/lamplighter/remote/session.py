@@ -144,6 +144,16 @@ class Execution(_Waiter):
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def execution_count(self) -> int | None:
+        """The count the kernel gave this request so far (known from ``execute_input``, before the reply)."""
+        return self._execution_count
+
+    @property
+    def timing(self) -> dict[str, str]:
+        """nbclient's ``metadata.execution`` timestamps seen so far."""
+        return dict(self._timing)
+
     def feed(self, msg: Message) -> None:
         if self._finished:
             return
