@@ -7,6 +7,7 @@ so the translator choice is tested without installing R or Julia.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -271,3 +272,54 @@ def test_input_without_stdin_fails_the_cell_as_nbclient_does(
     assert main(["run", "notebook", "--upload", str(source), "--json", "--timeout", "60", *cli_env]) == 1
     result = json.loads(capsys.readouterr().out)
     assert result["error"]["ename"] == "StdinNotImplementedError"
+
+
+def test_stdin_file_answers_input_and_getpass(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "answers.txt").write_text("alice\ns3cret\n")
+    source = write_notebook(
+        tmp_path / "in.ipynb",
+        "import getpass\nname = input('who? ')\nword = getpass.getpass('pass? ')",
+        "print(name, len(word))",
+    )
+    argv = ["run", "notebook", "--upload", str(source), "-", "--stdin-file", str(tmp_path / "answers.txt")]
+    assert main([*argv, "--timeout", "60", *cli_env]) == 0
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert cells[1]["outputs"][-1]["text"] == "alice 6\n"
+
+
+def test_stdin_answers_from_the_terminal(
+    server: LocalServer,
+    cli_env: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("bob\n"))
+    source = write_notebook(tmp_path / "in.ipynb", "name = input('who? ')", "print('hi', name)")
+    assert (
+        main(["run", "notebook", "--upload", str(source), "-", "--stdin", "--timeout", "60", *cli_env]) == 0
+    )
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["cells"][1]["outputs"][-1]["text"] == "hi bob\n"
+    assert "who? " in captured.err  # the prompt was shown here
+
+
+def test_answers_running_out_fail_the_cell_and_never_hang(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "answers.txt").write_text("only one\n")
+    source = write_notebook(tmp_path / "in.ipynb", "a = input()\nb = input()", "print('never')")
+    argv = [
+        "run",
+        "notebook",
+        "--upload",
+        str(source),
+        "--json",
+        "--stdin-file",
+        str(tmp_path / "answers.txt"),
+    ]
+    assert main([*argv, "--timeout", "60", *cli_env]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["error"]["ename"] == "KeyboardInterrupt" and result["failed_cell"] == 0

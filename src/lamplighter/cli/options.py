@@ -123,16 +123,27 @@ OPTIONS: dict[str, Option] = {
         {"metavar": "NAME"},
     ),
     "report_mode": Option(
-        ("--report-mode",), "Hide the injected parameters cell's source (papermill's report mode).",
+        ("--report-mode",),
+        "Hide the injected parameters cell's source (papermill's report mode).",
         {"action": "store_true"},
     ),
     "prepare_only": Option(
-        ("--prepare-only",), "Inject the parameters and save the notebook; run nothing.",
+        ("--prepare-only",),
+        "Inject the parameters and save the notebook; run nothing.",
         {"action": "store_true"},
     ),
-    "log_output": Option(
-        ("--log-output",), "Stream cell output to this terminal.", {"action": "store_true"}
+    "stdin": Option(
+        ("--stdin",),
+        "Answer the cells' input() and getpass() from this terminal [default: they raise "
+        "StdinNotImplementedError, as under nbclient].",
+        {"action": "store_true"},
     ),
+    "stdin_file": Option(
+        ("--stdin-file",),
+        "Answer the cells' input() and getpass() from this file, one answer a line, in order.",
+        {"metavar": "FILE"},
+    ),
+    "log_output": Option(("--log-output",), "Stream cell output to this terminal.", {"action": "store_true"}),
 }
 
 

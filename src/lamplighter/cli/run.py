@@ -35,6 +35,7 @@ from lamplighter.settings import SAGEMAKER_APP_TYPES, parse_setting
 if TYPE_CHECKING:
     from lamplighter.remote.connection import Connection
     from lamplighter.remote.notebook import NotebookStore, RunObserver
+    from lamplighter.remote.stdin import InputAnswerer
 
 # The runners (websockets, rich, yaml) are imported inside the commands, so `lamplighter watch`, which
 # imports this module to build its parser, stays small.
@@ -186,6 +187,9 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
     execution = parser.add_argument_group("execution")
     execution.add_argument("--allow-errors", action="store_true", help="Record failing cells and keep going.")
     add_option(parser, "cell_timeout", group=execution)
+    answers = execution.add_mutually_exclusive_group()
+    add_option(parser, "stdin", group=answers)
+    add_option(parser, "stdin_file", group=answers)
     add_option(
         parser, "timeout", group=execution, help="Budget for the whole run, kernel start included [none]."
     )
@@ -321,6 +325,7 @@ async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str,
             pipeline=args.pipeline,
             observer=observer,
             report_mode=args.report_mode,
+            stdin=_answerer(args),
         )
         if args.prepare_only:
             await runner.prepare(nb)
@@ -365,6 +370,19 @@ async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str,
             file=sys.stderr,
         )
         return EXIT_OK
+
+
+def _answerer(args: argparse.Namespace) -> InputAnswerer | None:
+    from lamplighter.remote.stdin import FileAnswers, TerminalAnswers
+
+    if args.stdin:
+        return TerminalAnswers()
+    if args.stdin_file:
+        try:
+            return FileAnswers.from_text(Path(args.stdin_file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"--stdin-file: cannot read {args.stdin_file} ({exc.strerror})") from exc
+    return None
 
 
 def _print_memory(memory: Any) -> None:

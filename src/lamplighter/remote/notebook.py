@@ -56,6 +56,7 @@ from lamplighter.remote.connection import Connection
 from lamplighter.remote.kernels import check_kernelspec, interrupt_kernel, shutdown_kernel, start_kernel
 from lamplighter.remote.parameters import translate_parameters
 from lamplighter.remote.session import Execution, ExecutionResult, KernelSession
+from lamplighter.remote.stdin import InputAnswerer
 
 __all__ = [
     "ERROR_TAG",
@@ -459,6 +460,8 @@ class NotebookRunner:
     - ``pipeline``: send cells ahead when that is safe (see the module docstring).
     - ``observer``: a :class:`RunObserver` for progress and live output.
     - ``report_mode``: papermill's report mode: the injected cell's source is hidden.
+    - ``stdin``: answers the cells' ``input()``/``getpass()``; without it they raise
+      ``StdinNotImplementedError``, as under nbclient.
     """
 
     def __init__(
@@ -479,9 +482,11 @@ class NotebookRunner:
         pipeline: bool = True,
         observer: RunObserver | None = None,
         report_mode: bool = False,
+        stdin: InputAnswerer | None = None,
     ) -> None:
         self.conn = conn
         self.report_mode = report_mode
+        self.stdin = stdin
         self.kernel_name = kernel_name
         self.cwd = cwd.strip("/")
         self.session_path = session_path
@@ -715,7 +720,11 @@ class NotebookRunner:
 
         # The cell's own list collects the outputs, so display updates and autosaves see them live.
         execution = await ks.submit(
-            _source(cell), stop_on_error=not may_fail, outputs=cell["outputs"], on_output=on_output
+            _source(cell),
+            stop_on_error=not may_fail,
+            outputs=cell["outputs"],
+            on_output=on_output,
+            stdin=self.stdin,
         )
         return _Step(index=index, cell=cell, execution=execution, may_fail=may_fail)
 

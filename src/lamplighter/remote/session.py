@@ -47,6 +47,7 @@ from lamplighter.remote.outputs import (
     Outputs,
     is_rate_limit_notice,
 )
+from lamplighter.remote.stdin import InputAnswerer, NoMoreAnswers
 from lamplighter.remote.transport import open_websocket, reopen_websocket
 
 __all__ = ["Execution", "ExecutionResult", "KernelSession", "OutputCallback"]
@@ -119,8 +120,11 @@ class Execution(_Waiter):
         outputs: Outputs,
         displays: DisplayRegistry,
         on_output: OutputCallback | None,
+        stdin: InputAnswerer | None = None,
     ) -> None:
         self.msg_id = msg_id
+        self.stdin = stdin
+        self._stdin_tasks: set[asyncio.Task[None]] = set()
         self.outputs = outputs
         self._session = session
         self._area = OutputArea(outputs, displays)
@@ -159,6 +163,10 @@ class Execution(_Waiter):
             return
         if msg.channel == "iopub":
             self._feed_iopub(msg)
+        elif msg.channel == "stdin" and msg.msg_type == "input_request":
+            task = asyncio.create_task(self._answer_input(msg.content), name=f"stdin-{self.msg_id}")
+            self._stdin_tasks.add(task)
+            task.add_done_callback(self._stdin_tasks.discard)
         elif msg.channel == "shell" and msg.msg_type == "execute_reply":
             self._reply = msg.content
             self._timing["shell.execute_reply"] = msg.date
@@ -202,6 +210,25 @@ class Execution(_Waiter):
         self._area.handle(msg_type, msg.content)
         if self._on_output is not None:
             self._on_output(msg_type, msg.content)
+
+    async def _answer_input(self, request: Mapping[str, Any]) -> None:
+        prompt, password = str(request.get("prompt", "")), bool(request.get("password"))
+        try:
+            if self.stdin is None:
+                raise NoMoreAnswers("no stdin was given (allow_stdin was false)")
+            value = await self.stdin.answer(prompt, password=password)
+        except NoMoreAnswers as exc:
+            # The kernel would wait forever: interrupting it fails the cell with KeyboardInterrupt.
+            logger.warning("cell input %r: %s; interrupting the kernel", prompt, exc)
+            try:
+                await self._session.interrupt()
+            except RemoteError as interrupt_failed:
+                logger.warning("could not interrupt the kernel: %s", interrupt_failed)
+            return
+        try:
+            await self._session._send("stdin", self._session._header("input_reply"), {"value": value})
+        except RemoteError as exc:
+            logger.warning("could not answer the cell's input request: %s", exc)
 
     def _mark_started(self) -> None:
         # The waiter wakes only when it has something to do: a per_cell clock to start, or the end.
@@ -549,23 +576,27 @@ class KernelSession:
         stop_on_error: bool = True,
         outputs: list[dict[str, Any]] | None = None,
         on_output: OutputCallback | None = None,
+        stdin: InputAnswerer | None = None,
     ) -> Execution:
         """Send an ``execute_request``; return once it is on the wire (to keep the kernel's queue fed).
 
         Wait for it with :meth:`Execution.result`. Messages for it are collected from now on, so
-        several requests may be in flight; the kernel runs them in order.
+        several requests may be in flight; the kernel runs them in order. With ``stdin``, the cell's
+        ``input()`` and ``getpass()`` are answered by it; without, they raise ``StdinNotImplementedError``.
         """
         if self._broken is not None:
             raise self._broken
         header = self._header("execute_request")
         msg_id = str(header["msg_id"])
-        execution = Execution(self, msg_id, outputs if outputs is not None else [], self._displays, on_output)
+        execution = Execution(
+            self, msg_id, outputs if outputs is not None else [], self._displays, on_output, stdin
+        )
         content = {
             "code": code,
             "silent": silent,
             "store_history": store_history,
             "user_expressions": {},
-            "allow_stdin": False,
+            "allow_stdin": stdin is not None,
             "stop_on_error": stop_on_error,
         }
         await self._send_request_for(msg_id, header, content, execution)
