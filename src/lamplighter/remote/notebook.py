@@ -523,6 +523,8 @@ class NotebookRunner:
         for index in indices:
             nb["cells"][index]["outputs"] = []
             nb["cells"][index]["execution_count"] = None
+        # The input's widget state describes models of a kernel that is gone; this run's replaces it.
+        nb.setdefault("metadata", {}).pop("widgets", None)
         saver = _Autosaver(self.store, nb)
         run_meta: dict[str, Any] = {"status": "running", "kernel_name": kernel_name or "default"}
         nb.setdefault("metadata", {})["lamplighter"] = run_meta
@@ -545,7 +547,12 @@ class NotebookRunner:
                 if ks.kernel_info.get("language_info"):
                     nb["metadata"]["language_info"] = ks.kernel_info["language_info"]
                 self.observer.notebook_started(nb, indices)
-                allowed = await self._run_cells(ks, nb, indices, deadline, saver)
+                try:
+                    allowed = await self._run_cells(ks, nb, indices, deadline, saver)
+                finally:
+                    widgets = ks.widgets.metadata()
+                    if widgets is not None:  # nbclient's store_widget_state
+                        nb["metadata"]["widgets"] = widgets
             run_meta["status"] = "completed"
             return NotebookResult(
                 notebook=nb,

@@ -49,8 +49,11 @@ from lamplighter.remote.outputs import (
 )
 from lamplighter.remote.stdin import InputAnswerer, NoMoreAnswers
 from lamplighter.remote.transport import open_websocket, reopen_websocket
+from lamplighter.remote.widgets import WidgetRegistry
 
 __all__ = ["Execution", "ExecutionResult", "KernelSession", "OutputCallback"]
+
+_COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +210,11 @@ class Execution(_Waiter):
             logger.warning(
                 "the server dropped output of request %s: %s", self.msg_id, msg.content["text"].strip()
             )
-        self._area.handle(msg_type, msg.content)
+        hook = self._session.widgets.hook_for(self.msg_id) if msg_type != "update_display_data" else None
+        if hook is not None:
+            hook.output(msg_type, msg.content)  # inside `with out:`: the widget's, not the cell's
+        else:
+            self._area.handle(msg_type, msg.content)
         if self._on_output is not None:
             self._on_output(msg_type, msg.content)
 
@@ -376,6 +383,9 @@ class KernelSession:
         self._connected = asyncio.Event()
         self._pending: dict[str, _Waiter] = {}
         self._displays = DisplayRegistry()
+        self.widgets = WidgetRegistry(self._send_comm)
+        """Widget models seen on this kernel, and the Output widgets capturing requests."""
+        self._comm_tasks: set[asyncio.Task[None]] = set()
         self._broken: RemoteError | None = None
         self._closing = False
         self._reader: asyncio.Task[None] | None = None
@@ -495,6 +505,10 @@ class KernelSession:
 
     def _dispatch(self, frame: str | bytes) -> None:
         msg = decode_frame(frame, self._v1)
+        if msg.channel == "iopub" and msg.msg_type in _COMM_TYPES:
+            # Widget traffic belongs to the kernel, not to one request: a model outlives its cell.
+            self.widgets.handle(msg.msg_type, msg.content)
+            return
         if msg.parent_id is not None:
             waiter = self._pending.get(msg.parent_id)
             if waiter is not None:
@@ -526,6 +540,19 @@ class KernelSession:
         self._pending.pop(msg_id, None)
 
     # -- writing
+
+    def _send_comm(self, comm_id: str, data: dict[str, Any]) -> None:
+        """Send a widget ``comm_msg`` to the kernel, as a front end does (in the background)."""
+
+        async def send() -> None:
+            try:
+                await self._send("shell", self._header("comm_msg"), {"comm_id": comm_id, "data": data})
+            except RemoteError as exc:
+                logger.warning("could not update widget %s in the kernel: %s", comm_id, exc)
+
+        task = asyncio.get_running_loop().create_task(send(), name=f"comm-{comm_id[:8]}")
+        self._comm_tasks.add(task)
+        task.add_done_callback(self._comm_tasks.discard)
 
     def _header(self, msg_type: str) -> dict[str, Any]:
         return new_header(msg_type, session_id=self.session_id, username=self.username)
