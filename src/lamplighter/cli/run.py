@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from lamplighter.cli.common import (
     CONNECTION_OPTIONS,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     add_command,
     add_settings_options,
@@ -410,7 +411,9 @@ def _json_result(
         )
     return {
         "status": meta.get("status", "failed" if failure else "completed"),
-        "exit_status": exit_code_for(failure) if failure else EXIT_OK,
+        "exit_status": exit_code_for(failure)
+        if failure
+        else (EXIT_OK if meta.get("status") == "completed" else EXIT_INTERRUPTED),
         "failed_cell": getattr(failure, "cell_index", None),
         "error": None
         if failure is None
