@@ -444,6 +444,10 @@ class KernelSession:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        # Widget updates still queued are moot once the socket goes.
+        for task in list(self._comm_tasks):
+            task.cancel()
+        await asyncio.gather(*self._comm_tasks, return_exceptions=True)
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
