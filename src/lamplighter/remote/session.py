@@ -47,7 +47,7 @@ from lamplighter.remote.outputs import (
     Outputs,
     is_rate_limit_notice,
 )
-from lamplighter.remote.stdin import InputAnswerer, NoMoreAnswers
+from lamplighter.remote.stdin import InputAnswerer
 from lamplighter.remote.transport import open_websocket, reopen_websocket
 from lamplighter.remote.widgets import WidgetRegistry
 
@@ -220,17 +220,14 @@ class Execution(_Waiter):
 
     async def _answer_input(self, request: Mapping[str, Any]) -> None:
         prompt, password = str(request.get("prompt", "")), bool(request.get("password"))
-        try:
-            if self.stdin is None:
-                raise NoMoreAnswers("no stdin was given (allow_stdin was false)")
-            value = await self.stdin.answer(prompt, password=password)
-        except NoMoreAnswers as exc:
+        value = None if self.stdin is None else await self.stdin.answer(prompt, password=password)
+        if value is None:
             # The kernel would wait forever: interrupting it fails the cell with KeyboardInterrupt.
-            logger.warning("cell input %r: %s; interrupting the kernel", prompt, exc)
+            logger.warning("no answer for the cell's input %r; interrupting the kernel", prompt)
             try:
                 await self._session.interrupt()
-            except RemoteError as interrupt_failed:
-                logger.warning("could not interrupt the kernel: %s", interrupt_failed)
+            except RemoteError as exc:
+                logger.warning("could not interrupt the kernel: %s", exc)
             return
         try:
             await self._session._send("stdin", self._session._header("input_reply"), {"value": value})

@@ -15,34 +15,30 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
-__all__ = ["FileAnswers", "InputAnswerer", "NoMoreAnswers", "TerminalAnswers"]
-
-
-class NoMoreAnswers(Exception):
-    """The answerer has nothing to say to this prompt (a file of answers ran out)."""
+__all__ = ["FileAnswers", "InputAnswerer", "TerminalAnswers"]
 
 
 class InputAnswerer(Protocol):
-    """Answers one ``input_request``; raises :class:`NoMoreAnswers` when it cannot."""
+    """Answers one ``input_request``; None when it has nothing to say (a file of answers ran out)."""
 
-    async def answer(self, prompt: str, *, password: bool) -> str: ...
+    async def answer(self, prompt: str, *, password: bool) -> str | None: ...
 
 
 class TerminalAnswers:
     """Asks the person at this terminal: the prompt on stderr, the answer from stdin (hidden for a password)."""
 
-    async def answer(self, prompt: str, *, password: bool) -> str:
+    async def answer(self, prompt: str, *, password: bool) -> str | None:
         return await asyncio.to_thread(self._ask, prompt, password)
 
     @staticmethod
-    def _ask(prompt: str, password: bool) -> str:
+    def _ask(prompt: str, password: bool) -> str | None:
         if password:
             return getpass.getpass(prompt, stream=sys.stderr)
         sys.stderr.write(prompt)
         sys.stderr.flush()
         line = sys.stdin.readline()
         if not line:
-            raise NoMoreAnswers("stdin is at its end")
+            return None  # stdin is at its end
         return line.rstrip("\n")
 
 
@@ -56,7 +52,5 @@ class FileAnswers:
     def from_text(cls, text: str) -> FileAnswers:
         return cls(text.splitlines())
 
-    async def answer(self, prompt: str, *, password: bool) -> str:
-        if not self._answers:
-            raise NoMoreAnswers(f"no answer left for the prompt {prompt!r}")
-        return self._answers.popleft()
+    async def answer(self, prompt: str, *, password: bool) -> str | None:
+        return self._answers.popleft() if self._answers else None
