@@ -12,11 +12,11 @@ from typing import Any
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.remote import Connection, LocalNotebookStore, NotebookRunner
 from lamplighter.remote.widgets import WIDGET_STATE_MIME
+from tests.test_widgets import nbclient_run
 
 pytest.importorskip("ipywidgets")
 
@@ -76,13 +76,7 @@ async def test_a_notebook_from_elsewhere_runs_as_under_nbclient(
         await NotebookRunner(conn, allow_errors=True, kernel_name="python3").run(ours)
     ours_disk = json.loads(nbformat.writes(nbformat.from_dict(ours)))
 
-    (tmp_path / "home").mkdir(exist_ok=True)
-    theirs = nbformat.read(DATA / name, as_version=4)
-    theirs.metadata.pop("widgets", None)  # stale input state: nbclient would keep it, we drop it
-    client = NotebookClient(
-        theirs, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": tmp_path}}
-    )
-    await client.async_execute()
+    theirs = await nbclient_run(lambda: nbformat.read(DATA / name, as_version=4), tmp_path, allow_errors=True)
     # Widget ids are numbered in the runners' own order: compare before a save sorts the keys.
     ours_cmp, theirs_cmp = (
         comparable(dict(ours_disk, metadata=ours["metadata"])),
