@@ -134,7 +134,7 @@ async def test_parameters_are_injected_and_a_failure_stops_the_run(
     cells = on_disk["cells"]
     assert "parameters" in cells[1]["metadata"]["tags"]
     assert cells[2]["metadata"]["tags"] == [INJECTED_TAG]
-    assert cells[2]["source"] == "# Parameters\ngreeting = 'hi'\nrepeat = 2\n"
+    assert cells[2]["source"] == '# Parameters\ngreeting = "hi"\nrepeat = 2\n'  # papermill's quoting
     assert cells[3]["outputs"][0]["text"] == "hihi\nsecond line\n"
     assert on_disk["metadata"]["papermill"]["parameters"] == {"greeting": "hi", "repeat": 2}
     failed_at = next(i for i, c in enumerate(cells) if c["source"] == 'raise ValueError("boom")')
@@ -192,6 +192,37 @@ async def test_cell_timeout_interrupts_fails_and_saves(server: LocalServer, tmp_
     assert ERROR_TAG in cells[1]["metadata"]["tags"] and "timeout" in cells[1]["source"]
     assert cells[2]["outputs"][-1]["ename"] == "KeyboardInterrupt"
     assert not (server.root_dir / "after-timeout.txt").exists()
+    nothing_left(server)
+
+
+async def test_a_timed_out_cell_keeps_its_count_and_outputs_as_nbclient_does(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    sources = ("print('started')", "import time\nprint('before', flush=True)\ntime.sleep(60)")
+    ours = notebook(*sources)
+    async with Connection(server.url, token=server.token) as conn:
+        with pytest.raises(RemoteTimeout):
+            await NotebookRunner(conn, cell_timeout_s=1.5).run(ours)
+
+    (tmp_path / "home").mkdir(exist_ok=True)
+    theirs = nbformat.reads(json.dumps(notebook(*sources)), as_version=4)
+    client = NotebookClient(
+        theirs, kernel_name="python3", timeout=2, interrupt_on_timeout=True, allow_errors=True,
+        resources={"metadata": {"path": tmp_path}},
+    )  # fmt: skip
+    await client.async_execute()
+
+    def shape(cell: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+        # Tracebacks name the kernel's temporary cell file (its pid): compare all but their text.
+        outputs = [{k: v for k, v in o.items() if k != "traceback"} for o in cell["outputs"]]
+        return cell["execution_count"], outputs
+
+    ours_cell = [c for c in ours["cells"] if c["cell_type"] == "code"][1]
+    expected = shape(json.loads(json.dumps(theirs["cells"][1])))
+    assert shape(ours_cell) == expected
+    assert expected[0] == 2 and expected[1][-1]["ename"] == "KeyboardInterrupt"
+    assert ours_cell["outputs"][-1]["traceback"]
+    assert "iopub.execute_input" in ours_cell["metadata"]["execution"]
     nothing_left(server)
 
 

@@ -79,11 +79,71 @@ OPTIONS: dict[str, Option] = {
     "script": Option(("--script",), "A local bash script to run.", {"metavar": "FILE"}),
     "output": Option(("-o", "--output"), "Write it here, not to stdout.", {"metavar": "PATH"}),
     "timeout": _budget("--timeout", "Time budget of the whole command [none]."),
-    "cell_timeout": _budget(
-        "--cell-timeout", "Per-cell budget from when the cell starts: interrupt the kernel, then fail [none]."
+    "cell_timeout": Option(
+        ("--cell-timeout", "--execution-timeout"),
+        "Per-cell budget from when the cell starts: interrupt the kernel, then fail [none].",
+        {"type": duration_flag("--cell-timeout"), "metavar": "DURATION"},
     ),
     "start_timeout": _budget("--start-timeout", "Budget for the kernel to start and answer."),
     "ready_timeout": _budget("--ready-timeout", "How long to wait for the app to be ready."),
+    # run notebook's parameters and papermill's spellings of its flags, so a papermill command line
+    # works after "lamplighter run notebook" unchanged.
+    "parameters": Option(
+        ("-p", "--parameters"),
+        "A parameter; VALUE becomes a bool, None, int or float (nan, inf) when it reads as one.",
+        {"nargs": 2, "action": "append", "default": [], "metavar": ("NAME", "VALUE")},
+        old=("--parameter",),
+    ),
+    "parameters_raw": Option(
+        ("-r", "--parameters_raw"),
+        "A parameter kept as a string (wins over -p for the same name, as in papermill).",
+        {"nargs": 2, "action": "append", "default": [], "metavar": ("NAME", "VALUE")},
+        old=("--parameter-raw",),
+    ),
+    "parameters_yaml": Option(
+        ("-y", "--parameters_yaml"),
+        "Parameters as a YAML mapping; repeatable, merged in order.",
+        {"action": "append", "default": [], "metavar": "YAML"},
+        old=("--parameters-yaml",),
+    ),
+    "parameters_file": Option(
+        ("-f", "--parameters_file"),
+        "Parameters from a YAML file; repeatable, merged in order.",
+        {"action": "append", "default": [], "metavar": "FILE"},
+        old=("--parameters-file",),
+    ),
+    "parameters_base64": Option(
+        ("-b", "--parameters_base64"),
+        "Parameters as base64-encoded YAML; repeatable.",
+        {"action": "append", "default": [], "metavar": "B64"},
+    ),
+    "kernel": Option(
+        ("-k", "--kernel"),
+        "Kernelspec [default: the notebook's, else the server's].",
+        {"metavar": "NAME"},
+    ),
+    "report_mode": Option(
+        ("--report-mode",),
+        "Hide the injected parameters cell's source (papermill's report mode).",
+        {"action": "store_true"},
+    ),
+    "prepare_only": Option(
+        ("--prepare-only",),
+        "Inject the parameters and save the notebook; run nothing.",
+        {"action": "store_true"},
+    ),
+    "stdin": Option(
+        ("--stdin",),
+        "Answer the cells' input() and getpass() from this terminal [default: they raise "
+        "StdinNotImplementedError, as under nbclient].",
+        {"action": "store_true"},
+    ),
+    "stdin_file": Option(
+        ("--stdin-file",),
+        "Answer the cells' input() and getpass() from this file, one answer a line, in order.",
+        {"metavar": "FILE"},
+    ),
+    "log_output": Option(("--log-output",), "Stream cell output to this terminal.", {"action": "store_true"}),
 }
 
 

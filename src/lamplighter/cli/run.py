@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import posixpath
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from lamplighter.cli.common import (
     CONNECTION_OPTIONS,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     add_command,
     add_settings_options,
     connection_from_args,
     console,
+    exit_code_for,
     report_failure,
     settings_from_args,
     start_logging,
@@ -32,6 +36,7 @@ from lamplighter.settings import SAGEMAKER_APP_TYPES, parse_setting
 if TYPE_CHECKING:
     from lamplighter.remote.connection import Connection
     from lamplighter.remote.notebook import NotebookStore, RunObserver
+    from lamplighter.remote.stdin import InputAnswerer
 
 # The runners (websockets, rich, yaml) are imported inside the commands, so `lamplighter watch`, which
 # imports this module to build its parser, stays small.
@@ -71,7 +76,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     run = subparsers.add_parser(
         "run", help="Run a notebook or shell commands on a Jupyter server.", description="Remote execution."
     )
-    commands = run.add_subparsers(title="what to run", metavar="WHAT")
+    commands = run.add_subparsers(title="what to run", metavar="WHAT", parser_class=_RunParser)
     _add_notebook_parser(commands)
     _add_shell_parser(commands)
     run.set_defaults(handler=lambda args: _missing_subcommand(run))
@@ -99,46 +104,93 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
 # -- run notebook ------------------------------------------------------------------------------------
 
 
-def _add_notebook_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = add_command(
-        commands,
-        "notebook",
-        "Run every cell of a notebook on the server, nbclient-style, and save the outputs.",
-        description="Start a kernel on the server, run the notebook's cells in order, save the executed "
-        "notebook after every cell, and shut the kernel down. Parameters are papermill-compatible.",
-        epilog=_NOTEBOOK_EPILOG,
+# papermill (click) takes the two words after -p as NAME VALUE whatever they look like; argparse would
+# read "-p y -x" or "-p z -inf" as a flag. The words after these flags are escaped before parsing.
+_VALUE_WORDS = {"-p": 2, "--parameters": 2, "--parameter": 2, "-r": 2, "--parameters_raw": 2,
+                "--parameter-raw": 2, "-y": 1, "--parameters_yaml": 1, "--parameters-yaml": 1}  # fmt: skip
+_ESCAPE = "\x00"
+
+
+def _unescape(word: str) -> str:
+    return word.removeprefix(_ESCAPE)
+
+
+class _RunParser(argparse.ArgumentParser):
+    """The parser of ``run``'s commands; with ``escape_values`` (``run notebook``), a parameter's value
+    may start with a dash, as papermill's may."""
+
+    escape_values = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(_escape_values(words) if self.escape_values else words, namespace)
+
+
+def _escape_values(words: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    pending = 0
+    for word in words:
+        if pending:
+            out.append(_ESCAPE + word if word.startswith("-") else word)
+            pending -= 1
+            continue
+        if word == "--":
+            return [*out, *words[len(out) :]]
+        out.append(word)
+        pending = _VALUE_WORDS.get(word, 0)
+    return out
+
+
+def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> None:
+    description = (
+        "Start a kernel on the server, run the notebook's cells in order, save the executed "
+        "notebook after every cell, and shut the kernel down. Parameters and flags are papermill's: "
+        "'papermill IN OUT -p a 1' becomes 'lamplighter run notebook IN OUT -p a 1 --url ...'."
     )
+    parser = commands.add_parser(
+        "notebook",
+        help="Run every cell of a notebook on the server, nbclient-style, and save the outputs.",
+        description=description,
+        epilog=_NOTEBOOK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if isinstance(parser, _RunParser):
+        parser.escape_values = True
     parser.add_argument(
         "path", metavar="PATH", help="The notebook: a server path, or a local file with --upload."
     )
+    parser.add_argument(
+        "output_path", metavar="OUTPUT", nargs="?", help="As --output (papermill's second argument)."
+    )
     parser.add_argument("--upload", action="store_true", help="PATH and --output are local files.")
     out = parser.add_mutually_exclusive_group()
-    add_option(parser, "output", group=out, help="Save the executed notebook here (after every cell).")
-    out.add_argument("--inplace", action="store_true", help="Save the executed notebook over PATH.")
-    parser.add_argument(
-        "--kernel", metavar="NAME", help="Kernelspec [default: the notebook's, else the server's]."
+    add_option(
+        parser,
+        "output",
+        group=out,
+        help="Save the executed notebook here (after every cell); '-': print it to stdout at the end.",
     )
+    out.add_argument("--inplace", action="store_true", help="Save the executed notebook over PATH.")
+    add_option(parser, "kernel")
     parser.add_argument(
         "--cwd",
         metavar="DIR",
         help="Kernel working directory on the server [default: PATH's folder, or the root].",
     )
-    params = parser.add_argument_group("parameters (papermill-compatible)")
-    params.add_argument(
-        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-        help="A parameter; VALUE becomes a bool, None, int or float when it reads as one.",
-    )  # fmt: skip
-    params.add_argument(
-        "-r", "--parameter-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-        help="A parameter kept as a string.",
-    )  # fmt: skip
-    params.add_argument("-y", "--parameters-yaml", metavar="YAML", help="Parameters as a YAML mapping.")
-    params.add_argument(
-        "-f", "--parameters-file", metavar="FILE", type=Path, help="Parameters from a YAML file."
-    )
+    params = parser.add_argument_group("parameters (papermill's flags and merge order: -b, -f, -y, -p, -r)")
+    for name in ("parameters", "parameters_raw", "parameters_yaml"):
+        add_option(parser, name, group=params, type=_unescape)
+    add_option(parser, "parameters_file", group=params)
+    add_option(parser, "parameters_base64", group=params)
+    add_option(parser, "prepare_only", group=params)
     execution = parser.add_argument_group("execution")
     execution.add_argument("--allow-errors", action="store_true", help="Record failing cells and keep going.")
     add_option(parser, "cell_timeout", group=execution)
+    answers = execution.add_mutually_exclusive_group()
+    add_option(parser, "stdin", group=answers)
+    add_option(parser, "stdin_file", group=answers)
     add_option(
         parser, "timeout", group=execution, help="Budget for the whole run, kernel start included [none]."
     )
@@ -154,7 +206,14 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="Send each cell only after the previous one finished (slower; for kernels that misbehave).",
     )  # fmt: skip
     display = parser.add_argument_group("display")
-    display.add_argument("--log-output", action="store_true", help="Stream cell output to this terminal.")
+    add_option(parser, "log_output", group=display)
+    add_option(parser, "report_mode", group=display)
+    add_option(
+        parser,
+        "json",
+        group=display,
+        help="Print a JSON result (status, failed cell, error, duration, output, per-cell times) to stdout.",
+    )
     display.add_argument(
         "--no-progress", action="store_true", help="No progress bar (it shows only on a TTY)."
     )
@@ -162,49 +221,22 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     parser.set_defaults(handler=_run_notebook)
 
 
-def _resolve_parameter(value: str) -> Any:
-    """papermill's ``-p`` typing: ``True``/``False``/``None``, then int, then float, else the string."""
-    if value in ("True", "False"):
-        return value == "True"
-    if value == "None":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    sources: list[tuple[str, str]] = []
-    if args.parameters_file is not None:
-        try:
-            sources.append((str(args.parameters_file), args.parameters_file.read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise ConfigError(
-                f"--parameters-file: cannot read {args.parameters_file} ({exc.strerror})"
-            ) from exc
-    if args.parameters_yaml:
-        sources.append(("--parameters-yaml", args.parameters_yaml))
-    import yaml
+    from lamplighter.remote.parameters import merge_parameters
 
-    for where, text in sources:
+    files: list[tuple[str, str]] = []
+    for name in args.parameters_file:
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
-        if loaded is None:
-            continue
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{where}: expected a mapping of parameter names to values")
-        merged.update(loaded)
-    for name, value in args.parameter_raw:
-        merged[name] = value
-    for name, value in args.parameter:
-        merged[name] = _resolve_parameter(value)
-    return merged
+            files.append((name, Path(name).read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise ConfigError(f"--parameters_file: cannot read {name} ({exc.strerror})") from exc
+    return merge_parameters(
+        base64_yaml=args.parameters_base64,
+        files=files,
+        yaml_texts=args.parameters_yaml,
+        typed=args.parameters,
+        raw=args.parameters_raw,
+    )
 
 
 async def _connect(args: argparse.Namespace) -> Connection:
@@ -241,24 +273,42 @@ def _run_notebook(args: argparse.Namespace) -> int:
     return asyncio.run(_run_notebook_async(args, parameters))
 
 
-async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str, Any]) -> int:
-    from lamplighter.remote.notebook import LocalNotebookStore, NotebookRunner, ServerNotebookStore
+def _output_path(args: argparse.Namespace) -> str | None:
+    if args.output and args.output_path:
+        raise ConfigError("run notebook: give the output once, as OUTPUT or as --output")
+    output = args.output or args.output_path
+    if output and args.inplace:
+        raise ConfigError("run notebook: --inplace and an output path exclude each other")
+    if output == "-" and args.json:
+        raise ConfigError("run notebook: --json and '-' (the notebook on stdout) both want stdout")
+    return str(output) if output else (args.path if args.inplace else None)
 
+
+async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str, Any]) -> int:
+    from lamplighter.remote.notebook import (
+        LocalNotebookStore,
+        MemoryNotebookStore,
+        NotebookRunner,
+        ServerNotebookStore,
+    )
+
+    output_path = _output_path(args)
     async with await _connect(args) as conn:
         source: NotebookStore
         output: NotebookStore | None = None
+        memory = MemoryNotebookStore() if output_path == "-" else None
         if args.upload:
             source = LocalNotebookStore(args.path)
-            if args.output or args.inplace:
-                output = LocalNotebookStore(args.output or args.path)
+            if output_path and memory is None:
+                output = LocalNotebookStore(output_path)
             cwd = args.cwd or ""
             session_path = posixpath.join(cwd, Path(args.path).name)
         else:
             source = ServerNotebookStore(conn, args.path)
-            if args.output or args.inplace:
-                output = ServerNotebookStore(conn, args.output or args.path)
+            if output_path and memory is None:
+                output = ServerNotebookStore(conn, output_path)
             cwd = args.cwd if args.cwd is not None else posixpath.dirname(args.path.strip("/"))
-            session_path = (args.output or args.path).strip("/")
+            session_path = (output_path if output is not None and output_path else args.path).strip("/")
         nb = await source.load()
         show_progress = not args.no_progress and not args.log_output and sys.stderr.isatty()
         observer, close_observer = _console_observer(log_output=args.log_output, progress=show_progress)
@@ -272,30 +322,123 @@ async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str,
             cell_timeout_s=args.cell_timeout,
             timeout_s=args.timeout,
             kernel_start_timeout_s=args.start_timeout,
-            store=output,
+            store=output or memory,
             pipeline=args.pipeline,
             observer=observer,
+            report_mode=args.report_mode,
+            stdin=_answerer(args),
         )
+        if args.prepare_only:
+            await runner.prepare(nb)
+            _print_memory(memory)
+            _print_saved(runner.saved_to if output is not None else None)
+            return EXIT_OK
+        started = time.monotonic()
+        failure: LamplighterError | None = None
         try:
             result = await runner.run(nb)
         except CellFailed as exc:
+            failure = exc
             close_observer()
             if not args.log_output:
                 _print_traceback(exc.traceback, sys.stderr)
-            _print_saved(runner.saved_to)
             raise
-        except (LamplighterError, asyncio.CancelledError):
+        except LamplighterError as exc:
+            failure = exc
             close_observer()
-            _print_saved(runner.saved_to)
             raise
+        except asyncio.CancelledError:
+            close_observer()
+            raise
+        finally:
+            _print_memory(memory)
+            _print_saved(runner.saved_to if output is not None else None)
+            if args.json:
+                print(
+                    json.dumps(
+                        _json_result(
+                            nb,
+                            failure,
+                            time.monotonic() - started,
+                            runner.saved_to if output is not None else None,
+                        )
+                    )
+                )
         close_observer()
         allowed = f", {len(result.allowed_errors)} allowed errors" if result.allowed_errors else ""
         print(
             f"lamplighter: ran {result.cells_executed} cells in {result.duration_s:.1f} s{allowed}",
             file=sys.stderr,
         )
-        _print_saved(runner.saved_to)
         return EXIT_OK
+
+
+def _answerer(args: argparse.Namespace) -> InputAnswerer | None:
+    from lamplighter.remote.stdin import FileAnswers, TerminalAnswers
+
+    if args.stdin:
+        return TerminalAnswers()
+    if args.stdin_file:
+        try:
+            return FileAnswers.from_text(Path(args.stdin_file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"--stdin-file: cannot read {args.stdin_file} ({exc.strerror})") from exc
+    return None
+
+
+def _print_memory(memory: Any) -> None:
+    if memory is not None and memory.text is not None:
+        sys.stdout.write(memory.text)
+        sys.stdout.flush()
+
+
+def _json_result(
+    nb: Mapping[str, Any], failure: LamplighterError | None, duration_s: float, output: str | None
+) -> dict[str, Any]:
+    """``--json``: what a scheduler needs to know about the run, one object."""
+    meta = (nb.get("metadata") or {}).get("lamplighter") or {}
+    cells = []
+    for index, cell in enumerate(nb.get("cells") or []):
+        if cell.get("cell_type") != "code":
+            continue
+        timing = (cell.get("metadata") or {}).get("execution") or {}
+        cells.append(
+            {
+                "index": index,
+                "execution_count": cell.get("execution_count"),
+                "duration_s": _span_s(timing.get("iopub.status.busy"), timing.get("iopub.status.idle")),
+            }
+        )
+    return {
+        "status": meta.get("status", "failed" if failure else "completed"),
+        "exit_status": exit_code_for(failure)
+        if failure
+        else (EXIT_OK if meta.get("status") == "completed" else EXIT_INTERRUPTED),
+        "failed_cell": getattr(failure, "cell_index", None),
+        "error": None
+        if failure is None
+        else {
+            "type": type(failure).__name__,
+            "ename": getattr(failure, "ename", None),
+            "evalue": getattr(failure, "evalue", None),
+            "message": str(failure),
+        },
+        "duration_s": round(duration_s, 3),
+        "output": output,
+        "cells": cells,
+    }
+
+
+def _span_s(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    from datetime import datetime
+
+    try:
+        span = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    return round(span.total_seconds(), 6)
 
 
 def _print_saved(where: str | None) -> None:
@@ -377,7 +520,7 @@ def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver,
 # -- run shell ---------------------------------------------------------------------------------------
 
 
-def _add_shell_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_shell_parser(commands: argparse._SubParsersAction[Any]) -> None:
     parser = add_command(
         commands,
         "shell",

@@ -120,10 +120,14 @@ class Connection:
         path: str,
         *,
         json_body: Any = None,
+        content: bytes | None = None,
         params: Mapping[str, str] | None = None,
         track_activity: bool = False,
     ) -> Any:
         """Send one request and return the decoded JSON answer (``None`` for an empty body).
+
+        ``content`` is a body already encoded as JSON, for documents httpx's strict encoder refuses
+        (a notebook whose parameters hold ``NaN``, which Python's json and the server both accept).
 
         Raises the matching :class:`RemoteError` subclass; never an httpx exception.
         """
@@ -133,20 +137,30 @@ class Connection:
         query = dict(params or {})
         if not track_activity:
             query["no_track_activity"] = "1"
-        response = await self._send(method, path, json_body=json_body, params=query)
+        response = await self._send(method, path, json_body=json_body, content=content, params=query)
         return self._decode(response, method, path)
 
     async def _send(
-        self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         headers = {}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         xsrf = self._client.cookies.get("_xsrf")
         if method in _MUTATING and xsrf and not self._token:
             headers["X-XSRFToken"] = xsrf
         where = f"{method} {self.display_url}{path}"
         request: dict[str, Any] = {"method": method, "url": f"{self.display_url}{path}"}
         try:
-            return await self._client.request(method, path, json=json_body, params=params, headers=headers)
+            return await self._client.request(
+                method, path, json=json_body, content=content, params=params, headers=headers
+            )
         except httpx.TimeoutException as exc:
             raise RemoteTimeout(f"{where}: no answer in time ({type(exc).__name__})", **request) from exc
         except httpx.RemoteProtocolError as exc:

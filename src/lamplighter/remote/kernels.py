@@ -8,15 +8,44 @@ from __future__ import annotations
 
 import logging
 
-from lamplighter.errors import MalformedAnswer, NotFound, RemoteError
+from lamplighter.errors import ConfigError, MalformedAnswer, NotFound, RemoteError
 from lamplighter.remote.connection import Connection
 from lamplighter.retry import Backoff, attempts
 
-__all__ = ["interrupt_kernel", "shutdown_kernel", "start_kernel"]
+__all__ = ["check_kernelspec", "interrupt_kernel", "kernelspecs", "shutdown_kernel", "start_kernel"]
 
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_BACKOFF = Backoff(first_s=0.1, longest_s=1.0)
+
+
+async def kernelspecs(conn: Connection) -> tuple[str, dict[str, str]]:
+    """The server's default kernelspec and every kernelspec's language (``{"python3": "python"}``)."""
+    model = await conn.get("api/kernelspecs")
+    specs = model.get("kernelspecs") if isinstance(model, dict) else None
+    if not isinstance(specs, dict):
+        raise MalformedAnswer(f"GET {conn.display_url}api/kernelspecs: no kernelspecs in the answer")
+    languages = {
+        str(name): str(((entry or {}).get("spec") or {}).get("language") or "")
+        for name, entry in specs.items()
+    }
+    return str(model.get("default") or ""), languages
+
+
+async def check_kernelspec(conn: Connection, name: str | None) -> tuple[str, str]:
+    """The kernelspec a run will start (``name``, else the server's default) and its language.
+
+    A name the server lacks is a :class:`ConfigError` listing those it has: the server itself would
+    answer a bare HTTP 500, which reads like a broken server.
+    """
+    default, languages = await kernelspecs(conn)
+    chosen = name or default
+    if chosen not in languages and chosen.lower() in languages:
+        chosen = chosen.lower()  # jupyter_client stores kernelspec names lowercased
+    if chosen not in languages:
+        have = ", ".join(sorted(languages)) or "none"
+        raise ConfigError(f"kernelspec {chosen!r} is not on the server; it has: {have}")
+    return chosen, languages[chosen]
 
 
 async def start_kernel(conn: Connection, name: str | None = None, *, path: str | None = None) -> str:

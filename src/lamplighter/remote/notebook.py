@@ -53,8 +53,10 @@ from lamplighter.errors import (
     RemoteTimeout,
 )
 from lamplighter.remote.connection import Connection
-from lamplighter.remote.kernels import interrupt_kernel, shutdown_kernel, start_kernel
+from lamplighter.remote.kernels import check_kernelspec, interrupt_kernel, shutdown_kernel, start_kernel
+from lamplighter.remote.parameters import translate_parameters
 from lamplighter.remote.session import Execution, ExecutionResult, KernelSession
+from lamplighter.remote.stdin import InputAnswerer
 
 __all__ = [
     "ERROR_TAG",
@@ -63,12 +65,14 @@ __all__ = [
     "RAISES_TAG",
     "SKIP_TAG",
     "LocalNotebookStore",
+    "MemoryNotebookStore",
     "NotebookResult",
     "NotebookRunner",
     "NotebookStore",
     "RunObserver",
     "ServerNotebookStore",
     "inject_parameters",
+    "notebook_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,9 +142,12 @@ class ServerNotebookStore:
         return f"server:{self.path}"
 
     async def load(self) -> dict[str, Any]:
-        model = await self.conn.get(
-            f"api/contents/{quote(self.path)}", params={"type": "notebook", "content": "1"}
-        )
+        try:
+            model = await self.conn.get(
+                f"api/contents/{quote(self.path)}", params={"type": "notebook", "content": "1"}
+            )
+        except NotFound as exc:
+            raise ConfigError(f"{self.description}: no such notebook on the server") from exc
         content = model.get("content") if isinstance(model, dict) else None
         if not isinstance(content, dict) or not isinstance(content.get("cells"), list):
             raise MalformedAnswer(f"{self.description}: the server did not answer with a notebook")
@@ -148,7 +155,28 @@ class ServerNotebookStore:
 
     async def save(self, nb: Mapping[str, Any]) -> None:
         body = {"type": "notebook", "format": "json", "content": nb}
-        await self.conn.request("PUT", f"api/contents/{quote(self.path)}", json_body=body)
+        # Python's json (the server's too) writes and reads NaN and Infinity, as papermill's saved
+        # parameters need; httpx's encoder refuses them.
+        content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        try:
+            await self.conn.request("PUT", f"api/contents/{quote(self.path)}", content=content)
+        except RemoteError as exc:
+            await self._explain_failed_save(exc)
+            raise
+
+    async def _explain_failed_save(self, exc: RemoteError) -> None:
+        """Turn "the folder is not there" (which the server reports as 404 or 500) into a ConfigError."""
+        folder = posixpath.dirname(self.path)
+        if not folder or exc.status not in (404, 500):
+            return
+        try:
+            await self.conn.get(f"api/contents/{quote(folder)}", params={"content": "0"})
+        except NotFound:
+            raise ConfigError(
+                f"{self.description}: cannot save there, the folder {folder!r} does not exist on the server"
+            ) from exc
+        except RemoteError:
+            return
 
 
 class LocalNotebookStore:
@@ -179,7 +207,7 @@ class LocalNotebookStore:
         return notebook
 
     async def save(self, nb: Mapping[str, Any]) -> None:
-        text = json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        text = notebook_text(nb)
         try:
             await asyncio.to_thread(self._write, text)
         except OSError as exc:
@@ -196,6 +224,26 @@ class LocalNotebookStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+class MemoryNotebookStore:
+    """Keeps the latest save as text (for ``--output -``: printed once the run is over)."""
+
+    description = "stdout"
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+
+    async def load(self) -> dict[str, Any]:
+        raise ConfigError("stdout: cannot read a notebook from the output")
+
+    async def save(self, nb: Mapping[str, Any]) -> None:
+        self.text = notebook_text(nb)
+
+
+def notebook_text(nb: Mapping[str, Any]) -> str:
+    """A notebook as lamplighter writes files: nbformat's layout (indent 1, sorted keys), NaN allowed."""
+    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def _rejoin_lines(nb: dict[str, Any]) -> None:
@@ -293,16 +341,26 @@ class _Autosaver:
 # -- parameters ------------------------------------------------------------------------------------
 
 
-def inject_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None:
-    """Insert papermill's ``injected-parameters`` cell into ``nb`` (Python kernels only), in place."""
-    language = _notebook_language(nb)
-    if language not in ("", "python"):
-        raise ConfigError(f"parameters: only Python notebooks are supported, this one is {language!r}")
-    lines = ["# Parameters"] + [f"{name} = {value!r}" for name, value in parameters.items()]
-    for name in parameters:
-        if not str(name).isidentifier():
-            raise ConfigError(f"parameters: {name!r} is not a valid Python name")
-    cell = _new_cell(nb, "code", "\n".join(lines) + "\n", tags=[INJECTED_TAG])
+def inject_parameters(
+    nb: dict[str, Any],
+    parameters: Mapping[str, Any],
+    *,
+    kernel_name: str | None = None,
+    language: str | None = None,
+    report_mode: bool = False,
+) -> None:
+    """Insert papermill's ``injected-parameters`` cell into ``nb``, in place, as papermill does.
+
+    The translator is papermill's for ``kernel_name``, else for ``language`` (default: the notebook's
+    ``language_info.name``, then ``kernelspec.language``). The cell replaces an earlier injected one,
+    or goes after the first cell tagged ``parameters``, or first; ``metadata.papermill.parameters``
+    records the values.
+    """
+    kernel_name = kernel_name or (nb.get("metadata", {}).get("kernelspec") or {}).get("name")
+    source = translate_parameters(kernel_name, language or _notebook_language(nb), parameters)
+    cell = _new_cell(nb, "code", source, tags=[INJECTED_TAG])
+    if report_mode:
+        cell["metadata"]["jupyter"] = {"source_hidden": True}
     cells: list[dict[str, Any]] = nb["cells"]
     injected = [i for i, c in enumerate(cells) if INJECTED_TAG in _tags(c)]
     marked = [i for i, c in enumerate(cells) if PARAMETERS_TAG in _tags(c)]
@@ -318,10 +376,11 @@ def inject_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None
 
 def _notebook_language(nb: Mapping[str, Any]) -> str:
     metadata = nb.get("metadata") or {}
-    language = (metadata.get("kernelspec") or {}).get("language") or (
-        metadata.get("language_info") or {}
-    ).get("name")
-    return str(language or "").lower()
+    # papermill's order: language_info first, kernelspec for old notebooks; case kept ("R").
+    language = (metadata.get("language_info") or {}).get("name") or (metadata.get("kernelspec") or {}).get(
+        "language"
+    )
+    return str(language or "")
 
 
 def _tags(cell: Mapping[str, Any]) -> list[str]:
@@ -400,6 +459,9 @@ class NotebookRunner:
     - ``autosave_interval_s``: how often to save while one cell runs long.
     - ``pipeline``: send cells ahead when that is safe (see the module docstring).
     - ``observer``: a :class:`RunObserver` for progress and live output.
+    - ``report_mode``: papermill's report mode: the injected cell's source is hidden.
+    - ``stdin``: answers the cells' ``input()``/``getpass()``; without it they raise
+      ``StdinNotImplementedError``, as under nbclient.
     """
 
     def __init__(
@@ -419,8 +481,12 @@ class NotebookRunner:
         autosave_interval_s: float = 30.0,
         pipeline: bool = True,
         observer: RunObserver | None = None,
+        report_mode: bool = False,
+        stdin: InputAnswerer | None = None,
     ) -> None:
         self.conn = conn
+        self.report_mode = report_mode
+        self.stdin = stdin
         self.kernel_name = kernel_name
         self.cwd = cwd.strip("/")
         self.session_path = session_path
@@ -452,15 +518,13 @@ class NotebookRunner:
         started = time.monotonic()
         deadline = None if self.timeout_s is None else started + self.timeout_s
         self.saved_to = None
-        if self.parameters:
-            inject_parameters(nb, self.parameters)
+        kernel_name = await self._prepare(nb)
         indices = self.cells_to_run(nb)
         for index in indices:
             nb["cells"][index]["outputs"] = []
             nb["cells"][index]["execution_count"] = None
-        kernel_name = self.kernel_name or str(
-            (nb.get("metadata", {}).get("kernelspec") or {}).get("name") or ""
-        )
+        # The input's widget state describes models of a kernel that is gone; this run's replaces it.
+        nb.setdefault("metadata", {}).pop("widgets", None)
         saver = _Autosaver(self.store, nb)
         run_meta: dict[str, Any] = {"status": "running", "kernel_name": kernel_name or "default"}
         nb.setdefault("metadata", {})["lamplighter"] = run_meta
@@ -483,7 +547,12 @@ class NotebookRunner:
                 if ks.kernel_info.get("language_info"):
                     nb["metadata"]["language_info"] = ks.kernel_info["language_info"]
                 self.observer.notebook_started(nb, indices)
-                allowed = await self._run_cells(ks, nb, indices, deadline, saver)
+                try:
+                    allowed = await self._run_cells(ks, nb, indices, deadline, saver)
+                finally:
+                    widgets = ks.widgets.metadata()
+                    if widgets is not None:  # nbclient's store_widget_state
+                        nb["metadata"]["widgets"] = widgets
             run_meta["status"] = "completed"
             return NotebookResult(
                 notebook=nb,
@@ -509,6 +578,27 @@ class NotebookRunner:
             await self._cleanup(kernel_id, session_id, interrupt=run_meta["status"] == "interrupted")
             # A failed save must not hide why the run itself failed: then it is only logged.
             await self._final_save(saver, raise_errors=run_meta["status"] == "completed")
+
+    async def prepare(self, nb: dict[str, Any]) -> None:
+        """papermill's ``--prepare-only``: check the kernelspec, inject the parameters and save; run nothing."""
+        await self._prepare(nb)
+        if self.store is not None:
+            await self.store.save(nb)
+            self.saved_to = self.store.description
+
+    async def _prepare(self, nb: dict[str, Any]) -> str:
+        """Check the kernelspec on the server and inject the parameters in its language; its name."""
+        wanted = self.kernel_name or (nb.get("metadata", {}).get("kernelspec") or {}).get("name")
+        kernel_name, language = await check_kernelspec(self.conn, str(wanted) if wanted else None)
+        if self.parameters:
+            inject_parameters(
+                nb,
+                self.parameters,
+                kernel_name=kernel_name,
+                language=language or None,
+                report_mode=self.report_mode,
+            )
+        return kernel_name
 
     async def _start_kernel(self, kernel_name: str | None, deadline: float | None) -> str:
         start = start_kernel(self.conn, kernel_name, path=self.cwd)
@@ -637,7 +727,11 @@ class NotebookRunner:
 
         # The cell's own list collects the outputs, so display updates and autosaves see them live.
         execution = await ks.submit(
-            _source(cell), stop_on_error=not may_fail, outputs=cell["outputs"], on_output=on_output
+            _source(cell),
+            stop_on_error=not may_fail,
+            outputs=cell["outputs"],
+            on_output=on_output,
+            stdin=self.stdin,
         )
         return _Step(index=index, cell=cell, execution=execution, may_fail=may_fail)
 
@@ -645,12 +739,15 @@ class NotebookRunner:
         try:
             return await step.execution.result(timeout_s=self.cell_timeout_s, deadline=deadline)
         except RemoteTimeout as exc:
+            _keep_what_ran(step)
             _mark(nb, step.cell, f"Execution stopped: {exc}")
             raise RemoteTimeout(f"cell {step.index}: {exc}") from exc
         except KernelDied as exc:
+            _keep_what_ran(step)
             _mark(nb, step.cell, f"Execution stopped: the kernel died while this cell ran ({exc})")
             raise
         except asyncio.CancelledError:
+            _keep_what_ran(step)
             _mark(nb, step.cell, "Execution stopped: interrupted while this cell ran")
             raise
 
@@ -658,6 +755,14 @@ class NotebookRunner:
         while True:
             await asyncio.sleep(self.autosave_interval_s)
             saver.request()
+
+
+def _keep_what_ran(step: _Step) -> None:
+    """A cell stopped before its reply did run: keep its count and timings, as nbclient does (its
+    outputs, the KeyboardInterrupt traceback included, are already in the cell)."""
+    step.cell["execution_count"] = step.execution.execution_count
+    if step.execution.timing:
+        step.cell.setdefault("metadata", {})["execution"] = step.execution.timing
 
 
 def _cell_failed(step: _Step, result: ExecutionResult) -> CellFailed:

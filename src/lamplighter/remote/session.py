@@ -47,9 +47,13 @@ from lamplighter.remote.outputs import (
     Outputs,
     is_rate_limit_notice,
 )
+from lamplighter.remote.stdin import InputAnswerer
 from lamplighter.remote.transport import open_websocket, reopen_websocket
+from lamplighter.remote.widgets import WidgetRegistry
 
 __all__ = ["Execution", "ExecutionResult", "KernelSession", "OutputCallback"]
+
+_COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +123,11 @@ class Execution(_Waiter):
         outputs: Outputs,
         displays: DisplayRegistry,
         on_output: OutputCallback | None,
+        stdin: InputAnswerer | None = None,
     ) -> None:
         self.msg_id = msg_id
+        self.stdin = stdin
+        self._stdin_tasks: set[asyncio.Task[None]] = set()
         self.outputs = outputs
         self._session = session
         self._area = OutputArea(outputs, displays)
@@ -144,11 +151,25 @@ class Execution(_Waiter):
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def execution_count(self) -> int | None:
+        """The count the kernel gave this request so far (known from ``execute_input``, before the reply)."""
+        return self._execution_count
+
+    @property
+    def timing(self) -> dict[str, str]:
+        """nbclient's ``metadata.execution`` timestamps seen so far."""
+        return dict(self._timing)
+
     def feed(self, msg: Message) -> None:
         if self._finished:
             return
         if msg.channel == "iopub":
             self._feed_iopub(msg)
+        elif msg.channel == "stdin" and msg.msg_type == "input_request":
+            task = asyncio.create_task(self._answer_input(msg.content), name=f"stdin-{self.msg_id}")
+            self._stdin_tasks.add(task)
+            task.add_done_callback(self._stdin_tasks.discard)
         elif msg.channel == "shell" and msg.msg_type == "execute_reply":
             self._reply = msg.content
             self._timing["shell.execute_reply"] = msg.date
@@ -189,9 +210,29 @@ class Execution(_Waiter):
             logger.warning(
                 "the server dropped output of request %s: %s", self.msg_id, msg.content["text"].strip()
             )
-        self._area.handle(msg_type, msg.content)
+        hook = self._session.widgets.hook_for(self.msg_id) if msg_type != "update_display_data" else None
+        if hook is not None:
+            hook.output(msg_type, msg.content)  # inside `with out:`: the widget's, not the cell's
+        else:
+            self._area.handle(msg_type, msg.content)
         if self._on_output is not None:
             self._on_output(msg_type, msg.content)
+
+    async def _answer_input(self, request: Mapping[str, Any]) -> None:
+        prompt, password = str(request.get("prompt", "")), bool(request.get("password"))
+        value = None if self.stdin is None else await self.stdin.answer(prompt, password=password)
+        if value is None:
+            # The kernel would wait forever: interrupting it fails the cell with KeyboardInterrupt.
+            logger.warning("no answer for the cell's input %r; interrupting the kernel", prompt)
+            try:
+                await self._session.interrupt()
+            except RemoteError as exc:
+                logger.warning("could not interrupt the kernel: %s", exc)
+            return
+        try:
+            await self._session._send("stdin", self._session._header("input_reply"), {"value": value})
+        except RemoteError as exc:
+            logger.warning("could not answer the cell's input request: %s", exc)
 
     def _mark_started(self) -> None:
         # The waiter wakes only when it has something to do: a per_cell clock to start, or the end.
@@ -339,6 +380,9 @@ class KernelSession:
         self._connected = asyncio.Event()
         self._pending: dict[str, _Waiter] = {}
         self._displays = DisplayRegistry()
+        self.widgets = WidgetRegistry(self._send_comm)
+        """Widget models seen on this kernel, and the Output widgets capturing requests."""
+        self._comm_tasks: set[asyncio.Task[None]] = set()
         self._broken: RemoteError | None = None
         self._closing = False
         self._reader: asyncio.Task[None] | None = None
@@ -397,6 +441,10 @@ class KernelSession:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        # Widget updates still queued are moot once the socket goes.
+        for task in list(self._comm_tasks):
+            task.cancel()
+        await asyncio.gather(*self._comm_tasks, return_exceptions=True)
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
@@ -458,6 +506,10 @@ class KernelSession:
 
     def _dispatch(self, frame: str | bytes) -> None:
         msg = decode_frame(frame, self._v1)
+        if msg.channel == "iopub" and msg.msg_type in _COMM_TYPES:
+            # Widget traffic belongs to the kernel, not to one request: a model outlives its cell.
+            self.widgets.handle(msg.msg_type, msg.content)
+            return
         if msg.parent_id is not None:
             waiter = self._pending.get(msg.parent_id)
             if waiter is not None:
@@ -489,6 +541,19 @@ class KernelSession:
         self._pending.pop(msg_id, None)
 
     # -- writing
+
+    def _send_comm(self, comm_id: str, data: dict[str, Any]) -> None:
+        """Send a widget ``comm_msg`` to the kernel, as a front end does (in the background)."""
+
+        async def send() -> None:
+            try:
+                await self._send("shell", self._header("comm_msg"), {"comm_id": comm_id, "data": data})
+            except RemoteError as exc:
+                logger.warning("could not update widget %s in the kernel: %s", comm_id, exc)
+
+        task = asyncio.get_running_loop().create_task(send(), name=f"comm-{comm_id[:8]}")
+        self._comm_tasks.add(task)
+        task.add_done_callback(self._comm_tasks.discard)
 
     def _header(self, msg_type: str) -> dict[str, Any]:
         return new_header(msg_type, session_id=self.session_id, username=self.username)
@@ -539,23 +604,27 @@ class KernelSession:
         stop_on_error: bool = True,
         outputs: list[dict[str, Any]] | None = None,
         on_output: OutputCallback | None = None,
+        stdin: InputAnswerer | None = None,
     ) -> Execution:
         """Send an ``execute_request``; return once it is on the wire (to keep the kernel's queue fed).
 
         Wait for it with :meth:`Execution.result`. Messages for it are collected from now on, so
-        several requests may be in flight; the kernel runs them in order.
+        several requests may be in flight; the kernel runs them in order. With ``stdin``, the cell's
+        ``input()`` and ``getpass()`` are answered by it; without, they raise ``StdinNotImplementedError``.
         """
         if self._broken is not None:
             raise self._broken
         header = self._header("execute_request")
         msg_id = str(header["msg_id"])
-        execution = Execution(self, msg_id, outputs if outputs is not None else [], self._displays, on_output)
+        execution = Execution(
+            self, msg_id, outputs if outputs is not None else [], self._displays, on_output, stdin
+        )
         content = {
             "code": code,
             "silent": silent,
             "store_history": store_history,
             "user_expressions": {},
-            "allow_stdin": False,
+            "allow_stdin": stdin is not None,
             "stop_on_error": stop_on_error,
         }
         await self._send_request_for(msg_id, header, content, execution)
