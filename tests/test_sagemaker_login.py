@@ -245,3 +245,16 @@ async def test_login_works_through_both_flows_and_reports_an_app_not_ready(
         assert "here.txt" in {item["name"] for item in listing["content"]}
         terminal = await conn.request("POST", "api/terminals")  # the _xsrf came with the cookies
         await conn.request("DELETE", f"api/terminals/{terminal['name']}")
+
+
+def test_run_shell_in_a_shared_space_logs_in_as_the_member_named(
+    sm: SageMakerEmulator, domain: StudioDomain, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lamplighter.cli import main
+
+    sm.add_user_profile(domain.id, "bob")
+    _running(sm, domain, domain.shared_space)
+    argv = ["run", "shell", "--domain", domain.id, "--space", domain.shared_space, "--login-as", "bob"]
+    assert main([*argv, "--", "echo hello from the shared space"]) == 0
+    assert "hello from the shared space" in capsys.readouterr().out
+    assert _presigned_users(sm) == [("bob", domain.shared_space)]

@@ -70,6 +70,11 @@ OPTIONS: dict[str, Option] = {
     "user_profile": Option(
         ("--user-profile",), "The app's user profile (Studio Classic).", {"metavar": "NAME"}
     ),
+    "login_as": Option(
+        ("--login-as",),
+        "User profile to log in to a shared space as (a member; a private space is always its owner's).",
+        {"metavar": "USER"},
+    ),
     "app_type": Option(
         ("--app-type",),
         "The kind of app; SageMaker's names JupyterLab, JupyterServer, CodeEditor are accepted too.",

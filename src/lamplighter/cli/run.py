@@ -98,6 +98,7 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     owner = studio.add_mutually_exclusive_group()
     add_option(parser, "space", group=owner, help="The space whose app runs the code.")
     add_option(parser, "user_profile", group=owner)
+    add_option(parser, "login_as", group=studio)
     add_option(parser, "app_type", group=studio, default="jupyter")
 
 
@@ -256,6 +257,7 @@ async def _connect(args: argparse.Namespace) -> Connection:
         args.domain,
         space=args.space,
         user_profile=args.user_profile,
+        shared_space_user=args.login_as,
         app_type=SAGEMAKER_APP_TYPES[args.app_type],
         region=settings.region,
         endpoint_url=settings.sagemaker_endpoint_url,

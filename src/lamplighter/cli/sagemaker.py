@@ -160,9 +160,7 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
     add_option(status, "domain", required=True)
     add_option(status, "json")
     status.add_argument("--all", action="store_true", help="Include Deleted apps.")
-    status.add_argument(
-        "--login-as", metavar="USER", help="User profile to read shared spaces' apps as (they have no owner)."
-    )
+    add_option(status, "login_as")
     status.add_argument("--concurrency", type=int, default=4, metavar="N", help="Apps read at once [4].")
     add_settings_options(status, names=(*_AWS_OPTIONS, "heartbeat_interval"))
     status.set_defaults(handler=_fleet_status)
