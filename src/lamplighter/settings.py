@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 ACTIONS = ("shutdown", "command", "none")
-PLATFORMS = ("jupyter", "sagemaker")
+PLATFORMS = ("jupyter", "sagemaker", "jupyterhub")
 #: The one set of app types every ``--app-type`` takes ('jupyter-server' is Studio Classic's app, watched
 #: like 'jupyter'); SageMaker's own names for them are accepted too, in any case.
 APP_TYPES = ("jupyter", "jupyter-server", "code-editor")
@@ -312,6 +312,58 @@ class Settings:
         env=("LAMPLIGHTER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
     )
 
+    # -- JupyterHub (lamplighter hub, and watch behind a hub) -----------------------------------
+    hub_url: str | None = _opt(
+        None,
+        "URL of the hub's REST API, e.g. http://127.0.0.1:8081/hub/api (a hub-managed service gets "
+        "JUPYTERHUB_API_URL).",
+        parse=_parse_optional_str,
+        group="hub",
+        env=("LAMPLIGHTER_HUB_URL", "JUPYTERHUB_API_URL"),
+    )
+    hub_token: str | None = _opt(
+        None,
+        "The service's hub API token; a hub-managed service gets it as JUPYTERHUB_API_TOKEN. Visible in "
+        "process lists as a flag: prefer the environment.",
+        parse=_parse_optional_str,
+        group="hub",
+        env=("LAMPLIGHTER_HUB_TOKEN", "JUPYTERHUB_API_TOKEN"),
+        secret=True,
+    )
+    cull_every: timedelta | None = _opt(
+        None,
+        "Longest time between two lists of the hub's servers: a server started meanwhile is watched "
+        "from the next list on (default: a tenth of idle_timeout, 1 s to 5 min; jupyterhub-idle-culler's name).",
+        parse=_parse_optional_duration,
+        group="hub",
+        bounds=(timedelta(milliseconds=100), _DAY),
+    )
+    concurrency: int = _opt(
+        10,
+        "At most this many requests to the hub and its servers at once, across all users.",
+        parse=int,
+        group="hub",
+        bounds=(1, 1000),
+    )
+    api_page_size: int | None = _opt(
+        None,
+        "Users per page when listing the hub (default: the hub's own page size).",
+        parse=_parse_optional_int,
+        group="hub",
+        bounds=(1, 10_000),
+    )
+    remove_named_servers: bool = _opt(
+        False,
+        "Remove a named server from the hub when it is stopped, not only stop it.",
+        parse=parse_bool,
+        group="hub",
+    )
+    cull_default_servers: bool = _opt(
+        True, "Watch and stop users' default servers.", parse=parse_bool, group="hub"
+    )
+    cull_named_servers: bool = _opt(
+        True, "Watch and stop users' named servers.", parse=parse_bool, group="hub"
+    )
     # -- the policy ---------------------------------------------------------------------------
     idle_timeout: timedelta = _opt(
         timedelta(hours=1),
@@ -628,6 +680,12 @@ class Settings:
         if self.probe_interval is not None:
             return self.probe_interval
         return _clamp(self.idle_timeout / 10, timedelta(seconds=0.2), timedelta(minutes=1))
+
+    @property
+    def effective_cull_every(self) -> timedelta:
+        if self.cull_every is not None:
+            return self.cull_every
+        return _clamp(self.idle_timeout / 10, timedelta(seconds=1), timedelta(minutes=5))
 
     @property
     def effective_process_sample_interval(self) -> timedelta:

@@ -110,9 +110,11 @@ class Connection:
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    async def get(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:
+    async def get(
+        self, path: str, *, params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None
+    ) -> Any:
         """GET a JSON document, untracked."""
-        return await self.request("GET", path, params=params)
+        return await self.request("GET", path, params=params, headers=headers)
 
     async def request(
         self,
@@ -122,6 +124,7 @@ class Connection:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         track_activity: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Send one request and return the decoded JSON answer (``None`` for an empty body).
 
@@ -133,13 +136,19 @@ class Connection:
         query = dict(params or {})
         if not track_activity:
             query["no_track_activity"] = "1"
-        response = await self._send(method, path, json_body=json_body, params=query)
+        response = await self._send(method, path, json_body=json_body, params=query, headers=headers)
         return self._decode(response, method, path)
 
     async def _send(
-        self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        headers = {}
+        headers = dict(headers or {})
         xsrf = self._client.cookies.get("_xsrf")
         if method in _MUTATING and xsrf and not self._token:
             headers["X-XSRFToken"] = xsrf
