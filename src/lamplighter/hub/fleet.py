@@ -32,6 +32,10 @@ __all__ = ["HubFleet", "Watched"]
 
 logger = logging.getLogger(__name__)
 
+#: How long an agent whose server left the hub's list may take to finish its pass (a stop being
+#: verified: the stopper's own budget is stop_verify_timeout).
+_END_GRACE_S = 60.0
+
 
 @dataclass
 class Watched:
@@ -67,6 +71,7 @@ class HubFleet:
         self.watched: dict[tuple[str, str, datetime | None], Watched] = {}
         self.passes = 0
         self._exit = asyncio.Event()
+        self._ending: set[asyncio.Task[None]] = set()
 
     def request_exit(self) -> None:
         """Let every agent finish its current pass, then return from :meth:`run`."""
@@ -112,7 +117,7 @@ class HubFleet:
         current = {(s.user, s.name, s.started): s for s in servers}
         for key, item in list(self.watched.items()):
             if key not in current or item.task.done():
-                await self._end(key)
+                self._end(key)
         for key, server in current.items():
             if key in self.watched:
                 self.watched[key].probe.update(server)
@@ -162,19 +167,27 @@ class HubFleet:
         except Exception:
             logger.exception("%s: the agent failed", server.label)
 
-    async def _end(self, key: tuple[str, str, datetime | None]) -> None:
+    def _end(self, key: tuple[str, str, datetime | None]) -> None:
+        """Let the agent finish what it is doing (a stop under way included), then close its connection."""
         item = self.watched.pop(key)
         if not item.task.done():
             logger.info("%s: no longer running in the hub; not watched any more", item.server.label)
+        item.agent.request_exit()
+        ending = asyncio.create_task(self._close_after(item), name=f"end {item.server.label}")
+        self._ending.add(ending)
+        ending.add_done_callback(self._ending.discard)
+
+    async def _close_after(self, item: Watched) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(item.task), timeout=_END_GRACE_S)
+        except asyncio.TimeoutError:
             item.task.cancel()
-        await asyncio.gather(item.task, return_exceptions=True)
-        await item.conn.aclose()
+            await asyncio.gather(item.task, return_exceptions=True)
+        finally:
+            await item.conn.aclose()
 
     async def close(self) -> None:
-        for item in self.watched.values():
-            item.agent.request_exit()
+        """End every agent (each finishes its current pass, bounded by a grace period)."""
         for key in list(self.watched):
-            item = self.watched[key]
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(item.task), timeout=10)
-            await self._end(key)
+            self._end(key)
+        await asyncio.gather(*self._ending, return_exceptions=True)
