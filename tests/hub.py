@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.chp import running_proxy
 from tests.waiting import wait_until
 
-__all__ = ["Hub", "running_hub"]
+__all__ = ["Hub", "hub", "hub_users", "running_hub"]
 
 #: What the lamplighter service's role gets in the tests: the README's list.
 SERVICE_SCOPES = [
@@ -123,6 +124,26 @@ c.Spawner.args = {args!r}
 c.Spawner.environment = {{"JUPYTERHUB_ACTIVITY_INTERVAL": "1"}}
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
+# The server's own token may stop its own server through the hub (the in-server extension's stop).
+c.Spawner.server_token_scopes = [
+    "users:activity!user", "access:servers!server", "delete:servers!server", "read:servers!server",
+]
+
+
+def _pre_spawn(spawner):
+    # Users named ext* get the lamplighter extension in their server, with a short idle timeout.
+    if not spawner.user.name.startswith("ext"):
+        return
+    import json, os
+    config = os.path.join({workdir!r}, "config-" + spawner.user.name)
+    os.makedirs(config, exist_ok=True)
+    with open(os.path.join(config, "jupyter_server_config.json"), "w") as f:
+        json.dump({{"ServerApp": {{"jpserver_extensions": {{"lamplighter": True}}}},
+                   "Lamplighter": {{"idle_timeout": "6s", "journal": os.path.join(config, "journal.sqlite3")}}}}, f)
+    spawner.environment = dict(spawner.environment, JUPYTER_CONFIG_DIR=config)
+
+
+c.Spawner.pre_spawn_hook = _pre_spawn
 c.JupyterHub.services = [
     {{"name": "lamplighter", "api_token": {service_token!r}}},
     {{"name": "tester", "api_token": {admin_token!r}}},
@@ -150,7 +171,7 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
                 config = _CONFIG.format(
                     public=proxy.url,
                     port=port,
-                    workdir=workdir,
+                    workdir=str(workdir),
                     proxy_api=proxy.api,
                     singleuser=singleuser,
                     args=args,
@@ -194,3 +215,20 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """One hub for the whole session (each test uses users of its own: :func:`hub_users`)."""
+    with running_hub(tmp_path_factory.mktemp("hub")) as running:
+        yield running
+
+
+@pytest.fixture
+def hub_users(hub: Hub) -> Iterator[list[str]]:
+    """The user names a test adds; every server they still have is stopped afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        for server_name in list(hub.user(name).get("servers", {})):
+            hub.stop(name, server_name)

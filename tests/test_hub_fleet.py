@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,26 +25,10 @@ from lamplighter.model import Action, Decision
 from lamplighter.platforms.jupyterhub import HubApi, HubServer, parse_users
 from lamplighter.remote import Connection, KernelSession, start_kernel
 from lamplighter.settings import Settings, load_settings
-from tests.hub import Hub, running_hub
+from tests.hub import Hub
 from tests.waiting import wait_until_async
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    with running_hub(tmp_path_factory.mktemp("hub")) as running:
-        yield running
-
-
-@pytest.fixture
-def users(hub: Hub) -> Iterator[list[str]]:
-    """Fresh user names for one test; every server they still have is stopped afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        for server_name in list(hub.user(name).get("servers", {})):
-            hub.stop(name, server_name)
 
 
 def new_user(users: list[str]) -> str:
@@ -128,11 +112,11 @@ async def busy_cell(hub: Hub, name: str) -> AsyncIterator[str]:
 
 
 async def test_an_idle_server_is_stopped_through_the_hub_within_a_second_of_its_deadline(
-    hub: Hub, users: list[str], tmp_path: Path
+    hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
     settings = hub_settings(hub, tmp_path, idle_timeout="8s")
     async with running_fleet(hub, settings):
-        name = new_user(users)
+        name = new_user(hub_users)
         await asyncio.to_thread(hub.start, name)
         await gone(hub, settings, name)
     [stop] = stops(settings)
@@ -148,9 +132,9 @@ async def test_an_idle_server_is_stopped_through_the_hub_within_a_second_of_its_
 
 
 async def test_a_busy_silent_cell_keeps_its_server_while_an_idle_one_is_stopped(
-    hub: Hub, users: list[str], tmp_path: Path
+    hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
-    busy_user, idle_user = new_user(users), new_user(users)
+    busy_user, idle_user = new_user(hub_users), new_user(hub_users)
     await asyncio.gather(asyncio.to_thread(hub.start, busy_user), asyncio.to_thread(hub.start, idle_user))
     decisions: list[tuple[HubServer, Decision]] = []
     settings = hub_settings(hub, tmp_path, idle_timeout="3s", busy_recheck="0.5s")
@@ -177,9 +161,9 @@ async def test_a_busy_silent_cell_keeps_its_server_while_an_idle_one_is_stopped(
 
 
 async def test_named_servers_are_stopped_and_removed_when_asked(
-    hub: Hub, users: list[str], tmp_path: Path
+    hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
-    name = new_user(users)
+    name = new_user(hub_users)
     await asyncio.to_thread(hub.start, name, "gpu")
     settings = hub_settings(hub, tmp_path, idle_timeout="3s", remove_named_servers="true")
     async with running_fleet(hub, settings):
@@ -191,9 +175,9 @@ async def test_named_servers_are_stopped_and_removed_when_asked(
 
 
 async def test_named_servers_are_left_alone_with_cull_named_servers_off(
-    hub: Hub, users: list[str], tmp_path: Path
+    hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
-    name = new_user(users)
+    name = new_user(hub_users)
     await asyncio.to_thread(hub.start, name, "keep")
     await asyncio.to_thread(hub.start, name)
     settings = hub_settings(hub, tmp_path, idle_timeout="3s", cull_named_servers="false")
@@ -204,9 +188,9 @@ async def test_named_servers_are_left_alone_with_cull_named_servers_off(
 
 
 async def test_a_server_its_user_stops_between_passes_is_dropped_without_a_stop(
-    hub: Hub, users: list[str], tmp_path: Path
+    hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
-    name = new_user(users)
+    name = new_user(hub_users)
     await asyncio.to_thread(hub.start, name)
     settings = hub_settings(hub, tmp_path, idle_timeout="1h")
     async with running_fleet(hub, settings) as fleet:
@@ -231,9 +215,9 @@ async def test_a_server_its_user_stops_between_passes_is_dropped_without_a_stop(
 
 
 async def test_one_frozen_server_does_not_delay_the_stop_of_another(
-    hub: Hub, users: list[str], tmp_path: Path
+    hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
-    frozen, idle = new_user(users), new_user(users)
+    frozen, idle = new_user(hub_users), new_user(hub_users)
     await asyncio.to_thread(hub.start, frozen)
     pid = int(hub.server(frozen)["state"]["pid"])  # type: ignore[index]
     os.kill(pid, signal.SIGSTOP)  # it accepts connections and never answers: every probe times out
@@ -250,8 +234,8 @@ async def test_one_frozen_server_does_not_delay_the_stop_of_another(
     assert hub.server(frozen) is not None  # an outage is never idleness
 
 
-async def test_pages_are_followed_with_the_page_size_setting(hub: Hub, users: list[str]) -> None:
-    names = [new_user(users) for _ in range(3)]
+async def test_pages_are_followed_with_the_page_size_setting(hub: Hub, hub_users: list[str]) -> None:
+    names = [new_user(hub_users) for _ in range(3)]
     await asyncio.gather(*(asyncio.to_thread(hub.start, n) for n in names))
     async with Connection(hub.api, token=hub.service_token) as conn:
         api = HubApi(conn, page_size=1)

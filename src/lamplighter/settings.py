@@ -152,6 +152,12 @@ def _parse_optional_int(text: object) -> int | None:
     return int(str(text).strip())
 
 
+def _parse_int(text: object) -> int:
+    if isinstance(text, bool):
+        raise ValueError("a number, not a boolean")
+    return int(str(text).strip())
+
+
 def _parse_list(text: object) -> tuple[str, ...]:
     """A TOML list, or a comma-separated string."""
     items = text if isinstance(text, list | tuple) else str(text).split(",")
@@ -341,7 +347,7 @@ class Settings:
     concurrency: int = _opt(
         10,
         "At most this many requests to the hub and its servers at once, across all users.",
-        parse=int,
+        parse=_parse_int,
         group="hub",
         bounds=(1, 1000),
     )
@@ -364,6 +370,27 @@ class Settings:
     cull_named_servers: bool = _opt(
         True, "Watch and stop users' named servers.", parse=parse_bool, group="hub"
     )
+    group_idle_timeouts: tuple[str, ...] = _opt(
+        (),
+        "Idle timeouts by hub group, as 'gpu=15m,students=2h'; a member of several groups gets the shortest.",
+        parse=_parse_list,
+        group="hub",
+    )
+    profile_idle_timeouts: tuple[str, ...] = _opt(
+        (),
+        "Idle timeouts by spawner profile (the server's user_options 'profile'), as 'gpu-large=15m'; the "
+        "shortest of group, profile and idle_timeout applies.",
+        parse=_parse_list,
+        group="hub",
+    )
+    veto_hook: str | None = _opt(
+        None,
+        "A Python callable 'module:function' asked before each stop with (server model, user model, "
+        "decision); it may be async and returns 'keep' or 'stop' (or False/True).",
+        parse=_parse_optional_str,
+        group="hub",
+    )
+
     # -- the policy ---------------------------------------------------------------------------
     idle_timeout: timedelta = _opt(
         timedelta(hours=1),

@@ -26,6 +26,8 @@ from lamplighter.settings import Settings, parse_duration, parse_setting
 __all__ = ["add_core_parsers"]
 
 _TARGET_GROUPS = ("target", "policy", "signals", "action", "journal", "sagemaker")
+#: A hub user's server is stopped through the hub (the rest of the hub group is `lamplighter hub`'s).
+_HUB_NAMES = ("hub_url", "hub_token", "remove_named_servers")
 
 
 def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,12 +37,12 @@ def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description="Watch a Jupyter server without creating activity; stop it within a second of its "
         "idle deadline; journal every verdict with its reasons.",
     )
-    add_settings_options(watch, groups=_TARGET_GROUPS)
+    add_settings_options(watch, groups=_TARGET_GROUPS, names=_HUB_NAMES)
     watch.add_argument("--once", action="store_true", help="Decide once, act, and exit (for cron).")
     watch.set_defaults(handler=_watch)
 
     status = commands.add_parser("status", help="Print the verdict and its reasons now; act on nothing.")
-    add_settings_options(status, groups=_TARGET_GROUPS)
+    add_settings_options(status, groups=_TARGET_GROUPS, names=_HUB_NAMES)
     add_option(status, "json")
     status.set_defaults(handler=_status)
 

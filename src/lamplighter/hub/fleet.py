@@ -21,8 +21,10 @@ from datetime import datetime
 
 from lamplighter.agent import Agent, utcnow
 from lamplighter.errors import LamplighterError, RemoteError
+from lamplighter.hub.policies import VetoStop, idle_timeout_for, load_veto_hook, parse_timeouts
 from lamplighter.journal import Journal
 from lamplighter.model import Decision
+from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import JupyterServer
 from lamplighter.platforms.jupyterhub import HubApi, HubServer, HubServerProbe, HubStopper, own_base_url
 from lamplighter.remote.connection import Connection
@@ -68,6 +70,10 @@ class HubFleet:
         self._clock = clock
         self._on_decision = on_decision
         self._limit = asyncio.Semaphore(settings.concurrency)
+        # Checked here, at start: a bad entry or hook is a configuration error, not a warning per server.
+        self._group_timeouts = parse_timeouts(settings.group_idle_timeouts, "group_idle_timeouts")
+        self._profile_timeouts = parse_timeouts(settings.profile_idle_timeouts, "profile_idle_timeouts")
+        self._veto = load_veto_hook(settings.veto_hook) if settings.veto_hook else None
         self.watched: dict[tuple[str, str, datetime | None], Watched] = {}
         self.passes = 0
         self._exit = asyncio.Event()
@@ -134,13 +140,15 @@ class HubFleet:
         conn = Connection(url, token=self._token, verify_tls=settings.verify_tls, timeout_s=timeout_s)
         target = self.target_for(server)
         probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
-        stopper = HubStopper(
+        stopper: Stopper = HubStopper(
             self.api,
             server,
             remove=settings.remove_named_servers,
             verify_timeout_s=settings.stop_verify_timeout.total_seconds(),
             limit=self._limit,
         )
+        if self._veto is not None:
+            stopper = VetoStop(stopper, self._veto, server)
         on_decision = None
         if self._on_decision is not None:
             report = self._on_decision
@@ -154,8 +162,21 @@ class HubFleet:
         logger.info("%s: watching at %s", server.label, conn.display_url)
 
     def settings_for(self, server: HubServer) -> Settings:
-        """The settings one server is judged by; the hub's servers are never on this machine."""
-        return replace(self.settings, process_signal=False, gpu_signal=False, watch_paths=(), url=None)
+        """The settings one server is judged by: its group's or profile's timeout if shorter; never this
+        machine's signals (the hub's servers are not its processes)."""
+        timeout, source = idle_timeout_for(
+            server, self.settings.idle_timeout, self._group_timeouts, self._profile_timeouts
+        )
+        if source is not None:
+            logger.debug("%s: idle timeout %s from its %s", server.label, timeout, source)
+        return replace(
+            self.settings,
+            idle_timeout=timeout,
+            process_signal=False,
+            gpu_signal=False,
+            watch_paths=(),
+            url=None,
+        )
 
     async def _watch(self, server: HubServer, agent: Agent) -> None:
         try:

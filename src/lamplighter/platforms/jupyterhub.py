@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from lamplighter.errors import AuthRejected, MalformedAnswer, NotFound, RemoteError
 from lamplighter.model import (
@@ -39,7 +40,16 @@ from lamplighter.platforms.base import Probe
 from lamplighter.remote.connection import Connection
 from lamplighter.retry import Backoff, attempts
 
-__all__ = ["HubApi", "HubServer", "HubServerProbe", "HubStopper", "parse_users"]
+__all__ = [
+    "HubApi",
+    "HubServer",
+    "HubServerProbe",
+    "HubStop",
+    "HubStopper",
+    "own_base_url",
+    "parse_users",
+    "server_from_env_or_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +69,8 @@ class HubServer:
     user_admin: bool = False
     user_groups: tuple[str, ...] = ()
     user_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    server_model: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    user_model: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # without servers
 
     @property
     def label(self) -> str:
@@ -108,6 +120,8 @@ def parse_users(users: Any) -> list[HubServer]:
                     user_admin=bool(user.get("admin")),
                     user_groups=tuple(str(g) for g in user.get("groups") or ()),
                     user_options=dict(server.get("user_options") or {}),
+                    server_model=dict(server),
+                    user_model={k: v for k, v in user.items() if k != "servers"},
                 )
             )
     return found
@@ -339,3 +353,67 @@ def own_base_url(targets: Mapping[tuple[str, str], str], server: HubServer) -> s
         return None
     parts = urlsplit(url)
     return url if parts.scheme in ("http", "https") else None
+
+
+_USER_PATH = re.compile(r"/user/(?P<user>[^/]+)/(?:(?P<server>[^/]+)/)?$")
+
+
+def server_from_env_or_url(env: Mapping[str, str], url: str | None) -> HubServer | None:
+    """Which hub server this is: ``JUPYTERHUB_USER``/``JUPYTERHUB_SERVER_NAME`` inside a hub user's
+    server (what ``jupyterhub-singleuser`` is given), else a ``…/user/NAME/[SERVER/]`` URL."""
+    if env.get("JUPYTERHUB_USER") and env.get("JUPYTERHUB_API_URL"):
+        name = env.get("JUPYTERHUB_SERVER_NAME", "")
+        user = env["JUPYTERHUB_USER"]
+        path = f"/user/{quote(user, safe='')}/" + (f"{quote(name, safe='')}/" if name else "")
+        return HubServer(user=user, name=name, path=path, started=None, last_activity=None)
+    match = _USER_PATH.search(urlsplit(url or "").path)
+    if match is None:
+        return None
+    user, name = unquote(match["user"]), unquote(match["server"] or "")
+    return HubServer(user=user, name=name, path=match.group(0), started=None, last_activity=None)
+
+
+class HubStop:
+    """The stop of one server through the hub for ``watch`` and the in-server extension, which hold no hub
+    connection of their own: it is opened for the stop and closed after it."""
+
+    def __init__(
+        self,
+        hub_url: str,
+        token: str | None,
+        server: HubServer,
+        *,
+        remove: bool = False,
+        verify_tls: bool = True,
+        timeout_s: float = 10.0,
+        verify_timeout_s: float = 30.0,
+    ) -> None:
+        self._hub_url = hub_url if hub_url.endswith("/") else hub_url + "/"
+        self._token = token
+        self._server = server
+        self._remove = remove
+        self._verify_tls = verify_tls
+        self._timeout_s = timeout_s
+        self._verify_timeout_s = verify_timeout_s
+
+    @property
+    def description(self) -> str:
+        remove = " (remove)" if self._remove and self._server.name else ""
+        return f"DELETE {Connection(self._hub_url).display_url}{self._server.api_path}{remove}"
+
+    async def stop(self, decision: Decision) -> StopResult:
+        conn = Connection(
+            self._hub_url, token=self._token, verify_tls=self._verify_tls, timeout_s=self._timeout_s
+        )
+        async with conn:
+            api = HubApi(conn)
+            # From inside, the deadline can come before the hub has finished starting the server (it
+            # waits for it to answer): a stop then would fail the spawn. Not until the hub says ready.
+            with contextlib.suppress(RemoteError):
+                model = await api.server_model(self._server)
+                if model is not None and model.get("pending") == "spawn":
+                    return StopResult(StopOutcome.STOPPING, f"the hub is still starting {self._server.label}")
+            stopper = HubStopper(
+                api, self._server, remove=self._remove, verify_timeout_s=self._verify_timeout_s
+            )
+            return await stopper.stop(decision)
