@@ -42,6 +42,7 @@ SERVICE_SCOPES = [
     "delete:servers",
     "access:servers",
     "proxy",
+    "read:users:groups",  # only for group_idle_timeouts
 ]
 
 
@@ -150,7 +151,7 @@ c.JupyterHub.services = [
 ]
 c.JupyterHub.load_roles = [
     {{"name": "lamplighter", "scopes": {scopes!r}, "services": ["lamplighter"]}},
-    {{"name": "tester", "scopes": ["admin:users", "admin:servers", "access:servers", "proxy"], "services": ["tester"]}},
+    {{"name": "tester", "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "proxy"], "services": ["tester"]}},
 ]
 """
 
