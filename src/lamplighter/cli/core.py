@@ -42,8 +42,14 @@ def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     watch.set_defaults(handler=_watch)
 
     status = commands.add_parser("status", help="Print the verdict and its reasons now; act on nothing.")
-    add_settings_options(status, groups=_TARGET_GROUPS, names=_HUB_NAMES)
+    add_settings_options(status, groups=_TARGET_GROUPS)
     add_option(status, "json")
+    add_settings_options(status, groups=("hub",))
+    status.add_argument(
+        "--hub",
+        action="store_true",
+        help="Every server of the hub (--hub-url, JUPYTERHUB_API_TOKEN) instead.",
+    )
     status.set_defaults(handler=_status)
 
     journal = commands.add_parser("journal", help="Print the journal of decisions and actions.")
@@ -116,6 +122,10 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
 def _status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, dry_run=True)
     start_logging(args, "warning")
+    if args.hub:
+        from lamplighter.cli.hub import hub_status
+
+        return hub_status(settings, as_json=args.json)
     decision = asyncio.run(_status_async(settings))
     if decision.action is Action.SKIP:
         # The probe failed: one line naming why, as for every connect or auth failure.

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from lamplighter.cli.common import (
     EXIT_OK,
@@ -21,7 +23,11 @@ from lamplighter.cli.common import (
 )
 from lamplighter.errors import ConfigError
 from lamplighter.journal import Journal
+from lamplighter.model import Decision, format_time
 from lamplighter.settings import Settings
+
+if TYPE_CHECKING:
+    from lamplighter.platforms.jupyterhub import HubServer
 
 __all__ = ["add_hub_parser"]
 
@@ -68,22 +74,61 @@ async def run_hub(settings: Settings) -> None:
     from lamplighter.platforms.jupyterhub import HubApi
     from lamplighter.remote.connection import Connection
 
-    if not settings.hub_url:
-        raise ConfigError("hub_url: no hub given; pass --hub-url or set JUPYTERHUB_API_URL")
-    if not settings.hub_token:
-        raise ConfigError("hub_token: no token; set JUPYTERHUB_API_TOKEN (the service's token)")
-    url = settings.hub_url if settings.hub_url.endswith("/") else settings.hub_url + "/"
+    url, token = _hub_access(settings)
     timeout_s = settings.request_timeout.total_seconds()
-    async with Connection(
-        url, token=settings.hub_token, verify_tls=settings.verify_tls, timeout_s=timeout_s
-    ) as conn:
+    async with Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s) as conn:
         api = HubApi(conn, page_size=settings.api_page_size)
         # A wrong URL or token is a configuration error found at start, not a warning every pass.
         await api.check_access()
         with Journal(settings.journal) as journal:
-            fleet = HubFleet(settings, api, journal, token=settings.hub_token)
+            fleet = HubFleet(settings, api, journal, token=token)
             with _exit_on_signals(fleet.request_exit):
                 await fleet.run()
+
+
+def hub_status(settings: Settings, *, as_json: bool) -> int:
+    """``status --hub``: every server of the hub with its verdict, reasons and planned stop."""
+    verdicts = asyncio.run(_verdicts(settings))
+    if as_json:
+        rows = [{"user": s.user, "server": s.name, "path": s.path, **d.to_dict()} for s, d in verdicts]
+        print(json.dumps({"servers": rows}, indent=2))
+        return EXIT_OK
+    if not verdicts:
+        print("no ready servers")
+    for server, decision in verdicts:
+        stop = f"  stop at {format_time(decision.stop_at)}" if decision.stop_at else ""
+        print(f"{server.label:<24} {decision.action.value.upper():<5} {decision.reason}{stop}")
+        for line in decision.reasons[1:]:
+            print(f"{'':<24}   - {line}")
+    return EXIT_OK
+
+
+async def _verdicts(settings: Settings) -> list[tuple[HubServer, Decision]]:
+    from lamplighter.hub.fleet import HubFleet
+    from lamplighter.platforms.jupyterhub import HubApi
+    from lamplighter.remote.connection import Connection
+
+    url, token = _hub_access(settings)
+    timeout_s = settings.request_timeout.total_seconds()
+    async with Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s) as conn:
+        api = HubApi(conn, page_size=settings.api_page_size)
+        await api.check_access()
+        with Journal.in_memory() as scratch:
+            fleet = HubFleet(settings, api, scratch, token=token)
+            if not settings.journal.exists():  # status never creates the service's journal
+                return await fleet.verdicts()
+            with Journal(settings.journal) as journal:
+                return await fleet.verdicts(memory_from=journal)
+
+
+def _hub_access(settings: Settings) -> tuple[str, str]:
+    if not settings.hub_url:
+        raise ConfigError("hub_url: no hub given; pass --hub-url or set JUPYTERHUB_API_URL")
+    if not settings.hub_token:
+        raise ConfigError("hub_token: no token; set JUPYTERHUB_API_TOKEN (the service's token)")
+    return (
+        settings.hub_url if settings.hub_url.endswith("/") else settings.hub_url + "/"
+    ), settings.hub_token
 
 
 @contextlib.contextmanager

@@ -134,6 +134,36 @@ class HubFleet:
                 continue
             self._start(key, server, url)
 
+    async def verdicts(self, memory_from: Journal | None = None) -> list[tuple[HubServer, Decision]]:
+        """Every wanted ready server with its verdict now, acting on nothing (``status --hub``).
+
+        Each is taken the watching agent's way (its memory from ``memory_from``, the service's journal,
+        when given), at most ``concurrency`` requests at once.
+        """
+        from lamplighter.stoppers import NoStop
+
+        servers = [s for s in await self.api.list_ready() if self.wanted(s)]
+        targets = await self.api.route_targets()
+
+        async def one(server: HubServer) -> tuple[HubServer, Decision] | None:
+            url = own_base_url(targets, server)
+            if url is None:
+                return None
+            settings = self.settings_for(server)
+            target = self.target_for(server)
+            if memory_from is not None:
+                self.journal.save_memory(target, memory_from.load_memory(target), at=self._clock())
+            async with Connection(
+                url, token=self._token, timeout_s=settings.request_timeout.total_seconds()
+            ) as conn:
+                probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
+                agent = Agent(settings, probe, NoStop(), self.journal, clock=self._clock)
+                decision, _ = await agent.assess()
+            return server, decision
+
+        found = await asyncio.gather(*(one(s) for s in servers))
+        return [item for item in found if item is not None]
+
     def _start(self, key: tuple[str, str, datetime | None], server: HubServer, url: str) -> None:
         settings = self.settings_for(server)
         timeout_s = settings.request_timeout.total_seconds()
