@@ -242,6 +242,10 @@ async def test_pages_are_followed_with_the_page_size_setting(hub: Hub, hub_users
         listed = {s.user for s in await api.list_ready()}
         assert set(names) <= listed
         assert api.requests == len(listed)  # one user a page
+        # The routing table is cut at the hub's page size too: every page is read.
+        routes = await api.route_targets()
+        assert {(n, "") for n in names} <= set(routes)
+        assert api.requests > 2 * len(listed)
 
 
 async def test_a_hub_without_pagination_sends_a_plain_list() -> None:

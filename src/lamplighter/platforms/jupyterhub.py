@@ -171,24 +171,28 @@ class HubApi:
             if self._page_size:
                 query["limit"] = str(self._page_size)
             answer = await self._get(path, params=query, headers={"Accept": PAGINATION_MEDIA_TYPE})
-            if isinstance(answer, list):
-                yield answer  # a hub without pagination (< 2.0) sends everything as a plain list
+            if not (isinstance(answer, dict) and "_pagination" in answer and "items" in answer):
+                yield answer  # a hub without pagination (< 2.0) sends everything at once
                 return
-            if not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
-                raise MalformedAnswer(f"GET {self.display_url}{path}: neither a list nor a paginated model")
-            yield answer["items"]
+            items = answer["items"]
+            if not isinstance(items, list | dict):
+                raise MalformedAnswer(
+                    f"GET {self.display_url}{path}: the page's items are neither a list nor an object"
+                )
+            yield items
             following = (answer.get("_pagination") or {}).get("next")
-            if not following or not answer["items"]:
+            if not following or not items:
                 return
-            offset = int(following.get("offset", offset + len(answer["items"])))
+            offset = int(following.get("offset", offset + len(items)))
 
     async def route_targets(self) -> dict[tuple[str, str], str]:
         """``(user, server name) → the server's own base URL`` from the hub's routing table (scope ``proxy``)."""
-        routes = await self._get("proxy")
-        if isinstance(routes, dict) and isinstance(routes.get("items"), dict):
-            routes = routes["items"]  # a paginated answer, should the hub send one
-        if not isinstance(routes, dict):
-            raise MalformedAnswer(f"GET {self.display_url}proxy: the routing table is not an object")
+        # Paginated like the users (the hub cuts the table at its page size even when not asked to page).
+        routes: dict[str, Any] = {}
+        async for page in self._pages("proxy", {}):
+            if not isinstance(page, dict):
+                raise MalformedAnswer(f"GET {self.display_url}proxy: the routing table is not an object")
+            routes.update(page)
         targets: dict[tuple[str, str], str] = {}
         for spec, route in routes.items():
             data = route.get("data") if isinstance(route, dict) else None
