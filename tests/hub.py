@@ -53,6 +53,7 @@ class Hub:
     service_token: str  # the lamplighter service's token (SERVICE_SCOPES)
     admin_token: str  # the tests' own token: creates users, starts and stops servers
     log: Path
+    nodelete_token: str  # a service like lamplighter's without delete:servers: every stop is refused
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"token {self.admin_token}"}
@@ -148,9 +149,11 @@ c.Spawner.pre_spawn_hook = _pre_spawn
 c.JupyterHub.services = [
     {{"name": "lamplighter", "api_token": {service_token!r}}},
     {{"name": "tester", "api_token": {admin_token!r}}},
+    {{"name": "nodelete", "api_token": {nodelete_token!r}}},
 ]
 c.JupyterHub.load_roles = [
     {{"name": "lamplighter", "scopes": {scopes!r}, "services": ["lamplighter"]}},
+    {{"name": "nodelete", "scopes": {nodelete_scopes!r}, "services": ["nodelete"]}},
     {{"name": "tester", "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "proxy"], "services": ["tester"]}},
 ]
 """
@@ -159,7 +162,7 @@ c.JupyterHub.load_roles = [
 @contextmanager
 def running_hub(workdir: Path) -> Iterator[Hub]:
     workdir.mkdir(parents=True, exist_ok=True)
-    service_token, admin_token = secrets.token_hex(16), secrets.token_hex(16)
+    service_token, admin_token, nodelete_token = (secrets.token_hex(16) for _ in range(3))
     singleuser = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
     args = ["--allow-root"] if os.geteuid() == 0 else []
     with running_proxy(workdir) as proxy:
@@ -179,6 +182,8 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
                     service_token=service_token,
                     admin_token=admin_token,
                     scopes=SERVICE_SCOPES,
+                    nodelete_token=nodelete_token,
+                    nodelete_scopes=[x for x in SERVICE_SCOPES if x != "delete:servers"],
                 )
                 (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(config))
                 with log.open("ab") as out:
@@ -207,7 +212,7 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
                 process = None
             else:
                 raise AssertionError(f"the hub did not start: {log.read_text()[-3000:]}")
-            yield Hub(api, proxy.url, service_token, admin_token, log)
+            yield Hub(api, proxy.url, service_token, admin_token, log, nodelete_token)
         finally:
             if process is not None:
                 process.terminate()

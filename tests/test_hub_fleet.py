@@ -50,16 +50,21 @@ def hub_settings(hub: Hub, tmp_path: Path, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def running_fleet(
-    hub: Hub, settings: Settings, decisions: list[tuple[HubServer, Decision]] | None = None
+    hub: Hub,
+    settings: Settings,
+    decisions: list[tuple[HubServer, Decision]] | None = None,
+    *,
+    token: str | None = None,
 ) -> AsyncIterator[HubFleet]:
-    conn = Connection(hub.api, token=hub.service_token)
+    token = token or hub.service_token
+    conn = Connection(hub.api, token=token)
     async with conn:
         with Journal(settings.journal) as journal:
             fleet = HubFleet(
                 settings,
                 HubApi(conn, page_size=settings.api_page_size),
                 journal,
-                token=hub.service_token,
+                token=token,
                 on_decision=(lambda s, d: decisions.append((s, d))) if decisions is not None else None,
             )
             task = asyncio.create_task(fleet.run())
@@ -232,6 +237,26 @@ async def test_one_frozen_server_does_not_delay_the_stop_of_another(
     finally:
         os.kill(pid, signal.SIGCONT)
     assert hub.server(frozen) is not None  # an outage is never idleness
+
+
+async def test_a_stop_the_hub_refuses_is_journaled_and_retried_with_backoff(
+    hub: Hub, hub_users: list[str], tmp_path: Path
+) -> None:
+    name = new_user(hub_users)
+    await asyncio.to_thread(hub.start, name)
+    settings = hub_settings(hub, tmp_path, idle_timeout="3s", busy_recheck="0.5s")
+    async with running_fleet(hub, settings, token=hub.nodelete_token):
+
+        def refused() -> list[Any]:
+            return [e for e in stops(settings) if "HTTP 403" in e.summary]
+
+        await wait_until_async(lambda: len(refused()) >= 2, timeout_s=40, what="a second refused stop")
+    first, second = refused()[:2]
+    # Asked again only after the backoff (5 s), although the agent looked every 0.5 s meanwhile.
+    assert (second.at - first.at).total_seconds() >= 4.5
+    waiting = [e for e in stops(settings) if first.at < e.at < second.at]
+    assert waiting and all("next try in" in e.summary and e.verdict == "failed" for e in waiting)
+    assert hub.server(name) is not None
 
 
 async def test_pages_are_followed_with_the_page_size_setting(hub: Hub, hub_users: list[str]) -> None:
