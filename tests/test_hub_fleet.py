@@ -259,6 +259,19 @@ async def test_a_stop_the_hub_refuses_is_journaled_and_retried_with_backoff(
     assert hub.server(name) is not None
 
 
+async def test_a_dry_run_journals_the_stop_and_leaves_the_server_running(
+    hub: Hub, hub_users: list[str], tmp_path: Path
+) -> None:
+    name = new_user(hub_users)
+    await asyncio.to_thread(hub.start, name)
+    settings = hub_settings(hub, tmp_path, idle_timeout="3s", dry_run="true")
+    async with running_fleet(hub, settings):
+        await wait_until_async(lambda: stops(settings), timeout_s=30, what="the dry-run stop")
+    [stop] = stops(settings)
+    assert stop.verdict == "skipped" and stop.detail["stopper"].startswith("dry run of DELETE"), stop.summary
+    assert hub.server(name) is not None
+
+
 async def test_pages_are_followed_with_the_page_size_setting(hub: Hub, hub_users: list[str]) -> None:
     names = [new_user(hub_users) for _ in range(3)]
     await asyncio.gather(*(asyncio.to_thread(hub.start, n) for n in names))

@@ -29,6 +29,7 @@ from lamplighter.platforms.jupyter import JupyterServer
 from lamplighter.platforms.jupyterhub import HubApi, HubServer, HubServerProbe, HubStopper, own_base_url
 from lamplighter.remote.connection import Connection
 from lamplighter.settings import Settings
+from lamplighter.stoppers import CommandStopper, DryRun, NoStop
 
 __all__ = ["HubFleet", "Watched"]
 
@@ -140,8 +141,6 @@ class HubFleet:
         Each is taken the watching agent's way (its memory from ``memory_from``, the service's journal,
         when given), at most ``concurrency`` requests at once.
         """
-        from lamplighter.stoppers import NoStop
-
         servers = [s for s in await self.api.list_ready() if self.wanted(s)]
         targets = await self.api.route_targets()
 
@@ -170,15 +169,7 @@ class HubFleet:
         conn = Connection(url, token=self._token, verify_tls=settings.verify_tls, timeout_s=timeout_s)
         target = self.target_for(server)
         probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
-        stopper: Stopper = HubStopper(
-            self.api,
-            server,
-            remove=settings.remove_named_servers,
-            verify_timeout_s=settings.stop_verify_timeout.total_seconds(),
-            limit=self._limit,
-        )
-        if self._veto is not None:
-            stopper = VetoStop(stopper, self._veto, server)
+        stopper = self._stopper(settings, server, target)
         on_decision = None
         if self._on_decision is not None:
             report = self._on_decision
@@ -190,6 +181,25 @@ class HubFleet:
         task = asyncio.create_task(self._watch(server, agent), name=f"watch {server.label}")
         self.watched[key] = Watched(server, probe, agent, task, conn)
         logger.info("%s: watching at %s", server.label, conn.display_url)
+
+    def _stopper(self, settings: Settings, server: HubServer, target: str) -> Stopper:
+        """The hub's DELETE, behind the veto hook; ``--action`` and ``--dry-run`` as for ``watch``."""
+        stopper: Stopper
+        if settings.action == "none":
+            return NoStop()
+        if settings.action == "command" and settings.command:
+            stopper = CommandStopper(settings.command, target)
+        else:
+            stopper = HubStopper(
+                self.api,
+                server,
+                remove=settings.remove_named_servers,
+                verify_timeout_s=settings.stop_verify_timeout.total_seconds(),
+                limit=self._limit,
+            )
+        if self._veto is not None:
+            stopper = VetoStop(stopper, self._veto, server)
+        return DryRun(stopper) if settings.dry_run else stopper
 
     def settings_for(self, server: HubServer) -> Settings:
         """The settings one server is judged by: its group's or profile's timeout if shorter; never this
@@ -206,6 +216,7 @@ class HubFleet:
             gpu_signal=False,
             watch_paths=(),
             url=None,
+            heartbeat=None,  # one file per agent would be overwritten by every other server's
         )
 
     async def _watch(self, server: HubServer, agent: Agent) -> None:
