@@ -99,7 +99,9 @@ def parse_users(users: Any) -> list[HubServer]:
         raise MalformedAnswer("the hub's users answer is not a list of objects")
     found: list[HubServer] = []
     for user in users:
-        servers = user.get("servers") or {}
+        # Absent without read:servers; present, it must be an object (an empty list is off-shape too).
+        servers = user.get("servers")
+        servers = {} if servers is None else servers
         if not isinstance(servers, dict) or "name" not in user:
             raise MalformedAnswer("a hub user model without a name or with servers that are not an object")
         for name, server in servers.items():
