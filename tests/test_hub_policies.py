@@ -15,6 +15,7 @@ from lamplighter.model import Action, Decision
 from lamplighter.settings import load_settings
 from tests.hub import Hub
 from tests.test_hub_fleet import gone, hub_settings, new_user, running_fleet, stops
+from tests.waiting import wait_until_async
 
 #: Users the veto hook below keeps, and what it was asked.
 KEEP: set[str] = set()
@@ -53,6 +54,12 @@ async def test_the_veto_hook_keeps_what_it_says_and_is_given_the_models(
     settings = hub_settings(hub, tmp_path, idle_timeout="3s", veto_hook=f"{__name__}:veto")
     async with running_fleet(hub, settings):
         await gone(hub, settings, stopped)
+        # The two servers' deadlines differ by their start: the kept one's may come after the other's stop.
+        await wait_until_async(
+            lambda: any(e.target.endswith(f"/user/{kept}/") for e in stops(settings)),
+            timeout_s=30,
+            what="the veto hook's keep",
+        )
     assert hub.server(kept) is not None
     by_target = {e.target.rstrip("/").rsplit("/", 1)[-1]: e for e in stops(settings)}
     assert by_target[stopped].verdict == "stopped"
