@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lamplighter.localserver import LocalServer, start_local_server
+from tests.hub import hub, hub_users  # noqa: F401  # one real JupyterHub per session, for tests/test_hub_*.py
 
 ServerFactory = Callable[..., LocalServer]
 

@@ -75,6 +75,7 @@ SECRET_VARIABLES = frozenset(
         "LAMPLIGHTER_TOKEN",
         "JUPYTER_TOKEN",
         "LAMPLIGHTER_COOKIES",
+        "LAMPLIGHTER_HUB_TOKEN",
         "JUPYTERHUB_API_TOKEN",
         "JPY_API_TOKEN",
     }

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 ACTIONS = ("shutdown", "command", "none")
-PLATFORMS = ("jupyter", "sagemaker")
+PLATFORMS = ("jupyter", "sagemaker", "jupyterhub")
 #: The one set of app types every ``--app-type`` takes ('jupyter-server' is Studio Classic's app, watched
 #: like 'jupyter'); SageMaker's own names for them are accepted too, in any case.
 APP_TYPES = ("jupyter", "jupyter-server", "code-editor")
@@ -147,6 +147,12 @@ def _parse_share(text: object) -> float:
 def _parse_optional_int(text: object) -> int | None:
     if text is None or (isinstance(text, str) and text.strip().lower() in _OFF - {"0"}):
         return None
+    if isinstance(text, bool):
+        raise ValueError("a number, not a boolean")
+    return int(str(text).strip())
+
+
+def _parse_int(text: object) -> int:
     if isinstance(text, bool):
         raise ValueError("a number, not a boolean")
     return int(str(text).strip())
@@ -310,6 +316,79 @@ class Settings:
         parse=_parse_optional_str,
         group="sagemaker",
         env=("LAMPLIGHTER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
+
+    # -- JupyterHub (lamplighter hub, and watch behind a hub) -----------------------------------
+    hub_url: str | None = _opt(
+        None,
+        "URL of the hub's REST API, e.g. http://127.0.0.1:8081/hub/api (a hub-managed service gets "
+        "JUPYTERHUB_API_URL).",
+        parse=_parse_optional_str,
+        group="hub",
+        env=("LAMPLIGHTER_HUB_URL", "JUPYTERHUB_API_URL"),
+    )
+    hub_token: str | None = _opt(
+        None,
+        "The service's hub API token; a hub-managed service gets it as JUPYTERHUB_API_TOKEN. Visible in "
+        "process lists as a flag: prefer the environment.",
+        parse=_parse_optional_str,
+        group="hub",
+        env=("LAMPLIGHTER_HUB_TOKEN", "JUPYTERHUB_API_TOKEN"),
+        secret=True,
+    )
+    cull_every: timedelta | None = _opt(
+        None,
+        "Longest time between two lists of the hub's servers: a server started meanwhile is watched "
+        "from the next list on (default: a tenth of idle_timeout, 1 s to 5 min; jupyterhub-idle-culler's name).",
+        parse=_parse_optional_duration,
+        group="hub",
+        bounds=(timedelta(milliseconds=100), _DAY),
+    )
+    concurrency: int = _opt(
+        10,
+        "At most this many requests to the hub and its servers at once, across all users.",
+        parse=_parse_int,
+        group="hub",
+        bounds=(1, 1000),
+    )
+    api_page_size: int | None = _opt(
+        None,
+        "Users per page when listing the hub (default: the hub's own page size).",
+        parse=_parse_optional_int,
+        group="hub",
+        bounds=(1, 10_000),
+    )
+    remove_named_servers: bool = _opt(
+        False,
+        "Remove a named server from the hub when it is stopped, not only stop it.",
+        parse=parse_bool,
+        group="hub",
+    )
+    cull_default_servers: bool = _opt(
+        True, "Watch and stop users' default servers.", parse=parse_bool, group="hub"
+    )
+    cull_named_servers: bool = _opt(
+        True, "Watch and stop users' named servers.", parse=parse_bool, group="hub"
+    )
+    group_idle_timeouts: tuple[str, ...] = _opt(
+        (),
+        "Idle timeouts by hub group, as 'gpu=15m,students=2h'; a member of several groups gets the shortest.",
+        parse=_parse_list,
+        group="hub",
+    )
+    profile_idle_timeouts: tuple[str, ...] = _opt(
+        (),
+        "Idle timeouts by spawner profile (the server's user_options 'profile'), as 'gpu-large=15m'; the "
+        "shortest of group, profile and idle_timeout applies.",
+        parse=_parse_list,
+        group="hub",
+    )
+    veto_hook: str | None = _opt(
+        None,
+        "A Python callable 'module:function' asked before each stop with (server model, user model, "
+        "decision); it may be async and returns 'keep' or 'stop' (or False/True).",
+        parse=_parse_optional_str,
+        group="hub",
     )
 
     # -- the policy ---------------------------------------------------------------------------
@@ -650,6 +729,12 @@ class Settings:
         if self.probe_interval is not None:
             return self.probe_interval
         return _clamp(self.idle_timeout / 10, timedelta(seconds=0.2), timedelta(minutes=1))
+
+    @property
+    def effective_cull_every(self) -> timedelta:
+        if self.cull_every is not None:
+            return self.cull_every
+        return _clamp(self.idle_timeout / 10, timedelta(seconds=1), timedelta(minutes=5))
 
     @property
     def effective_process_sample_interval(self) -> timedelta:

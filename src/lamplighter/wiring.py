@@ -108,6 +108,54 @@ def _delete_app(settings: Settings, conn: Connection | None) -> Stopper:
     )
 
 
+def _behind_a_hub(settings: Settings) -> Settings:
+    """A Jupyter server that is a hub user's server is stopped through the hub once the hub is known:
+    inside the server (``JUPYTERHUB_USER`` and ``JUPYTERHUB_API_URL``, as jupyterhub-singleuser is
+    started), or ``watch --url …/user/NAME/ --hub-url …``."""
+    import os
+
+    from lamplighter.platforms.jupyterhub import server_from_env_or_url
+
+    if settings.platform != "jupyter" or not settings.hub_url or settings.action != "shutdown":
+        return settings
+    if server_from_env_or_url(os.environ, settings.url) is None:
+        return settings
+    return replace(settings, platform="jupyterhub")
+
+
+def _hub_settings(settings: Settings) -> Settings:
+    """A hub user's server is found from JUPYTERHUB_* (inside it) or its …/user/NAME/ URL; the hub's
+    API from ``hub_url`` (JUPYTERHUB_API_URL inside it)."""
+    if not settings.hub_url:
+        raise ConfigError(
+            "hub_url: stopping through the hub needs --hub-url (JUPYTERHUB_API_URL inside a hub user's server)"
+        )
+    return settings
+
+
+def _hub_delete(settings: Settings, conn: Connection | None) -> Stopper:
+    import os
+
+    from lamplighter.platforms.jupyterhub import HubStop, server_from_env_or_url
+
+    server = server_from_env_or_url(os.environ, settings.url)
+    if server is None or not settings.hub_url:
+        raise ConfigError(
+            "url: which hub server? give --url …/user/NAME/ (or run inside the user's server, where "
+            "JUPYTERHUB_USER names it)"
+        )
+    return HubStop(
+        settings.hub_url,
+        # Inside the server JUPYTERHUB_API_TOKEN is the server's own token: it needs delete:servers!user.
+        settings.hub_token or settings.token,
+        server,
+        remove=settings.remove_named_servers,
+        verify_tls=settings.verify_tls,
+        timeout_s=settings.request_timeout.total_seconds(),
+        verify_timeout_s=settings.stop_verify_timeout.total_seconds(),
+    )
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 
@@ -127,7 +175,8 @@ class Row:
     """In-server mode stops the server it runs in directly instead (the stop *is* a server shutdown)."""
 
 
-_JUPYTER = Row(_jupyter_api, _jupyter_shutdown, connects=True, stops_in_process=True)
+_JUPYTER = Row(_jupyter_api, _jupyter_shutdown, connects=True, stops_in_process=True, resolve=_behind_a_hub)
+_HUB_JUPYTER = Row(_jupyter_api, _hub_delete, connects=True, resolve=_hub_settings)
 _STUDIO_JUPYTER = Row(_jupyter_api, _delete_app, connects=True, resolve=_sagemaker_settings)
 
 ROWS: dict[tuple[str, str], Row] = {
@@ -135,6 +184,10 @@ ROWS: dict[tuple[str, str], Row] = {
     ("jupyter", "jupyter"): _JUPYTER,
     ("jupyter", "jupyter-server"): _JUPYTER,
     ("jupyter", "code-editor"): Row(_code_editor, _end_process, connects=False),
+    # a hub user's server: its own Jupyter API, stopped through the hub (the user sees "not running")
+    ("jupyterhub", "jupyter"): _HUB_JUPYTER,
+    ("jupyterhub", "jupyter-server"): _HUB_JUPYTER,
+    ("jupyterhub", "code-editor"): Row(_code_editor, _hub_delete, connects=False, resolve=_hub_settings),
     ("sagemaker", "jupyter"): _STUDIO_JUPYTER,
     ("sagemaker", "jupyter-server"): _STUDIO_JUPYTER,
     ("sagemaker", "code-editor"): Row(_code_editor, _delete_app, connects=False, resolve=_sagemaker_settings),

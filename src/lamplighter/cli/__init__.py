@@ -22,6 +22,7 @@ from lamplighter.cli.common import EXIT_CONFIG, EXIT_INTERRUPTED, error_line, ex
 from lamplighter.cli.completion import add_completion_parser
 from lamplighter.cli.config import add_config_parser
 from lamplighter.cli.core import add_core_parsers
+from lamplighter.cli.hub import add_hub_parser
 from lamplighter.cli.options import check_required
 from lamplighter.cli.report import add_report_parsers
 from lamplighter.cli.run import add_run_parser
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(commands)
     add_report_parsers(commands)
     add_sagemaker_parsers(commands)
+    add_hub_parser(commands)
     add_config_parser(commands)
     add_completion_parser(commands)
     for leaf in _leaf_parsers(parser):

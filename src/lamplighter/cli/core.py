@@ -27,6 +27,8 @@ from lamplighter.settings import Settings, parse_duration, parse_setting
 __all__ = ["add_core_parsers"]
 
 _TARGET_GROUPS = ("target", "policy", "signals", "action", "journal", "sagemaker")
+#: A hub user's server is stopped through the hub (the rest of the hub group is `lamplighter hub`'s).
+_HUB_NAMES = ("hub_url", "hub_token", "remove_named_servers")
 
 
 def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,13 +38,19 @@ def add_core_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description="Watch a Jupyter server without creating activity; stop it within a second of its "
         "idle deadline; journal every verdict with its reasons.",
     )
-    add_settings_options(watch, groups=(*_TARGET_GROUPS, "views"))
+    add_settings_options(watch, groups=(*_TARGET_GROUPS, "views"), names=_HUB_NAMES)
     watch.add_argument("--once", action="store_true", help="Decide once, act, and exit (for cron).")
     watch.set_defaults(handler=_watch)
 
     status = commands.add_parser("status", help="Print the verdict and its reasons now; act on nothing.")
     add_settings_options(status, groups=_TARGET_GROUPS)
     add_option(status, "json")
+    add_settings_options(status, groups=("hub",))
+    status.add_argument(
+        "--hub",
+        action="store_true",
+        help="Every server of the hub (--hub-url, JUPYTERHUB_API_TOKEN) instead.",
+    )
     status.set_defaults(handler=_status)
 
     journal = commands.add_parser("journal", help="Print the journal of decisions and actions.")
@@ -125,6 +133,10 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
 def _status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, dry_run=True)
     start_logging(args, "warning")
+    if args.hub:
+        from lamplighter.cli.hub import hub_status
+
+        return hub_status(settings, as_json=args.json)
     decision = asyncio.run(_status_async(settings))
     if decision.action is Action.SKIP:
         # The probe failed: one line naming why, as for every connect or auth failure.

@@ -110,9 +110,11 @@ class Connection:
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    async def get(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:
+    async def get(
+        self, path: str, *, params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None
+    ) -> Any:
         """GET a JSON document, untracked."""
-        return await self.request("GET", path, params=params)
+        return await self.request("GET", path, params=params, headers=headers)
 
     async def request(
         self,
@@ -123,6 +125,7 @@ class Connection:
         content: bytes | None = None,
         params: Mapping[str, str] | None = None,
         track_activity: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Send one request and return the decoded JSON answer (``None`` for an empty body).
 
@@ -137,7 +140,9 @@ class Connection:
         query = dict(params or {})
         if not track_activity:
             query["no_track_activity"] = "1"
-        response = await self._send(method, path, json_body=json_body, content=content, params=query)
+        response = await self._send(
+            method, path, json_body=json_body, content=content, params=query, headers=headers
+        )
         return self._decode(response, method, path)
 
     async def _send(
@@ -148,8 +153,9 @@ class Connection:
         json_body: Any = None,
         content: bytes | None = None,
         params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        headers = {}
+        headers = dict(headers or {})
         if content is not None:
             headers["Content-Type"] = "application/json"
         xsrf = self._client.cookies.get("_xsrf")

@@ -1,0 +1,255 @@
+"""The hub service's loop: one deadline-driven agent per ready server, the hub re-listed every ``cull_every``.
+
+Each server gets its own :class:`~lamplighter.agent.Agent`, so it is probed once per idle wait (at
+its deadline), not once per pass: the hub's culler asks the hub about every user every ``cull_every``
+and stops up to that long late; here the stop lands within a second of each server's own deadline.
+The list only finds servers that started or stopped meanwhile. A semaphore of ``concurrency``
+bounds the requests in flight across every user (the culler serialises users).
+
+One server's failure (a probe refused, a stop the hub rejects, a bug) is logged and journaled for
+that server; the others go on, and the failed server gets a fresh agent at the next list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from lamplighter.agent import Agent, utcnow
+from lamplighter.errors import LamplighterError, RemoteError
+from lamplighter.hub.policies import VetoStop, idle_timeout_for, load_veto_hook, parse_timeouts
+from lamplighter.journal import Journal
+from lamplighter.model import Decision
+from lamplighter.platforms.base import Stopper
+from lamplighter.platforms.jupyter import JupyterServer
+from lamplighter.platforms.jupyterhub import HubApi, HubServer, HubServerProbe, HubStopper, own_base_url
+from lamplighter.remote.connection import Connection
+from lamplighter.settings import Settings
+from lamplighter.stoppers import CommandStopper, DryRun, NoStop
+
+__all__ = ["HubFleet", "Watched"]
+
+logger = logging.getLogger(__name__)
+
+#: How long an agent whose server left the hub's list may take to finish its pass (a stop being
+#: verified: the stopper's own budget is stop_verify_timeout).
+_END_GRACE_S = 60.0
+
+
+@dataclass
+class Watched:
+    """One server and the agent watching it."""
+
+    server: HubServer
+    probe: HubServerProbe
+    agent: Agent
+    task: asyncio.Task[None]
+    conn: Connection
+
+
+class HubFleet:
+    """Watches every ready server of one hub until :meth:`request_exit`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: HubApi,
+        journal: Journal,
+        *,
+        token: str | None,
+        clock: Callable[[], datetime] = utcnow,
+        on_decision: Callable[[HubServer, Decision], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.journal = journal
+        self._token = token
+        self._clock = clock
+        self._on_decision = on_decision
+        self._limit = asyncio.Semaphore(settings.concurrency)
+        # Checked here, at start: a bad entry or hook is a configuration error, not a warning per server.
+        self._group_timeouts = parse_timeouts(settings.group_idle_timeouts, "group_idle_timeouts")
+        self._profile_timeouts = parse_timeouts(settings.profile_idle_timeouts, "profile_idle_timeouts")
+        self._veto = load_veto_hook(settings.veto_hook) if settings.veto_hook else None
+        self.watched: dict[tuple[str, str, datetime | None], Watched] = {}
+        self.passes = 0
+        self._exit = asyncio.Event()
+        self._ending: set[asyncio.Task[None]] = set()
+
+    def request_exit(self) -> None:
+        """Let every agent finish its current pass, then return from :meth:`run`."""
+        self._exit.set()
+        for item in self.watched.values():
+            item.agent.request_exit()
+
+    def target_for(self, server: HubServer) -> str:
+        """The name the journal keeps a server under: the hub's address and the server's proxy path."""
+        base = self.api.display_url
+        hub = base[: base.find("/", base.find("//") + 2)] if "//" in base else base
+        return f"{hub}{server.path}"
+
+    def wanted(self, server: HubServer) -> bool:
+        if server.name:
+            return self.settings.cull_named_servers
+        return self.settings.cull_default_servers
+
+    async def run(self) -> None:
+        """List, start and end agents, sleep ``cull_every`` (or until asked to exit); repeat."""
+        try:
+            while not self._exit.is_set():
+                await self.list_once()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        self._exit.wait(), timeout=self.settings.effective_cull_every.total_seconds()
+                    )
+        finally:
+            await self.close()
+
+    async def list_once(self) -> None:
+        """One list of the hub: agents for new servers, agents of gone servers ended."""
+        self.passes += 1
+        try:
+            async with self._limit:
+                servers = [s for s in await self.api.list_ready() if self.wanted(s)]
+            async with self._limit:
+                targets = await self.api.route_targets()
+        except RemoteError as exc:
+            # The hub restarting or briefly away: the agents go on with their servers; list again later.
+            logger.warning("cannot list the hub's servers: %s", exc)
+            return
+        current = {(s.user, s.name, s.started): s for s in servers}
+        for key, item in list(self.watched.items()):
+            if key not in current or item.task.done():
+                self._end(key)
+        for key, server in current.items():
+            if key in self.watched:
+                self.watched[key].probe.update(server)
+                continue
+            url = own_base_url(targets, server)
+            if url is None:
+                logger.debug("%s: no route in the hub's routing table yet", server.label)
+                continue
+            self._start(key, server, url)
+
+    async def verdicts(self, memory_from: Journal | None = None) -> list[tuple[HubServer, Decision]]:
+        """Every wanted ready server with its verdict now, acting on nothing (``status --hub``).
+
+        Each is taken the watching agent's way (its memory from ``memory_from``, the service's journal,
+        when given), at most ``concurrency`` requests at once.
+        """
+        servers = [s for s in await self.api.list_ready() if self.wanted(s)]
+        targets = await self.api.route_targets()
+
+        async def one(server: HubServer) -> tuple[HubServer, Decision] | None:
+            url = own_base_url(targets, server)
+            if url is None:
+                return None
+            settings = self.settings_for(server)
+            target = self.target_for(server)
+            if memory_from is not None:
+                self.journal.save_memory(target, memory_from.load_memory(target), at=self._clock())
+            async with Connection(
+                url, token=self._token, timeout_s=settings.request_timeout.total_seconds()
+            ) as conn:
+                probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
+                agent = Agent(settings, probe, NoStop(), self.journal, clock=self._clock)
+                decision, _ = await agent.assess()
+            return server, decision
+
+        found = await asyncio.gather(*(one(s) for s in servers))
+        return [item for item in found if item is not None]
+
+    def _start(self, key: tuple[str, str, datetime | None], server: HubServer, url: str) -> None:
+        settings = self.settings_for(server)
+        timeout_s = settings.request_timeout.total_seconds()
+        conn = Connection(url, token=self._token, verify_tls=settings.verify_tls, timeout_s=timeout_s)
+        target = self.target_for(server)
+        probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
+        stopper = self._stopper(settings, server, target)
+        on_decision = None
+        if self._on_decision is not None:
+            report = self._on_decision
+
+            def on_decision(decision: Decision) -> None:
+                report(server, decision)
+
+        agent = Agent(settings, probe, stopper, self.journal, clock=self._clock, on_decision=on_decision)
+        task = asyncio.create_task(self._watch(server, agent), name=f"watch {server.label}")
+        self.watched[key] = Watched(server, probe, agent, task, conn)
+        logger.info("%s: watching at %s", server.label, conn.display_url)
+
+    def _stopper(self, settings: Settings, server: HubServer, target: str) -> Stopper:
+        """The hub's DELETE, behind the veto hook; ``--action`` and ``--dry-run`` as for ``watch``."""
+        stopper: Stopper
+        if settings.action == "none":
+            return NoStop()
+        if settings.action == "command" and settings.command:
+            stopper = CommandStopper(settings.command, target)
+        else:
+            stopper = HubStopper(
+                self.api,
+                server,
+                remove=settings.remove_named_servers,
+                verify_timeout_s=settings.stop_verify_timeout.total_seconds(),
+                limit=self._limit,
+            )
+        if self._veto is not None:
+            stopper = VetoStop(stopper, self._veto, server)
+        return DryRun(stopper) if settings.dry_run else stopper
+
+    def settings_for(self, server: HubServer) -> Settings:
+        """The settings one server is judged by: its group's or profile's timeout if shorter; never this
+        machine's signals (the hub's servers are not its processes)."""
+        timeout, source = idle_timeout_for(
+            server, self.settings.idle_timeout, self._group_timeouts, self._profile_timeouts
+        )
+        if source is not None:
+            logger.debug("%s: idle timeout %s from its %s", server.label, timeout, source)
+        return replace(
+            self.settings,
+            idle_timeout=timeout,
+            process_signal=False,
+            gpu_signal=False,
+            watch_paths=(),
+            url=None,
+            heartbeat=None,  # one file per agent would be overwritten by every other server's
+        )
+
+    async def _watch(self, server: HubServer, agent: Agent) -> None:
+        try:
+            result = await agent.run()
+            logger.debug("%s: agent done (%s)", server.label, result.decision.reason)
+        except LamplighterError as exc:
+            # Only this server: its agent is started again at the next list.
+            logger.warning("%s: cannot watch: %s", server.label, exc)
+        except Exception:
+            logger.exception("%s: the agent failed", server.label)
+
+    def _end(self, key: tuple[str, str, datetime | None]) -> None:
+        """Let the agent finish what it is doing (a stop under way included), then close its connection."""
+        item = self.watched.pop(key)
+        if not item.task.done():
+            logger.info("%s: no longer running in the hub; not watched any more", item.server.label)
+        item.agent.request_exit()
+        ending = asyncio.create_task(self._close_after(item), name=f"end {item.server.label}")
+        self._ending.add(ending)
+        ending.add_done_callback(self._ending.discard)
+
+    async def _close_after(self, item: Watched) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(item.task), timeout=_END_GRACE_S)
+        except asyncio.TimeoutError:
+            item.task.cancel()
+            await asyncio.gather(item.task, return_exceptions=True)
+        finally:
+            await item.conn.aclose()
+
+    async def close(self) -> None:
+        """End every agent (each finishes its current pass, bounded by a grace period)."""
+        for key in list(self.watched):
+            self._end(key)
+        await asyncio.gather(*self._ending, return_exceptions=True)

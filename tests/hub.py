@@ -1,0 +1,240 @@
+"""A real JupyterHub for the tests, behind a real configurable-http-proxy, all on 127.0.0.1.
+
+The proxy is :func:`tests.chp.running_proxy` (it binds port 0 and reports its ports); the hub is told
+to use it (``should_start = False``). The hub itself cannot bind port 0 (it hands its own URL to every
+server it spawns), so it gets a port the kernel just gave out and is started again on another if
+that one was taken meanwhile. Servers are real ``jupyterhub-singleuser`` processes
+(SimpleLocalProcessSpawner, ``--allow-root`` when the tests run as root).
+
+Lowered from the hub's defaults so that a test sees activity within seconds rather than 5 minutes:
+the proxy's activity is read every second (``last_activity_interval``), a server reports its own
+every second (``JUPYTERHUB_ACTIVITY_INTERVAL``), and updates are kept at 1 s resolution
+(``activity_resolution``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.chp import running_proxy
+from tests.waiting import wait_until
+
+__all__ = ["Hub", "hub", "hub_users", "running_hub"]
+
+#: What the lamplighter service's role gets in the tests: the README's list.
+SERVICE_SCOPES = [
+    "list:users",
+    "read:users:activity",
+    "read:servers",
+    "delete:servers",
+    "access:servers",
+    "proxy",
+    "read:users:groups",  # only for group_idle_timeouts
+]
+
+
+@dataclass
+class Hub:
+    api: str  # http://127.0.0.1:PORT/hub/api/
+    public: str  # the proxy's URL
+    service_token: str  # the lamplighter service's token (SERVICE_SCOPES)
+    admin_token: str  # the tests' own token: creates users, starts and stops servers
+    log: Path
+    nodelete_token: str  # a service like lamplighter's without delete:servers: every stop is refused
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"token {self.admin_token}"}
+        return httpx.request(method, self.api + path, headers=headers, timeout=30, **kwargs)
+
+    def user(self, name: str) -> dict[str, Any]:
+        answer = self.call("GET", f"users/{name}")
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def server(self, name: str, server_name: str = "") -> dict[str, Any] | None:
+        found = self.user(name).get("servers", {}).get(server_name)
+        return dict(found) if found else None
+
+    def start(self, name: str, server_name: str = "", *, timeout_s: float = 60) -> dict[str, Any]:
+        """Create the user if needed, start the server, and wait until the hub says it is ready."""
+        answer = self.call("POST", f"users/{name}")
+        assert answer.status_code in (201, 409), answer.text
+        path = f"users/{name}/servers/{server_name}" if server_name else f"users/{name}/server"
+        answer = self.call("POST", path)
+        assert answer.status_code in (201, 202, 400), answer.text
+
+        def ready() -> dict[str, Any] | None:
+            model = self.server(name, server_name)
+            return model if model and model.get("ready") and not model.get("pending") else None
+
+        return wait_until(ready, timeout_s=timeout_s, what=f"{name}/{server_name} to be ready")
+
+    def stop(self, name: str, server_name: str = "") -> None:
+        path = f"users/{name}/servers/{server_name}" if server_name else f"users/{name}/server"
+        answer = self.call("DELETE", path)
+        assert answer.status_code in (202, 204, 400), answer.text
+        wait_until(lambda: self.server(name, server_name) is None, timeout_s=30, what=f"{name} to stop")
+
+    def own_url(self, name: str, server_name: str = "") -> str:
+        """The server's own address from the routing table (what the service probes)."""
+        routes = self.call("GET", "proxy").json()
+        for spec, route in routes.items():
+            data = route.get("data") or {}
+            if data.get("user") == name and (data.get("server_name") or "") == server_name:
+                return str(route["target"]).rstrip("/") + spec
+        raise AssertionError(f"no route for {name}/{server_name}: {routes}")
+
+
+def _kernel_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_CONFIG = """\
+import sys
+c = get_config()  # noqa
+c.JupyterHub.authenticator_class = "dummy"
+c.JupyterHub.spawner_class = "simple"
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.bind_url = {public!r}
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{port}"
+c.JupyterHub.db_url = "sqlite:///{workdir}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
+c.JupyterHub.pid_file = "{workdir}/hub.pid"
+c.JupyterHub.cleanup_servers = True
+c.JupyterHub.last_activity_interval = 1
+c.JupyterHub.activity_resolution = 1
+c.ConfigurableHTTPProxy.should_start = False
+c.ConfigurableHTTPProxy.api_url = {proxy_api!r}
+c.SimpleLocalProcessSpawner.home_dir_template = "{workdir}/home/{{username}}"
+c.Spawner.cmd = [{singleuser!r}]
+c.Spawner.args = {args!r}
+c.Spawner.environment = {{"JUPYTERHUB_ACTIVITY_INTERVAL": "1"}}
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 60
+# The server's own token may stop its own server through the hub (the in-server extension's stop).
+c.Spawner.server_token_scopes = [
+    "users:activity!user", "access:servers!server", "delete:servers!server", "read:servers!server",
+]
+
+
+def _pre_spawn(spawner):
+    # Users named ext* get the lamplighter extension in their server, with a short idle timeout.
+    if not spawner.user.name.startswith("ext"):
+        return
+    import json, os
+    config = os.path.join({workdir!r}, "config-" + spawner.user.name)
+    os.makedirs(config, exist_ok=True)
+    with open(os.path.join(config, "jupyter_server_config.json"), "w") as f:
+        json.dump({{"ServerApp": {{"jpserver_extensions": {{"lamplighter": True}}}},
+                   "Lamplighter": {{"idle_timeout": "6s", "journal": os.path.join(config, "journal.sqlite3")}}}}, f)
+    spawner.environment = dict(spawner.environment, JUPYTER_CONFIG_DIR=config)
+
+
+c.Spawner.pre_spawn_hook = _pre_spawn
+c.JupyterHub.services = [
+    {{"name": "lamplighter", "api_token": {service_token!r}}},
+    {{"name": "tester", "api_token": {admin_token!r}}},
+    {{"name": "nodelete", "api_token": {nodelete_token!r}}},
+]
+c.JupyterHub.load_roles = [
+    {{"name": "lamplighter", "scopes": {scopes!r}, "services": ["lamplighter"]}},
+    {{"name": "nodelete", "scopes": {nodelete_scopes!r}, "services": ["nodelete"]}},
+    {{"name": "tester", "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "proxy"], "services": ["tester"]}},
+]
+"""
+
+
+@contextmanager
+def running_hub(workdir: Path) -> Iterator[Hub]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    service_token, admin_token, nodelete_token = (secrets.token_hex(16) for _ in range(3))
+    singleuser = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
+    args = ["--allow-root"] if os.geteuid() == 0 else []
+    with running_proxy(workdir) as proxy:
+        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": proxy.token}
+        process: subprocess.Popen[bytes] | None = None
+        log = workdir / "hub.log"
+        try:
+            for _ in range(5):
+                port = _kernel_port()
+                config = _CONFIG.format(
+                    public=proxy.url,
+                    port=port,
+                    workdir=str(workdir),
+                    proxy_api=proxy.api,
+                    singleuser=singleuser,
+                    args=args,
+                    service_token=service_token,
+                    admin_token=admin_token,
+                    scopes=SERVICE_SCOPES,
+                    nodelete_token=nodelete_token,
+                    nodelete_scopes=[x for x in SERVICE_SCOPES if x != "delete:servers"],
+                )
+                (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(config))
+                with log.open("ab") as out:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "jupyterhub", "-f", str(workdir / "jupyterhub_config.py")],
+                        cwd=workdir,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                api = f"http://127.0.0.1:{port}/hub/api/"
+
+                def up(p: subprocess.Popen[bytes] = process, url: str = api) -> bool | str:
+                    if p.poll() is not None:
+                        return "exited"
+                    try:
+                        return httpx.get(url, timeout=2).status_code == 200
+                    except httpx.HTTPError:
+                        return False
+
+                state = wait_until(up, timeout_s=60, what="the hub to answer")
+                if state is True:
+                    break
+                # Exited: its port was taken between our bind and its own; try another.
+                process = None
+            else:
+                raise AssertionError(f"the hub did not start: {log.read_text()[-3000:]}")
+            yield Hub(api, proxy.url, service_token, admin_token, log, nodelete_token)
+        finally:
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """One hub for the whole session (each test uses users of its own: :func:`hub_users`)."""
+    with running_hub(tmp_path_factory.mktemp("hub")) as running:
+        yield running
+
+
+@pytest.fixture
+def hub_users(hub: Hub) -> Iterator[list[str]]:
+    """The user names a test adds; every server they still have is stopped afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        for server_name in list(hub.user(name).get("servers", {})):
+            hub.stop(name, server_name)
