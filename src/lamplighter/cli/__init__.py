@@ -15,10 +15,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any
 
 from lamplighter import __version__
-from lamplighter.cli.common import EXIT_CONFIG, EXIT_INTERRUPTED, error_line, exit_code_for, report_failure
+from lamplighter.cli.common import EXIT_CONFIG, EXIT_INTERRUPTED, Parser, exit_code_for, report_failure
 from lamplighter.cli.completion import add_completion_parser
 from lamplighter.cli.config import add_config_parser
 from lamplighter.cli.core import add_core_parsers
@@ -28,10 +28,6 @@ from lamplighter.cli.report import add_report_parsers
 from lamplighter.cli.run import add_run_parser
 from lamplighter.cli.sagemaker import add_sagemaker_parsers
 from lamplighter.errors import LamplighterError
-from lamplighter.redaction import redact
-
-if TYPE_CHECKING:
-    from _typeshed import SupportsWrite
 
 __all__ = ["build_parser", "main"]
 
@@ -42,22 +38,6 @@ budget ran out, 5 the kernel died, 130 interrupted.
 Every setting is also an environment variable LAMPLIGHTER_<NAME> and a key in the --config TOML file
 (`lamplighter config` prints them all). -v/--debug and -vv/--debug-http go before or after the command.
 Shell completion: eval "$(lamplighter completion bash)" (or zsh, fish)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with the redaction rule on everything it prints, and usage errors as one line.
-
-    Subparsers are built with the parent's class, so one override covers every command.
-    """
-
-    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
-        super()._print_message(redact(message) if message else message, file)
-
-    def error(self, message: str) -> NoReturn:
-        # One line, as every other bad input gets; the usage is one --help away.
-        command = self.prog.removeprefix("lamplighter").strip()
-        where = f"{command}: " if command else ""
-        self.exit(EXIT_CONFIG, error_line(f"{where}{message} (see {self.prog} --help)") + "\n")
 
 
 class _Verbosity(argparse.Action):
@@ -100,7 +80,7 @@ def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
 
 def build_parser() -> argparse.ArgumentParser:
     # Typed as the base class so the subcommand builders keep their plain ArgumentParser signatures.
-    parser: argparse.ArgumentParser = _Parser(
+    parser: argparse.ArgumentParser = Parser(
         prog="lamplighter",
         description="Keeps notebook environments lit only while somebody is using them.",
         epilog=_EPILOG,

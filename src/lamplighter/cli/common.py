@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lamplighter.errors import (
     AuthRejected,
@@ -26,6 +26,7 @@ from lamplighter.remote.connection import Connection, connection_from_settings
 from lamplighter.settings import Settings, describe_bounds, load_settings, option_specs, parse_bool
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
     from rich.console import Console
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_REMOTE",
     "EXIT_TIMEOUT",
+    "Parser",
     "add_command",
     "add_connection_options",
     "add_settings_options",
@@ -241,3 +243,20 @@ def console(*, stderr: bool = False, width: int | None = None) -> Console:
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, width=width)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the redaction rule on everything it prints, and usage errors as one line.
+
+    Subparsers are built with the parent's class, so one override covers every command; a command that
+    needs its own parser class (``run``) derives it from this one.
+    """
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        super()._print_message(redact(message) if message else message, file)
+
+    def error(self, message: str) -> NoReturn:
+        # One line, as every other bad input gets; the usage is one --help away.
+        command = self.prog.removeprefix("lamplighter").strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_CONFIG, error_line(f"{where}{message} (see {self.prog} --help)") + "\n")

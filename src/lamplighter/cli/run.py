@@ -20,6 +20,7 @@ from lamplighter.cli.common import (
     CONNECTION_OPTIONS,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    Parser,
     add_command,
     add_settings_options,
     connection_from_args,
@@ -116,7 +117,7 @@ def _unescape(word: str) -> str:
     return word.removeprefix(_ESCAPE)
 
 
-class _RunParser(argparse.ArgumentParser):
+class _RunParser(Parser):
     """The parser of ``run``'s commands; with ``escape_values`` (``run notebook``), a parameter's value
     may start with a dash, as papermill's may."""
 
