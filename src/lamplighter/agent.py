@@ -374,21 +374,22 @@ class Agent:
 
 
 @contextlib.contextmanager
-def exit_on_signals(agent: Agent) -> Iterator[None]:
-    """SIGTERM and the first SIGINT let the current pass finish; a second SIGINT forces the exit."""
+def exit_on_signals(request_exit: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM and the first SIGINT call ``request_exit`` (an agent's, or the hub fleet's: the current
+    pass finishes); a second SIGINT forces the exit."""
     loop = asyncio.get_running_loop()
     hits = {"int": 0}
 
     def on_term() -> None:
         logger.info("SIGTERM: finishing the current pass")
-        agent.request_exit()
+        request_exit()
 
     def on_int() -> None:
         hits["int"] += 1
         if hits["int"] > 1:
             raise KeyboardInterrupt
         logger.info("interrupted: finishing the current pass (Ctrl-C again to force)")
-        agent.request_exit()
+        request_exit()
 
     installed = []
     for signum, handler in ((signal.SIGTERM, on_term), (signal.SIGINT, on_int)):

@@ -114,7 +114,7 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
                 notifier=target.notifier,
                 on_decision=on_decision,
             )
-            with exit_on_signals(agent):
+            with exit_on_signals(agent.request_exit):
                 result = await agent.run(once=once)
     if result.stop is not None and result.stop.outcome is StopOutcome.FAILED:
         return EXIT_FAILED

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from lamplighter.cli.common import (
@@ -70,6 +68,7 @@ def _hub(args: argparse.Namespace) -> int:
 
 async def run_hub(settings: Settings) -> None:
     """The service: the fleet loop until SIGTERM or Ctrl-C."""
+    from lamplighter.agent import exit_on_signals
     from lamplighter.hub.fleet import HubFleet
     from lamplighter.platforms.jupyterhub import HubApi
     from lamplighter.remote.connection import Connection
@@ -82,7 +81,7 @@ async def run_hub(settings: Settings) -> None:
         await api.check_access()
         with Journal(settings.journal) as journal:
             fleet = HubFleet(settings, api, journal, token=token)
-            with _exit_on_signals(fleet.request_exit):
+            with exit_on_signals(fleet.request_exit):
                 await fleet.run()
 
 
@@ -129,21 +128,3 @@ def _hub_access(settings: Settings) -> tuple[str, str]:
     return (
         settings.hub_url if settings.hub_url.endswith("/") else settings.hub_url + "/"
     ), settings.hub_token
-
-
-@contextlib.contextmanager
-def _exit_on_signals(request_exit: Callable[[], None]) -> Iterator[None]:
-    """SIGTERM and Ctrl-C let every agent finish its current pass."""
-    import signal
-
-    loop = asyncio.get_running_loop()
-    installed = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, request_exit)
-            installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
