@@ -705,7 +705,10 @@ class Settings:
     )
     onstart_login_as: str | None = _opt(
         None,
-        "User profile to log in as for shared spaces, which have no owner.",
+        (
+            "User profile to log in to a shared space as (any member may; default: who created the"
+            " app, else the space's creator)."
+        ),
         parse=_parse_optional_str,
         group="onstart",
         flag=False,

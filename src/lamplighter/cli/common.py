@@ -7,7 +7,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -21,9 +21,17 @@ from lamplighter.errors import (
     RemoteError,
     RemoteTimeout,
 )
+from lamplighter.model import parse_timestamp
 from lamplighter.redaction import RedactingFilter, redact
 from lamplighter.remote.connection import Connection, connection_from_settings
-from lamplighter.settings import Settings, describe_bounds, load_settings, option_specs, parse_bool
+from lamplighter.settings import (
+    Settings,
+    describe_bounds,
+    load_settings,
+    option_specs,
+    parse_bool,
+    parse_duration,
+)
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -47,6 +55,7 @@ __all__ = [
     "console",
     "error_line",
     "exit_code_for",
+    "parse_since",
     "report_failure",
     "settings_from_args",
     "start_logging",
@@ -260,3 +269,15 @@ class Parser(argparse.ArgumentParser):
         command = self.prog.removeprefix("lamplighter").strip()
         where = f"{command}: " if command else ""
         self.exit(EXIT_CONFIG, error_line(f"{where}{message} (see {self.prog} --help)") + "\n")
+
+
+def parse_since(text: str) -> datetime:
+    """``--since``: a duration back from now (``2h``) or an ISO time."""
+    try:
+        return datetime.now(timezone.utc) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise ConfigError(f"--since: expected a duration (2h) or an ISO time, got {text!r}") from None

@@ -15,13 +15,14 @@ from lamplighter.cli.common import (
     EXIT_REMOTE,
     add_settings_options,
     error_line,
+    parse_since,
     settings_from_args,
     start_logging,
 )
 from lamplighter.cli.options import add_option
 from lamplighter.errors import ConfigError
 from lamplighter.journal import Journal, JournalEvent
-from lamplighter.model import Action, Decision, Memory, StopOutcome, format_time, parse_timestamp
+from lamplighter.model import Action, Decision, Memory, StopOutcome, format_time
 from lamplighter.settings import Settings, parse_duration, parse_setting
 
 __all__ = ["add_core_parsers"]
@@ -183,7 +184,7 @@ def _read_memory(settings: Settings, target: str) -> Memory:
 
 def _journal(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    since = _parse_since(args.since) if args.since else None
+    since = parse_since(args.since) if args.since else None
     if not settings.journal.exists():
         print(f"lamplighter: no journal at {settings.journal} yet", file=sys.stderr)
         return EXIT_OK
@@ -192,17 +193,6 @@ def _journal(args: argparse.Namespace) -> int:
     for event in events:
         print(json.dumps(event.to_dict()) if args.json else format_event(event))
     return EXIT_OK
-
-
-def _parse_since(text: str) -> datetime:
-    try:
-        return datetime.now(timezone.utc) - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return parse_timestamp(text)
-    except ValueError:
-        raise ConfigError(f"--since: expected a duration (2h) or an ISO time, got {text!r}") from None
 
 
 def format_event(event: JournalEvent) -> str:

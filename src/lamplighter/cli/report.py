@@ -62,12 +62,12 @@ def add_report_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
 def _report(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from lamplighter.cli.core import _parse_since
+    from lamplighter.cli.common import parse_since
     from lamplighter.journal import Journal
     from lamplighter.views.report import load_prices, summarise, to_html, to_json, to_text
 
     settings = settings_from_args(args)
-    start = _parse_since(args.since)
+    start = parse_since(args.since)
     prices = load_prices(args.prices) if args.prices else None
     end = datetime.now(timezone.utc)
     if not settings.journal.exists():
