@@ -1,0 +1,272 @@
+"""SageMaker notebook instances: ``watch --platform sagemaker-notebook-instance`` inside an emulated instance.
+
+Each instance runs a real ``jupyter server`` over https with a self-signed certificate on a free loopback
+port (the instance's ``https://localhost:8443``); boto3 reaches the emulator through ``endpoint_url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from lamplighter.cli import main
+from lamplighter.errors import ConfigError
+from lamplighter.journal import Journal
+from lamplighter.remote.connection import Connection
+from lamplighter.model import Action, Clock, Decision, ServerSnapshot, StopOutcome
+from lamplighter.platforms.notebook_instance import NotebookInstanceProbe, NotebookInstanceStopper
+from lamplighter.sagemaker.notebook_instance import NotebookInstanceIdentity
+from tests.emulators.notebook_instances import EmulatedNotebookInstance
+from tests.emulators.sagemaker import SageMakerEmulator
+
+pytest_plugins = ["tests.emulators.conftest_sagemaker"]
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 signed by itself, as a notebook instance's server has."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def nbi(sm: SageMakerEmulator, self_signed: tuple[Path, Path]) -> Iterator[EmulatedNotebookInstance]:
+    """An InService notebook instance ``nb1`` whose Jupyter server speaks https with a self-signed certificate."""
+    sm.notebook_tls = self_signed
+    instance = sm.add_notebook_instance("nb1")
+    sm.wait_for(
+        lambda: (
+            sm.client().describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"]
+            == "InService"
+        )
+    )
+    yield instance
+
+
+def watch_instance(instance: EmulatedNotebookInstance, tmp_path: Path, *args: str) -> int:
+    assert instance.server is not None
+    return main(
+        [
+            "watch",
+            "--platform",
+            "sagemaker-notebook-instance",
+            "--sagemaker-metadata",
+            str(instance.metadata_path),
+            "--notebook-instance-port",
+            str(instance.server.port),
+            "--journal",
+            str(tmp_path / "j.sqlite3"),
+            *args,
+        ]
+    )
+
+
+def test_idle_instance_is_stopped_not_deleted(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, tmp_path: Path
+) -> None:
+    server = nbi.server
+    assert server is not None and server.url.startswith("https://")
+    assert watch_instance(nbi, tmp_path, "--idle-timeout", "2s") == 0
+    answer = sm.client().describe_notebook_instance(NotebookInstanceName="nb1")
+    assert answer["NotebookInstanceStatus"] == "Stopped"
+    assert not server.running
+    assert sm.operations().count("StopNotebookInstance") == 1
+    assert "DeleteNotebookInstance" not in sm.operations() and "DeleteApp" not in sm.operations()
+    with Journal(tmp_path / "j.sqlite3") as j:
+        action = j.events(kind="action")[-1]
+    assert action.verdict == "stopped"
+    assert action.detail["stopper"] == "StopNotebookInstance nb1"
+
+
+def test_a_terminal_in_use_keeps_the_instance(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, tmp_path: Path
+) -> None:
+    """The AWS autostop script reads only sessions (its issue #90): it stops an instance under a working
+    terminal. Terminal output here goes on for about 6 s with a 2 s idle timeout."""
+    server = nbi.server
+    assert server is not None
+    asyncio.run(_start_terminal(server.url, "for i in $(seq 20); do echo tick; sleep 0.3; done; sleep 600"))
+    started = time.monotonic()
+    assert watch_instance(nbi, tmp_path, "--idle-timeout", "2s", "--no-process-signal") == 0
+    elapsed = time.monotonic() - started
+    assert elapsed >= 6.0, f"stopped after {elapsed:.1f} s while the terminal was in use"
+    assert (
+        sm.client().describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"]
+        == "Stopped"
+    )
+    with Journal(tmp_path / "j.sqlite3") as j:
+        deadlines = {e.summary.rsplit("stops at ", 1)[-1] for e in j.events(kind="decision")}
+    assert len(deadlines) >= 3, deadlines  # each tick moved the deadline later
+
+
+async def _start_terminal(url: str, command: str) -> None:
+    # Our own self-signed test certificate, on loopback.
+    async with Connection(url, verify_tls=False) as conn:
+        await conn.request("POST", "api/terminals", json_body={"shell_command": ["bash", "-c", command]})
+
+
+def test_tls_is_unverified_only_for_the_instances_own_loopback_server(
+    nbi: EmulatedNotebookInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = nbi.server
+    assert server is not None
+    common = ["--platform", "sagemaker-notebook-instance", "--sagemaker-metadata", str(nbi.metadata_path)]
+    assert main(["status", *common, "--notebook-instance-port", str(server.port)]) == 0
+    capsys.readouterr()
+    # The same server named by --url is verified like any other, and its certificate is refused.
+    code = main(["status", *common, "--url", server.url])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "certificate" in err.lower() or "ssl" in err.lower(), err
+    assert main(["status", *common, "--url", server.url, "--insecure"]) == 0
+
+
+def test_identity_from_the_metadata_file(tmp_path: Path) -> None:
+    meta = tmp_path / "m.json"
+    meta.write_text(
+        '{"ResourceArn": "arn:aws:sagemaker:eu-west-1:1:notebook-instance/nb-7", "ResourceName": "nb-7"}'
+    )
+    assert NotebookInstanceIdentity.from_metadata(meta) == NotebookInstanceIdentity("nb-7", "eu-west-1")
+    meta.write_text(
+        '{"ResourceArn": "arn:aws:sagemaker:eu-west-1:1:app/d-1/alice/jupyterlab/default", "ResourceName": "default", "DomainId": "d-1"}'
+    )
+    with pytest.raises(ConfigError, match="not a notebook instance"):
+        NotebookInstanceIdentity.from_metadata(meta)
+    with pytest.raises(ConfigError, match="not found"):
+        NotebookInstanceIdentity.from_metadata(tmp_path / "missing.json")
+
+
+def test_no_metadata_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "watch",
+            "--platform",
+            "sagemaker-notebook-instance",
+            "--sagemaker-metadata",
+            str(tmp_path / "none.json"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "not found" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+class _Idle:
+    """A Jupyter probe that has never run anything, or has one kernel."""
+
+    def __init__(self, kernels: tuple[object, ...] = ()) -> None:
+        self.kernels = kernels
+
+    @property
+    def target(self) -> str:
+        return "https://localhost:8443/"
+
+    async def snapshot(self) -> ServerSnapshot:
+        moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        return ServerSnapshot(self.target, moment, moment, 0, kernels=self.kernels)  # type: ignore[arg-type]
+
+    async def cull_kernel(self, kernel_id: str) -> None:
+        pass
+
+    async def cull_terminal(self, name: str) -> None:
+        pass
+
+
+def test_last_modified_time_counts_only_while_nothing_runs(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance
+) -> None:
+    from lamplighter.model import KernelInfo
+
+    identity = NotebookInstanceIdentity("nb1")
+    idle = asyncio.run(NotebookInstanceProbe(_Idle(), identity, sm.client()).snapshot())
+    (reading,) = idle.readings
+    assert reading.clock is Clock.INTERACTION
+    assert reading.at is not None and abs(reading.at.timestamp() - nbi.last_modified) < 1
+    kernel = KernelInfo("k1", "python3", "busy", datetime(2026, 1, 1, tzinfo=timezone.utc), 0)
+    busy = asyncio.run(NotebookInstanceProbe(_Idle((kernel,)), identity, sm.client()).snapshot())
+    assert busy.readings == ()
+    assert sm.operations().count("DescribeNotebookInstance") >= 1
+
+
+_NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+_DECISION = Decision(
+    action=Action.STOP, reason="idle", reasons=("idle",), idle_since=_NOW, stop_at=_NOW, next_check_at=_NOW
+)
+
+
+def _stop(sm: SageMakerEmulator, name: str = "nb1", **kwargs: float) -> tuple[StopOutcome, str]:
+    stopper = NotebookInstanceStopper(NotebookInstanceIdentity(name), client=sm.client(), **kwargs)
+    result = asyncio.run(stopper.stop(_DECISION))
+    return result.outcome, result.detail
+
+
+def test_stopper_verifies_and_is_idempotent(sm: SageMakerEmulator, nbi: EmulatedNotebookInstance) -> None:
+    assert _stop(sm, verify_timeout_s=10, poll_interval_s=0.05)[0] is StopOutcome.STOPPED
+    outcome, detail = _stop(sm)
+    assert outcome is StopOutcome.STOPPED and "already stopped" in detail
+
+
+def test_stopper_reports_a_stop_still_under_way(sm: SageMakerEmulator, nbi: EmulatedNotebookInstance) -> None:
+    sm.deleting_s = 30.0
+    outcome, detail = _stop(sm, verify_timeout_s=0.3, poll_interval_s=0.05)
+    assert outcome is StopOutcome.STOPPING and "Stopping" in detail
+    # Asked again while Stopping (SageMaker refuses the call): still under way, not a failure.
+    outcome, detail = _stop(sm, verify_timeout_s=0.2, poll_interval_s=0.05)
+    assert outcome is StopOutcome.STOPPING
+
+
+def test_stopper_failures_are_one_line(sm: SageMakerEmulator, nbi: EmulatedNotebookInstance) -> None:
+    sm.inject_error("StopNotebookInstance", "AccessDeniedException", "not authorized")
+    outcome, detail = _stop(sm)
+    assert outcome is StopOutcome.FAILED and "sagemaker:StopNotebookInstance" in detail
+    outcome, detail = _stop(sm, "nb-gone")
+    assert outcome is StopOutcome.FAILED and "RecordNotFound" in detail and "\n" not in detail
+
+
+def test_emulator_follows_the_service_model(sm: SageMakerEmulator, nbi: EmulatedNotebookInstance) -> None:
+    from botocore.exceptions import ClientError, ParamValidationError
+
+    client = sm.client()
+    with pytest.raises(ParamValidationError):
+        client.stop_notebook_instance()
+    with pytest.raises(ClientError, match="RecordNotFound"):
+        client.describe_notebook_instance(NotebookInstanceName="nope")
+    with pytest.raises(ClientError, match=r"not in \(\[Stopped, Failed\]\)"):
+        client.update_notebook_instance(NotebookInstanceName="nb1", LifecycleConfigName="x")
+    with pytest.raises(ClientError, match="Content"):
+        client.create_notebook_instance_lifecycle_config(
+            NotebookInstanceLifecycleConfigName="big", OnStart=[{"Content": "x" * 16385}]
+        )
+    client.stop_notebook_instance(NotebookInstanceName="nb1")
+    with pytest.raises(ClientError, match=r"not in \(\[InService\]\)"):
+        client.stop_notebook_instance(NotebookInstanceName="nb1")
+    sm.wait_for(
+        lambda: (
+            client.describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"]
+            == "Stopped"
+        )
+    )
+    client.start_notebook_instance(NotebookInstanceName="nb1")
+    assert (
+        client.describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"] == "Pending"
+    )
+    sm.wait_for(
+        lambda: (
+            client.describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"]
+            == "InService"
+        )
+    )
