@@ -7,6 +7,7 @@ port (the instance's ``https://localhost:8443``); boto3 reaches the emulator thr
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ import pytest
 from lamplighter.cli import main
 from lamplighter.errors import ConfigError
 from lamplighter.journal import Journal
-from lamplighter.remote.connection import Connection
 from lamplighter.model import Action, Clock, Decision, ServerSnapshot, StopOutcome
 from lamplighter.platforms.notebook_instance import NotebookInstanceProbe, NotebookInstanceStopper
+from lamplighter.remote.connection import Connection
 from lamplighter.sagemaker.notebook_instance import NotebookInstanceIdentity
 from tests.emulators.notebook_instances import EmulatedNotebookInstance
 from tests.emulators.sagemaker import SageMakerEmulator
@@ -208,8 +209,15 @@ _DECISION = Decision(
 )
 
 
-def _stop(sm: SageMakerEmulator, name: str = "nb1", **kwargs: float) -> tuple[StopOutcome, str]:
-    stopper = NotebookInstanceStopper(NotebookInstanceIdentity(name), client=sm.client(), **kwargs)
+def _stop(
+    sm: SageMakerEmulator, name: str = "nb1", *, verify_timeout_s: float = 5.0, poll_interval_s: float = 0.05
+) -> tuple[StopOutcome, str]:
+    stopper = NotebookInstanceStopper(
+        NotebookInstanceIdentity(name),
+        client=sm.client(),
+        verify_timeout_s=verify_timeout_s,
+        poll_interval_s=poll_interval_s,
+    )
     result = asyncio.run(stopper.stop(_DECISION))
     return result.outcome, result.detail
 
@@ -270,3 +278,121 @@ def test_emulator_follows_the_service_model(sm: SageMakerEmulator, nbi: Emulated
             == "InService"
         )
     )
+
+
+# -- lcc render / install --notebook-instance ---------------------------------------------------------
+
+
+def _on_start(sm: SageMakerEmulator, lcc: str) -> str:
+    (hook,) = sm.notebook_lcc(lcc)["OnStart"]
+    return base64.b64decode(hook["Content"]).decode()
+
+
+def _install(*args: str) -> int:
+    return main(["lcc", "install", "--notebook-instance", "nb1", "--wheelhouse", "s3://b/wheels/", *args])
+
+
+def test_lcc_install_on_a_stopped_instance(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = sm.client()
+    client.stop_notebook_instance(NotebookInstanceName="nb1")
+    sm.wait_for(
+        lambda: (
+            client.describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"]
+            == "Stopped"
+        )
+    )
+    assert _install("--idle-timeout", "30m") == 0
+    out = capsys.readouterr().out
+    assert "called CreateNotebookInstanceLifecycleConfig" in out and "called UpdateNotebookInstance" in out
+    assert "<base64 on-start script" in out  # the content is not printed
+    described = client.describe_notebook_instance(NotebookInstanceName="nb1")
+    assert described["NotebookInstanceLifecycleConfigName"] == "lamplighter-nb1"
+    script = _on_start(sm, "lamplighter-nb1")
+    assert "watch --platform sagemaker-notebook-instance" in script
+    assert 'LAMPLIGHTER_NOTEBOOK_INSTANCE="${LAMPLIGHTER_NOTEBOOK_INSTANCE:-nb1}"' in script
+    assert 'IDLE_TIME_IN_SECONDS="${IDLE_TIME_IN_SECONDS:-1800}"' in script
+    assert "JupyterSystemEnv" in script and "/var/log/jupyter.log" in script
+    assert "JL_PORT" not in script and "DeleteApp" not in script
+    bash = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, check=False)
+    assert bash.returncode == 0, bash.stderr
+
+    # The same script again changes nothing; another one updates the configuration in place.
+    before = len(sm.operations())
+    assert _install("--idle-timeout", "30m") == 0
+    assert not {"CreateNotebookInstanceLifecycleConfig", "UpdateNotebookInstanceLifecycleConfig",
+                "UpdateNotebookInstance"} & set(sm.operations()[before:])  # fmt: skip
+    assert _install("--idle-timeout", "45m") == 0
+    assert "UpdateNotebookInstanceLifecycleConfig" in sm.operations()[before:]
+    assert 'IDLE_TIME_IN_SECONDS="${IDLE_TIME_IN_SECONDS:-2700}"' in _on_start(sm, "lamplighter-nb1")
+
+
+def test_lcc_install_refuses_a_running_instance_before_writing(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _install() == 2
+    err = capsys.readouterr().err
+    assert "is InService" in err and "stop it first" in err and "Traceback" not in err
+    written = {"CreateNotebookInstanceLifecycleConfig", "UpdateNotebookInstance"}
+    assert not written & set(sm.operations())
+    assert _install("--dry-run") == 2  # the plan is refused the same way
+
+
+def test_lcc_render_for_a_notebook_instance(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lcc", "render", "--notebook-instance", "nb1", "--wheelhouse", "s3://b/w/"]) == 0
+    script = capsys.readouterr().out
+    assert "stop this SageMaker notebook instance" in script
+    assert "sagemaker:StopNotebookInstance" in script
+    assert main(["lcc", "render", "--wheelhouse", "s3://b/w/"]) == 2
+    assert "--app-type is required (or --notebook-instance NAME)" in capsys.readouterr().err
+    assert main(["lcc", "render", "--notebook-instance", "bad name", "--wheelhouse", "s3://b/w/"]) == 2
+
+
+def test_lcc_install_refuses_a_script_over_16_kb(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big.sh"
+    big.write_text("#!/bin/bash\n" + "# padding\n" * 1300)
+    assert _install("--script", str(big)) == 2
+    assert "SageMaker takes 16384" in capsys.readouterr().err
+
+
+# -- run notebook|shell --notebook-instance ---------------------------------------------------------
+
+
+def test_run_shell_on_a_notebook_instance_through_its_presigned_login(
+    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sm.add_notebook_instance("nb2")  # plain http behind the emulated front door
+    client = sm.client()
+    sm.wait_for(
+        lambda: (
+            client.describe_notebook_instance(NotebookInstanceName="nb2")["NotebookInstanceStatus"]
+            == "InService"
+        )
+    )
+    code = main(["run", "shell", "--notebook-instance", "nb2", "--", "echo hello from nb2; exit 5"])
+    assert code == 5
+    assert "hello from nb2" in capsys.readouterr().out
+    assert "CreatePresignedNotebookInstanceUrl" in sm.operations()
+    (params,) = [p for op, p in sm.calls if op == "CreatePresignedNotebookInstanceUrl"]
+    assert params == {"NotebookInstanceName": "nb2", "SessionExpirationDurationInSeconds": 1800}
+
+
+def test_run_on_a_stopped_notebook_instance_is_one_line(
+    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sm.add_notebook_instance("nb3")
+    client = sm.client()
+    sm.wait_for(
+        lambda: (
+            client.describe_notebook_instance(NotebookInstanceName="nb3")["NotebookInstanceStatus"]
+            == "InService"
+        )
+    )
+    client.stop_notebook_instance(NotebookInstanceName="nb3")
+    code = main(["run", "shell", "--notebook-instance", "nb3", "--", "true"])
+    err = capsys.readouterr().err
+    assert code == 255, err  # run shell's own failure, as ssh's (the command's status is 0-255)
+    assert "nb3" in err and "InService" in err and "Traceback" not in err and "authToken" not in err
