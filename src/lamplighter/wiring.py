@@ -196,6 +196,10 @@ def _notebook_instance_probe(settings: Settings, conn: Connection | None) -> Pro
     return NotebookInstanceProbe(JupyterServer(conn), identity, client)
 
 
+def _no_code_editor(settings: Settings) -> Settings:
+    raise ConfigError("app_type: a notebook instance runs Jupyter, not Code Editor (--app-type jupyter)")
+
+
 def _stop_notebook_instance(settings: Settings, conn: Connection | None) -> Stopper:
     from lamplighter.platforms.notebook_instance import NotebookInstanceStopper
 
@@ -228,6 +232,9 @@ class Row:
 _JUPYTER = Row(_jupyter_api, _jupyter_shutdown, connects=True, stops_in_process=True, resolve=_behind_a_hub)
 _HUB_JUPYTER = Row(_jupyter_api, _hub_delete, connects=True, resolve=_hub_settings)
 _STUDIO_JUPYTER = Row(_jupyter_api, _delete_app, connects=True, resolve=_sagemaker_settings)
+_NOTEBOOK_INSTANCE = Row(
+    _notebook_instance_probe, _stop_notebook_instance, connects=True, resolve=_notebook_instance_settings
+)
 
 ROWS: dict[tuple[str, str], Row] = {
     # (--platform, --app-type); a Studio Classic JupyterServer app is watched like JupyterLab
@@ -242,8 +249,10 @@ ROWS: dict[tuple[str, str], Row] = {
     ("sagemaker", "jupyter-server"): _STUDIO_JUPYTER,
     ("sagemaker", "code-editor"): Row(_code_editor, _delete_app, connects=False, resolve=_sagemaker_settings),
     # a notebook instance: its own Jupyter server on https://localhost:8443, stopped (not deleted)
-    ("sagemaker-notebook-instance", "jupyter"): Row(
-        _notebook_instance_probe, _stop_notebook_instance, connects=True, resolve=_notebook_instance_settings
+    ("sagemaker-notebook-instance", "jupyter"): _NOTEBOOK_INSTANCE,
+    ("sagemaker-notebook-instance", "jupyter-server"): _NOTEBOOK_INSTANCE,
+    ("sagemaker-notebook-instance", "code-editor"): Row(
+        _notebook_instance_probe, _stop_notebook_instance, connects=True, resolve=_no_code_editor
     ),
 }
 
