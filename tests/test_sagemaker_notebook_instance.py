@@ -396,3 +396,41 @@ def test_run_on_a_stopped_notebook_instance_is_one_line(
     err = capsys.readouterr().err
     assert code == 255, err  # run shell's own failure, as ssh's (the command's status is 0-255)
     assert "nb3" in err and "InService" in err and "Traceback" not in err and "authToken" not in err
+
+
+def test_run_notebook_on_a_notebook_instance(
+    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nbformat
+
+    instance = sm.add_notebook_instance("nb4")
+    client = sm.client()
+    sm.wait_for(
+        lambda: (
+            client.describe_notebook_instance(NotebookInstanceName="nb4")["NotebookInstanceStatus"]
+            == "InService"
+        )
+    )
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nb.cells = [
+        nbformat.v4.new_code_cell("n = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(n * 7)"),
+    ]
+    (instance.workdir / "root" / "seven.ipynb").write_text(nbformat.writes(nb))
+    code = main(
+        [
+            "run",
+            "notebook",
+            "--notebook-instance",
+            "nb4",
+            "seven.ipynb",
+            "-o",
+            "seven-out.ipynb",
+            "-p",
+            "n",
+            "6",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    out = nbformat.read(instance.workdir / "root" / "seven-out.ipynb", as_version=4)
+    assert "42" in "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
