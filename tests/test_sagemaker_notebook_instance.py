@@ -114,6 +114,26 @@ def test_a_terminal_in_use_keeps_the_instance(
     assert len(deadlines) >= 3, deadlines  # each tick moved the deadline later
 
 
+def test_a_silent_background_job_keeps_the_instance(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, tmp_path: Path
+) -> None:
+    """``nohup python train.py &`` prints nothing and runs no kernel: only the process tree shows it. The
+    process signal finds the server from the https loopback default's port."""
+    from tests.test_running_work_paths import nohup_busy
+
+    server = nbi.server
+    assert server is not None
+    asyncio.run(_start_terminal(server.url, nohup_busy(6)))
+    started = time.monotonic()
+    fast = ["--process-window", "1.5s", "--process-sample-interval", "0.2s", "--busy-recheck", "0.5s"]
+    assert watch_instance(nbi, tmp_path, "--idle-timeout", "2s", *fast) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed >= 6.0, f"stopped after {elapsed:.1f} s while the job was still running"
+    with Journal(tmp_path / "j.sqlite3") as j:
+        reasons = " ".join(e.summary for e in j.events(kind="decision"))
+    assert "% CPU" in reasons
+
+
 async def _start_terminal(url: str, command: str) -> None:
     # Our own self-signed test certificate, on loopback.
     async with Connection(url, verify_tls=False) as conn:
