@@ -41,7 +41,13 @@ _LCC_EPILOG = """\
 The script installs lamplighter in its own virtual environment and keeps `lamplighter watch --platform
 sagemaker` running (restarted with backoff if it exits; no cron). It takes the AWS auto-stop-idle
 sample's variables: IDLE_TIME_IN_SECONDS, IGNORE_CONNECTIONS, SKIP_TERMINALS, JL_HOSTNAME, JL_PORT,
-JL_BASE_URL. The app's execution role needs sagemaker:DeleteApp and sagemaker:DescribeApp."""
+JL_BASE_URL. The app's execution role needs sagemaker:DeleteApp and sagemaker:DescribeApp.
+
+With --notebook-instance NAME (instead of --app-type and --domain) the script is for that notebook
+instance: it keeps `lamplighter watch --platform sagemaker-notebook-instance` running, whose role needs
+sagemaker:StopNotebookInstance and sagemaker:DescribeNotebookInstance; `install` creates or updates the
+notebook-instance lifecycle configuration and attaches it, which SageMaker allows only while the
+instance is Stopped."""
 
 _BUNDLE_EPILOG = """\
 Builds lamplighter's wheel from the source checkout, downloads binary wheels of it and its dependencies
