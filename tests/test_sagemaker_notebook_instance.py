@@ -223,6 +223,24 @@ def test_last_modified_time_counts_only_while_nothing_runs(
     assert sm.operations().count("DescribeNotebookInstance") >= 1
 
 
+def test_a_recent_start_holds_off_a_stop_the_server_alone_would_allow(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance
+) -> None:
+    """The server's own answer (``_Idle``) is months old; the instance started moments ago."""
+    from lamplighter.model import Memory
+    from lamplighter.policy import decide
+    from lamplighter.settings import load_settings
+
+    settings = load_settings({"idle_timeout": "1h"}, env={})
+    now = datetime.now(timezone.utc)
+    plain = asyncio.run(_Idle().snapshot())
+    assert decide(plain, Memory(), settings, now).action is Action.STOP
+    probe = NotebookInstanceProbe(_Idle(), NotebookInstanceIdentity("nb1"), sm.client())
+    decision = decide(asyncio.run(probe.snapshot()), Memory(), settings, now)
+    assert decision.action is Action.KEEP
+    assert "LastModifiedTime" in " ".join(decision.reasons), decision.reasons
+
+
 _NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 _DECISION = Decision(
     action=Action.STOP, reason="idle", reasons=("idle",), idle_since=_NOW, stop_at=_NOW, next_check_at=_NOW
