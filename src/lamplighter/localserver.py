@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -65,10 +66,13 @@ def start_local_server(
     port: int | None = None,
     extra_args: Sequence[str] = (),
     startup_timeout_s: float = 30.0,
+    tls: tuple[Path, Path] | None = None,
 ) -> LocalServer:
     """Start ``jupyter server`` with its files under ``workdir`` and wait until its API answers.
 
     Without ``port`` the server binds a port the kernel gives it, reported back through its runtime file.
+    ``tls`` (certificate file, key file) serves https, as a SageMaker notebook instance's server does;
+    the readiness check then trusts that certificate file only.
     """
     try:
         import jupyter_server  # noqa: F401
@@ -106,6 +110,9 @@ def start_local_server(
         "--ServerApp.open_browser=False",
         *extra_args,
     ]
+    if tls is not None:
+        argv += [f"--ServerApp.certfile={tls[0]}", f"--ServerApp.keyfile={tls[1]}"]
+    scheme = "https" if tls is not None else "http"
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         argv.append("--allow-root")
     log_path = workdir / "server.log"
@@ -115,7 +122,8 @@ def start_local_server(
         )
     info_file = workdir / "runtime" / f"jpserver-{process.pid}.json"
     bound: int | None = None
-    with httpx.Client(timeout=2.0) as client:
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls[0])) if tls else True
+    with httpx.Client(timeout=2.0, verify=verify) as client:
         for _attempt in attempts_sync(Backoff(0.1, 0.1), timeout_s=startup_timeout_s):
             if process.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-2000:]
@@ -124,7 +132,7 @@ def start_local_server(
                 )
             bound = bound or _listening_port(info_file)
             if bound:
-                url = f"http://127.0.0.1:{bound}{base}"
+                url = f"{scheme}://127.0.0.1:{bound}{base}"
                 try:
                     auth = {"Authorization": f"token {token}"} if token else {}
                     answer = client.get(url + "api/status", headers=auth)

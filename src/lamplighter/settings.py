@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 ACTIONS = ("shutdown", "command", "none")
-PLATFORMS = ("jupyter", "sagemaker", "jupyterhub")
+PLATFORMS = ("jupyter", "sagemaker", "jupyterhub", "sagemaker-notebook-instance")
 #: The one set of app types every ``--app-type`` takes ('jupyter-server' is Studio Classic's app, watched
 #: like 'jupyter'); SageMaker's own names for them are accepted too, in any case.
 APP_TYPES = ("jupyter", "jupyter-server", "code-editor")
@@ -286,7 +286,8 @@ class Settings:
     )
     platform: str = _opt(
         "jupyter",
-        "Kind of app: 'jupyter' (stop with POST /api/shutdown) or 'sagemaker' (stop with DeleteApp).",
+        "Kind of app: 'jupyter' (stop with POST /api/shutdown), 'sagemaker' (stop with DeleteApp) or "
+        "'sagemaker-notebook-instance' (stop with StopNotebookInstance).",
         parse=_choice(*PLATFORMS),
         group="target",
     )
@@ -674,6 +675,22 @@ class Settings:
     )
     log_level: str = _opt("info", "Log level.", parse=_choice(*LOG_LEVELS), group="journal")
 
+    # -- notebook instances (watch --platform sagemaker-notebook-instance) ------------------------
+    notebook_instance: str | None = _opt(
+        None,
+        "Name of the SageMaker notebook instance to stop; default: ResourceName of the metadata file.",
+        parse=_parse_optional_str,
+        group="sagemaker",
+    )
+    notebook_instance_port: int = _opt(
+        8443,
+        "Port of the notebook instance's own Jupyter server on localhost, used when --url is not given; "
+        "its certificate is self-signed and not verified (a --url is verified unless --insecure).",
+        parse=_parse_int,
+        group="sagemaker",
+        bounds=(1, 65535),
+    )
+
     # -- on-start (the Lambda function of lamplighter.sagemaker.aws_lambda) ----------------------
     onstart_script: str | None = _opt(
         None,
@@ -959,7 +976,7 @@ def _derive(settings: Settings, env: Mapping[str, str]) -> Settings:
             changes["token"] = settings.token_file.read_text().strip().splitlines()[0].strip()
         except (OSError, IndexError):
             raise ConfigError(f"token_file: cannot read a token from {settings.token_file}") from None
-    if settings.platform == "sagemaker" and settings.heartbeat is None:
+    if settings.platform in ("sagemaker", "sagemaker-notebook-instance") and settings.heartbeat is None:
         changes["heartbeat"] = Path(os.path.expanduser("~/.lamplighter/heartbeat.json"))
     if settings.action == "command" and not settings.command:
         raise ConfigError("command: --action command needs --command 'shell command'")

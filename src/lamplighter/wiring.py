@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from lamplighter.errors import ConfigError
@@ -24,6 +25,9 @@ from lamplighter.settings import Settings
 from lamplighter.signals import Signal
 from lamplighter.signals.keepalive import KeepAliveFile
 from lamplighter.stoppers import CommandStopper, DryRun, NoStop, ProcessStopper
+
+if TYPE_CHECKING:
+    from lamplighter.sagemaker.notebook_instance import NotebookInstanceIdentity
 
 __all__ = ["ROWS", "Row", "Target", "build_signals", "build_stopper", "local_port", "open_target", "row_for"]
 
@@ -156,6 +160,56 @@ def _hub_delete(settings: Settings, conn: Connection | None) -> Stopper:
     )
 
 
+# -- notebook instances --------------------------------------------------------------------------
+
+
+def _notebook_instance_settings(settings: Settings) -> Settings:
+    """A notebook instance's Jupyter server is its own ``https://localhost:8443``, self-signed: with no
+    ``--url`` that loopback URL is used and its certificate is not verified (that URL only)."""
+    if settings.url:
+        return settings
+    return replace(settings, url=f"https://localhost:{settings.notebook_instance_port}/", verify_tls=False)
+
+
+def _notebook_instance(settings: Settings) -> NotebookInstanceIdentity:
+    """``--notebook-instance`` (and ``--region``) if given, else the instance's metadata file."""
+    from lamplighter.sagemaker.notebook_instance import NotebookInstanceIdentity
+
+    if settings.notebook_instance:
+        return NotebookInstanceIdentity(settings.notebook_instance, settings.region)
+    identity = NotebookInstanceIdentity.from_metadata(settings.sagemaker_metadata)
+    return replace(identity, region=settings.region) if settings.region else identity
+
+
+def _notebook_instance_probe(settings: Settings, conn: Connection | None) -> Probe:
+    import logging
+
+    from lamplighter.platforms.jupyter import JupyterServer
+    from lamplighter.platforms.notebook_instance import NotebookInstanceProbe
+    from lamplighter.sagemaker.client import sagemaker_client
+
+    assert conn is not None  # the row connects
+    identity = _notebook_instance(settings)
+    if not conn.verify_tls:
+        logging.getLogger(__name__).info("not verifying the TLS certificate of %s", conn.display_url)
+    client = sagemaker_client(region=identity.region, endpoint_url=settings.sagemaker_endpoint_url)
+    return NotebookInstanceProbe(JupyterServer(conn), identity, client)
+
+
+def _no_code_editor(settings: Settings) -> Settings:
+    raise ConfigError("app_type: a notebook instance runs Jupyter, not Code Editor (--app-type jupyter)")
+
+
+def _stop_notebook_instance(settings: Settings, conn: Connection | None) -> Stopper:
+    from lamplighter.platforms.notebook_instance import NotebookInstanceStopper
+
+    return NotebookInstanceStopper(
+        _notebook_instance(settings),
+        endpoint_url=settings.sagemaker_endpoint_url,
+        verify_timeout_s=settings.stop_verify_timeout.total_seconds(),
+    )
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 
@@ -178,6 +232,9 @@ class Row:
 _JUPYTER = Row(_jupyter_api, _jupyter_shutdown, connects=True, stops_in_process=True, resolve=_behind_a_hub)
 _HUB_JUPYTER = Row(_jupyter_api, _hub_delete, connects=True, resolve=_hub_settings)
 _STUDIO_JUPYTER = Row(_jupyter_api, _delete_app, connects=True, resolve=_sagemaker_settings)
+_NOTEBOOK_INSTANCE = Row(
+    _notebook_instance_probe, _stop_notebook_instance, connects=True, resolve=_notebook_instance_settings
+)
 
 ROWS: dict[tuple[str, str], Row] = {
     # (--platform, --app-type); a Studio Classic JupyterServer app is watched like JupyterLab
@@ -191,6 +248,12 @@ ROWS: dict[tuple[str, str], Row] = {
     ("sagemaker", "jupyter"): _STUDIO_JUPYTER,
     ("sagemaker", "jupyter-server"): _STUDIO_JUPYTER,
     ("sagemaker", "code-editor"): Row(_code_editor, _delete_app, connects=False, resolve=_sagemaker_settings),
+    # a notebook instance: its own Jupyter server on https://localhost:8443, stopped (not deleted)
+    ("sagemaker-notebook-instance", "jupyter"): _NOTEBOOK_INSTANCE,
+    ("sagemaker-notebook-instance", "jupyter-server"): _NOTEBOOK_INSTANCE,
+    ("sagemaker-notebook-instance", "code-editor"): Row(
+        _notebook_instance_probe, _stop_notebook_instance, connects=True, resolve=_no_code_editor
+    ),
 }
 
 

@@ -12,6 +12,8 @@ DescribeUserProfile, UpdateUserProfile; CreateSpace, DescribeSpace; CreateApp, D
 CreateStudioLifecycleConfig, DescribeStudioLifecycleConfig; CreatePresignedDomainUrl. For the Lambda's
 script it also serves S3 GetObject and PutObject (path style; objects also put with
 :meth:`SageMakerEmulator.put_object`).
+Notebook instances (Create/Describe/Start/Stop/UpdateNotebookInstance, their lifecycle configurations,
+CreatePresignedNotebookInstanceUrl) are in :mod:`tests.emulators.notebook_instances`.
 
 Apps move Pending → InService → Deleting → Deleted on time-based transitions (``pending_s``,
 ``deleting_s``). A JupyterLab or JupyterServer app runs a real ``jupyter server`` under the app type's base
@@ -59,6 +61,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from lamplighter.localserver import LocalServer, start_local_server
+from tests.emulators.notebook_instances import NotebookInstanceOps
 from tests.emulators.studio_proxy import Local, StudioProxy, ToApp
 from tests.waiting import wait_until
 
@@ -271,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class SageMakerEmulator:
+class SageMakerEmulator(NotebookInstanceOps):
     """The emulated service: ``with SageMakerEmulator(tmp_path) as sm:``, then boto3 at ``sm.endpoint_url``.
 
     ``pending_s`` and ``deleting_s`` are the minimum times an app spends Pending and Deleting;
@@ -350,6 +353,7 @@ class SageMakerEmulator:
         for app in self._apps:
             if app.server is not None:
                 app.server.stop()
+        self._close_notebook_instances()
 
     def __enter__(self) -> SageMakerEmulator:
         return self.start()

@@ -70,6 +70,11 @@ OPTIONS: dict[str, Option] = {
     "user_profile": Option(
         ("--user-profile",), "The app's user profile (Studio Classic).", {"metavar": "NAME"}
     ),
+    "notebook_instance": Option(
+        ("--notebook-instance",),
+        "A SageMaker notebook instance (instead of a Studio domain).",
+        {"metavar": "NAME"},
+    ),
     "login_as": Option(
         ("--login-as",),
         "User profile to log in to a shared space as (a member; a private space is always its owner's).",

@@ -101,6 +101,10 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "user_profile", group=owner)
     add_option(parser, "login_as", group=studio)
     add_option(parser, "app_type", group=studio, default="jupyter")
+    instance = parser.add_argument_group("SageMaker notebook instance (instead of --url: a presigned login)")
+    add_option(
+        parser, "notebook_instance", group=instance, help="The notebook instance whose server runs the code."
+    )
 
 
 # -- run notebook ------------------------------------------------------------------------------------
@@ -243,6 +247,8 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _connect(args: argparse.Namespace) -> Connection:
     """The server connection: ``--url`` and a token or cookies, or a SageMaker presigned login."""
+    if args.notebook_instance:
+        return await _connect_notebook_instance(args)
     if not args.domain:
         return connection_from_args(args)
     if not (args.space or args.user_profile):
@@ -260,6 +266,20 @@ async def _connect(args: argparse.Namespace) -> Connection:
         user_profile=args.user_profile,
         shared_space_user=args.login_as,
         app_type=SAGEMAKER_APP_TYPES[args.app_type],
+        region=settings.region,
+        endpoint_url=settings.sagemaker_endpoint_url,
+        verify_tls=settings.verify_tls,
+    )
+
+
+async def _connect_notebook_instance(args: argparse.Namespace) -> Connection:
+    from lamplighter.sagemaker.login import presigned_notebook_instance_connection
+
+    if args.domain:
+        raise ConfigError("--notebook-instance: a notebook instance has no --domain")
+    settings = settings_from_args(args)
+    return await presigned_notebook_instance_connection(
+        args.notebook_instance,
         region=settings.region,
         endpoint_url=settings.sagemaker_endpoint_url,
         verify_tls=settings.verify_tls,

@@ -41,7 +41,13 @@ _LCC_EPILOG = """\
 The script installs lamplighter in its own virtual environment and keeps `lamplighter watch --platform
 sagemaker` running (restarted with backoff if it exits; no cron). It takes the AWS auto-stop-idle
 sample's variables: IDLE_TIME_IN_SECONDS, IGNORE_CONNECTIONS, SKIP_TERMINALS, JL_HOSTNAME, JL_PORT,
-JL_BASE_URL. The app's execution role needs sagemaker:DeleteApp and sagemaker:DescribeApp."""
+JL_BASE_URL. The app's execution role needs sagemaker:DeleteApp and sagemaker:DescribeApp.
+
+With --notebook-instance NAME (instead of --app-type and --domain) the script is for that notebook
+instance: it keeps `lamplighter watch --platform sagemaker-notebook-instance` running, whose role needs
+sagemaker:StopNotebookInstance and sagemaker:DescribeNotebookInstance; `install` creates or updates the
+notebook-instance lifecycle configuration and attaches it, which SageMaker allows only while the
+instance is Stopped."""
 
 _BUNDLE_EPILOG = """\
 Builds lamplighter's wheel from the source checkout, downloads binary wheels of it and its dependencies
@@ -113,7 +119,7 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
         "Create the lifecycle configuration and make it the default of a domain or user profile.",
         epilog=_LCC_EPILOG,
     )
-    add_option(install, "domain", required=True)
+    add_option(install, "domain", help="The SageMaker Studio domain id (d-...); or --notebook-instance.")
     add_option(
         install, "user_profile", help="Set the default for this user profile only, not the whole domain."
     )
@@ -172,8 +178,13 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
         parser,
         "app_type",
         group=group,
-        required=True,
-        help="The app type it runs in: jupyter or code-editor.",
+        help="The app type it runs in: jupyter or code-editor (required, unless --notebook-instance).",
+    )
+    add_option(
+        parser,
+        "notebook_instance",
+        group=group,
+        help="A script for this SageMaker notebook instance instead (notebook-instance lifecycle configuration).",
     )
     # IDLE_TIME_IN_SECONDS, IGNORE_CONNECTIONS and SKIP_TERMINALS of the script: the agent's settings.
     add_settings_options(parser, defaults=_SCRIPT_SETTINGS)
@@ -202,17 +213,24 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--log-file",
-        default="/var/log/apps/app_container.log",
         metavar="PATH",
-        help="Where the agent logs [/var/log/apps/app_container.log, delivered to CloudWatch].",
+        help="Where the agent logs [/var/log/apps/app_container.log; on a notebook instance "
+        "/var/log/jupyter.log; both are delivered to CloudWatch].",
     )
 
 
 def _render(args: argparse.Namespace) -> str:
-    from lamplighter.sagemaker.lcc import RenderOptions, render_on_start
+    from lamplighter.sagemaker.lcc import NOTEBOOK_INSTANCE, RenderOptions, render_on_start
 
+    if args.notebook_instance:
+        app_type, default_log = NOTEBOOK_INSTANCE, "/var/log/jupyter.log"
+    elif args.app_type:
+        app_type, default_log = SAGEMAKER_APP_TYPES[args.app_type], "/var/log/apps/app_container.log"
+    else:
+        raise ConfigError("--app-type is required (or --notebook-instance NAME)")
     options: dict[str, Any] = {
-        "app_type": SAGEMAKER_APP_TYPES[args.app_type],
+        "app_type": app_type,
+        "notebook_instance": args.notebook_instance or "",
         "idle_time_s": int(
             parse_setting("idle_timeout", args.idle_timeout, "--idle-timeout").total_seconds()
         ),
@@ -223,7 +241,7 @@ def _render(args: argparse.Namespace) -> str:
         "wheelhouse": args.wheelhouse,
         "index_url": args.index_url,
         "install_budget_s": args.install_budget,
-        "log_file": args.log_file,
+        "log_file": args.log_file or default_log,
     }
     if args.package:
         options["package"] = args.package
@@ -292,6 +310,10 @@ def _lcc_install(args: argparse.Namespace) -> int:
 
     settings = _setup(args)
     script = _read_script(args.script) if args.script else _render(args)
+    if args.notebook_instance:
+        return _lcc_install_notebook_instance(args, settings, script)
+    if not args.domain:
+        raise ConfigError("--domain is required (or --notebook-instance NAME)")
     result = asyncio.run(
         install_lcc(
             script,
@@ -331,6 +353,40 @@ def _lcc_install(args: argparse.Namespace) -> int:
     print(
         f"{result.lcc_arn} {done} the default {SAGEMAKER_APP_TYPES[args.app_type]} lifecycle configuration of {result.target}"
     )
+    return EXIT_OK
+
+
+def _lcc_install_notebook_instance(args: argparse.Namespace, settings: Settings, script: str) -> int:
+    from lamplighter.sagemaker.notebook_instance import install_notebook_instance_lcc
+
+    if args.domain or args.user_profile:
+        raise ConfigError("--notebook-instance: a notebook instance has no --domain or --user-profile")
+    result = asyncio.run(
+        install_notebook_instance_lcc(
+            script,
+            instance=args.notebook_instance,
+            name=args.name,
+            region=settings.region,
+            endpoint_url=settings.sagemaker_endpoint_url,
+            dry_run=args.dry_run,
+        )
+    )
+    calls = [{"operation": c.operation, "params": c.display()} for c in result.calls]
+    if args.json:
+        shown = {"lcc_name": result.lcc_name, "lcc_arn": result.lcc_arn, "notebook_instance": result.instance}
+        print(
+            json.dumps(
+                {**shown, "dry_run": result.dry_run, "notes": list(result.notes), "calls": calls}, indent=2
+            )
+        )
+        return EXIT_OK
+    verb = "would call" if result.dry_run else "called"
+    for planned in calls:
+        print(f"{verb} {planned['operation']} {json.dumps(planned['params'], indent=2)}")
+    for note in result.notes:
+        print(f"note: {note}")
+    done = "would be" if result.dry_run else "is now"
+    print(f"{result.lcc_name} {done} the lifecycle configuration of notebook instance {result.instance}")
     return EXIT_OK
 
 

@@ -24,6 +24,9 @@ The modules:
   (deployed as ``lamplighter.aws_lambda.handler``).
 - :mod:`~lamplighter.sagemaker.fleet`: ``lamplighter fleet status``, every app of a domain and whether its
   agent runs.
+- :mod:`~lamplighter.sagemaker.notebook_instance`: notebook instances (not Studio): which one this is,
+  DescribeNotebookInstance, and their lifecycle configuration (``lcc install --notebook-instance``); the
+  stopper is in :mod:`lamplighter.platforms.notebook_instance`.
 
 boto3 (the ``lamplighter[sagemaker]`` extra) is imported only when a client is made. Importing this
 package loads only the light modules re-exported below; the others are imported by name.

@@ -34,6 +34,7 @@ from lamplighter.sagemaker.identity import jupyter_base_url
 __all__ = [
     "LCC_APP_TYPES",
     "MAX_CONTENT_CHARS",
+    "NOTEBOOK_INSTANCE",
     "ApiCall",
     "InstallResult",
     "RenderOptions",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 LCC_APP_TYPES = ("JupyterLab", "CodeEditor")
+#: ``RenderOptions.app_type`` of a notebook instance's on-start script (not a Studio app type).
+NOTEBOOK_INSTANCE = "NotebookInstance"
 MAX_CONTENT_CHARS = 16384  # StudioLifecycleConfigContent, base64-encoded
 _SETTINGS_KEY = {"JupyterLab": "JupyterLabAppSettings", "CodeEditor": "CodeEditorAppSettings"}
 # What SageMaker's DefaultSpaceSettings can hold (botocore's sagemaker model): no CodeEditorAppSettings.
@@ -65,11 +68,12 @@ class RenderOptions:
     index_url: str = ""  # a package index that serves lamplighter (a private mirror)
     log_file: str = "/var/log/apps/app_container.log"
     install_budget_s: int = 120  # past this the install carries on in the background
+    notebook_instance: str = ""  # with app_type NOTEBOOK_INSTANCE: the instance's name ("": its metadata)
 
 
 def render_on_start(options: RenderOptions) -> str:
     """The on-start script for ``options.app_type``; raises ``ConfigError`` for a value the script cannot hold."""
-    if options.app_type not in LCC_APP_TYPES:
+    if options.app_type not in (*LCC_APP_TYPES, NOTEBOOK_INSTANCE):
         raise ConfigError(f"app type: expected one of {', '.join(LCC_APP_TYPES)}, got {options.app_type!r}")
     if options.idle_time_s <= 0:
         raise ConfigError("idle time: must be more than 0 seconds")
@@ -78,6 +82,7 @@ def render_on_start(options: RenderOptions) -> str:
         ("wheelhouse", options.wheelhouse),
         ("index url", options.index_url),
         ("log file", options.log_file),
+        ("notebook instance", options.notebook_instance),
     ):
         if not _SHELL_SAFE.match(value):
             raise ConfigError(f"{name}: {value!r} has quotes, spaces or shell characters")
@@ -92,7 +97,28 @@ def render_on_start(options: RenderOptions) -> str:
         raise ConfigError(
             "install budget: 1 to 240 seconds (SageMaker stops a lifecycle script at 5 minutes)"
         )
-    if options.app_type == "JupyterLab":
+    studio = {
+        "WHAT": f"SageMaker Studio {options.app_type} app",
+        "RENDERED_BY": f"--app-type {options.app_type}",
+        "PLATFORM": "sagemaker",
+        "PYTHON": "/opt/conda/bin/python",
+        "ROLE_NEEDS": "sagemaker:DeleteApp (and sagemaker:DescribeApp to verify the stop)",
+    }
+    if options.app_type == NOTEBOOK_INSTANCE:
+        # The notebook instance's own Jupyter server (https://localhost:8443) is the platform's default.
+        jupyter = (
+            'export LAMPLIGHTER_NOTEBOOK_INSTANCE="${LAMPLIGHTER_NOTEBOOK_INSTANCE:-'
+            f'{options.notebook_instance}}}"  # empty: ResourceName of /opt/ml/metadata/resource-metadata.json\n'
+        )
+        studio = {
+            "WHAT": "SageMaker notebook instance",
+            "RENDERED_BY": f"--notebook-instance {options.notebook_instance or 'NAME'}",
+            "PLATFORM": "sagemaker-notebook-instance",
+            # The instance's system environment, as the AWS autostop sample picks it (boto3 is there).
+            "PYTHON": "/home/ec2-user/anaconda3/envs/JupyterSystemEnv/bin/python",
+            "ROLE_NEEDS": "sagemaker:StopNotebookInstance and sagemaker:DescribeNotebookInstance",
+        }
+    elif options.app_type == "JupyterLab":
         jupyter = (
             'export JL_HOSTNAME="${JL_HOSTNAME:-0.0.0.0}"  # where the app\'s Jupyter server listens\n'
             'export JL_PORT="${JL_PORT:-8888}"\n'
@@ -115,6 +141,7 @@ def render_on_start(options: RenderOptions) -> str:
         "INDEX_URL": options.index_url,
         "INSTALL_BUDGET_S": str(int(options.install_budget_s)),
         "LOG_FILE": options.log_file,
+        **studio,
     }
     script = template.replace("@JUPYTER_SETTINGS@\n", jupyter)
     for key, value in values.items():
@@ -144,6 +171,9 @@ class ApiCall:
         content = shown.get("StudioLifecycleConfigContent")
         if isinstance(content, str):
             shown["StudioLifecycleConfigContent"] = f"<base64 on-start script, {len(content)} chars>"
+        for hook in shown.get("OnStart") or []:  # a notebook instance's lifecycle configuration
+            if isinstance(hook, dict) and isinstance(hook.get("Content"), str):
+                hook["Content"] = f"<base64 on-start script, {len(hook['Content'])} chars>"
         return shown
 
 

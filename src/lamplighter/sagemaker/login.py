@@ -35,7 +35,7 @@ from lamplighter.sagemaker.log_guards import guard_httpcore_logs
 if TYPE_CHECKING:
     from mypy_boto3_sagemaker import SageMakerClient
 
-__all__ = ["presigned_connection", "resolve_user_profile"]
+__all__ = ["presigned_connection", "presigned_notebook_instance_connection", "resolve_user_profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -284,3 +284,60 @@ def _cookies_for(jar: httpx.Cookies, url: str) -> dict[str, str]:
         if sep and name:
             cookies[name] = value
     return cookies
+
+
+# -- notebook instances --------------------------------------------------------------------------
+
+
+async def presigned_notebook_instance_connection(
+    name: str,
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    verify_tls: bool = True,
+    client: SageMakerClient | Any | None = None,
+    timeout_s: float = 30.0,
+    session_expiration_s: int = 1800,
+) -> Connection:
+    """Log in to a notebook instance's Jupyter server through ``CreatePresignedNotebookInstanceUrl``.
+
+    The login page sets the session cookies and redirects into Jupyter, which a notebook instance
+    serves at the root of its own host (``https://NAME.notebook.REGION.sagemaker.aws/``).
+    ``session_expiration_s`` (1800 to 43200; the shortest by default: a run needs no 12-hour session)
+    bounds how long those cookies stay valid. Raises ``AuthRejected`` when the login is refused,
+    ``RemoteError`` when it does not reach Jupyter (is the instance InService?), ``SageMakerCallFailed``
+    when the API call fails.
+    """
+    client = client or sagemaker_client(region=region, endpoint_url=endpoint_url)
+    answer = await call(
+        client,
+        "CreatePresignedNotebookInstanceUrl",
+        NotebookInstanceName=name,
+        SessionExpirationDurationInSeconds=session_expiration_s,
+    )
+    authorized = str(answer.get("AuthorizedUrl") or "")
+    where = f"notebook instance {name}"
+    if not authorized:
+        raise RemoteError(f"CreatePresignedNotebookInstanceUrl for {where} returned no URL")
+    final_url, status, cookies, _page = await _follow_login(
+        authorized, verify_tls=verify_tls, timeout_s=timeout_s, where=where
+    )
+    if status in (401, 403):
+        raise AuthRejected(f"the presigned login to {where} was refused (HTTP {status})", status=status)
+    base_url = str(final_url.copy_with(path="/", query=None, fragment=None))
+    conn = Connection(
+        base_url, cookies=_cookies_for(cookies, base_url), verify_tls=verify_tls, timeout_s=timeout_s
+    )
+    try:
+        await conn.get("api/status")
+    except NotFound:
+        await conn.aclose()
+        raise RemoteError(
+            f"the presigned login to {where} did not reach its Jupyter server (HTTP 404); is it InService?",
+            status=404,
+        ) from None
+    except BaseException:
+        await conn.aclose()
+        raise
+    logger.debug("logged in to %s at %s", where, conn.display_url)
+    return conn

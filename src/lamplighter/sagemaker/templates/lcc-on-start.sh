@@ -1,19 +1,19 @@
 #!/bin/bash
-# lamplighter: stop this SageMaker Studio @APP_TYPE@ app once nobody has used it for a while.
-# Rendered by `lamplighter lcc render --app-type @APP_TYPE@` (lamplighter @VERSION@); attach it with
+# lamplighter: stop this @WHAT@ once nobody has used it for a while.
+# Rendered by `lamplighter lcc render @RENDERED_BY@` (lamplighter @VERSION@); attach it with
 # `lamplighter lcc install`, or as the AWS samples show (create-studio-lifecycle-config + update-domain).
 #
 # It installs lamplighter into its own virtual environment and starts `lamplighter watch --platform
-# sagemaker` as a supervised background process: it outlives this script and any terminal, and it is
+# @PLATFORM@` as a supervised background process: it outlives this script and any terminal, and it is
 # restarted, with a growing delay, whenever it exits (but not after a configuration error: that is
 # logged once and the agent stays off). No cron: the agent inherits this script's environment,
-# including AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, which boto3 needs to call DeleteApp.
+# including AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, which boto3 needs inside a Studio app.
 #
 # It never blocks the app: SageMaker refuses to start an app whose lifecycle script fails or runs past
 # 5 minutes, so every step is logged and this script exits 0 whatever happens; an install still going
 # after INSTALL_BUDGET_S seconds carries on in the background and starts the agent when it is done.
 #
-# The execution role needs sagemaker:DeleteApp (and sagemaker:DescribeApp to verify the stop).
+# The execution role needs @ROLE_NEEDS@.
 # Settings use the names of the AWS auto-stop-idle sample; any other lamplighter setting can be added
 # below as `export LAMPLIGHTER_<NAME>=value` (see `lamplighter watch --help`).
 set -uo pipefail
@@ -29,7 +29,7 @@ export LAMPLIGHTER_PACKAGE="${LAMPLIGHTER_PACKAGE:-@PACKAGE@}"  # what pip insta
 # 3.12, installed with --no-index), else the package index LAMPLIGHTER_INDEX_URL (a private mirror).
 export LAMPLIGHTER_WHEELHOUSE="${LAMPLIGHTER_WHEELHOUSE:-@WHEELHOUSE@}"
 export LAMPLIGHTER_INDEX_URL="${LAMPLIGHTER_INDEX_URL:-@INDEX_URL@}"
-export PYTHON="${PYTHON:-/opt/conda/bin/python}"  # any Python >= 3.10; lamplighter gets its own venv
+export PYTHON="${PYTHON:-@PYTHON@}"  # any Python >= 3.10; lamplighter gets its own venv
 export SOLUTION_DIR="${SOLUTION_DIR:-/var/tmp/lamplighter}"  # not under the home folder: fresh at every app start
 export LOG_FILE="${LOG_FILE:-@LOG_FILE@}"  # files in /var/log/apps/ are delivered to CloudWatch
 export RESTART_DELAY_S="${RESTART_DELAY_S:-1}"  # first restart delay; doubles up to 300 s after quick exits
@@ -116,7 +116,7 @@ LAMPLIGHTER_SETUP
 
 cat >"$SOLUTION_DIR/supervise.sh.new" <<'LAMPLIGHTER_SUPERVISOR'
 #!/bin/bash
-# Keeps `lamplighter watch --platform sagemaker` running; written by lamplighter's on-start script.
+# Keeps `lamplighter watch --platform @PLATFORM@` running; written by lamplighter's on-start script.
 set -u
 exec 9>"$SOLUTION_DIR/supervise.lock"
 if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
@@ -130,7 +130,7 @@ say "supervising lamplighter watch (pid $$)"
 delay="$RESTART_DELAY_S"
 while true; do
     started="$(date +%s)"
-    "$SOLUTION_DIR/venv/bin/lamplighter" watch --platform sagemaker 9>&- 2>&1 | sink
+    "$SOLUTION_DIR/venv/bin/lamplighter" watch --platform @PLATFORM@ 9>&- 2>&1 | sink
     status="${PIPESTATUS[0]}"
     if [ "$status" -eq 2 ]; then
         # Exit status 2 is a bad setting or argument (the line above says which): restarting cannot help.
