@@ -282,7 +282,9 @@ def test_the_guard_writes_only_new_work_and_never_moves_the_clock_back(tmp_path:
     # The extension's own reader parses what the guard wrote (naive UTC, as it compares).
     with warnings.catch_warnings():  # the extension's handler uses jupyter_server's deprecated @json_errors
         warnings.simplefilter("ignore", DeprecationWarning)
-        from jupyter_activity_monitor_extension.idle_status_detector import LocalFileActiveTimestampChecker
+        from jupyter_activity_monitor_extension.idle_status_detector import (  # type: ignore[import-untyped]
+            LocalFileActiveTimestampChecker,
+        )
     read = LocalFileActiveTimestampChecker().read_last_active_timestamp(str(stamp))
     assert read == datetime(2026, 1, 1, 12, 0, 5)
     # Another writer ahead of us is left alone.
