@@ -10,8 +10,8 @@ Target: Logs_20140328.FilterLogEvents``, millisecond timestamps, ``nextToken`` p
 Log shipping is SageMaker's: every app of the :class:`~tests.emulators.sagemaker.SageMakerEmulator` has
 a container log, ``app_container.log`` beside its metadata file (:func:`app_log`), which SageMaker ships
 to the log group ``/aws/sagemaker/studio``, stream ``{domain}/{space or user}/{AppType}/{AppName}``. Lines
-are ingested when a query comes (each new line gets that moment as its timestamp), so a test needs no
-shipping thread. ``filterPattern`` takes what the fleet check sends: terms and quoted phrases that must
+are ingested when a query comes (each new line is stamped with the log file's modification time, about
+when it was written), so a test needs no shipping thread. ``filterPattern`` takes what the fleet check sends: terms and quoted phrases that must
 all occur (an empty pattern matches every event); anything else is refused, not guessed at.
 """
 
@@ -194,6 +194,7 @@ class SideServices:
             path = app_log(app)
             if not path.exists():
                 continue
+            written_ms = min(now_ms, int(path.stat().st_mtime * 1000))
             name = f"{app.domain_id}/{app.owner}/{app.app_type}/{app.app_name}"
             stream = self._streams.setdefault(name, _Stream())
             with path.open("rb") as handle:
@@ -206,7 +207,7 @@ class SideServices:
                     stream.events.append(
                         {
                             "logStreamName": name,
-                            "timestamp": now_ms,
+                            "timestamp": written_ms,
                             "ingestionTime": now_ms,
                             "message": line,
                             "eventId": secrets.token_hex(16),

@@ -126,7 +126,6 @@ async def read_logged_heartbeat(
         "logStreamNamePrefix": prefix,
         "filterPattern": f'"{LOG_MARKER}"',
         "startTime": int((now - lookback).timestamp() * 1000),
-        "endTime": int(now.timestamp() * 1000) + 1,
     }
     newest: Heartbeat | None = None
     while True:

@@ -43,6 +43,7 @@ __all__ = [
     "OwnerCheck",
     "check_fleet",
     "is_lamplighter_script",
+    "list_domain_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ async def check_fleet(
     concurrency: int = 4,
 ) -> FleetReport:
     """Check every domain (or those named), their owners and apps, and the notebook instances."""
-    domain_ids = tuple(domains) or tuple(d["DomainId"] for d in await _all(client, "ListDomains", "Domains"))
+    domain_ids = tuple(domains) or tuple(await list_domain_ids(client))
     owners: list[OwnerCheck] = []
     apps: list[FleetEntry] = []
     errors: list[str] = []
@@ -394,6 +395,11 @@ def _notebook_instance(item: Mapping[str, Any]) -> NotebookInstanceCheck:
     config = item.get("NotebookInstanceLifecycleConfigName") or None
     problems = () if config else ("no lifecycle configuration attached: nothing stops it when idle",)
     return NotebookInstanceCheck(name, status, str(config) if config else None, problems)
+
+
+async def list_domain_ids(client: Any) -> list[str]:
+    """Every Studio domain of the client's region (all pages of ListDomains)."""
+    return [str(d["DomainId"]) for d in await _all(client, "ListDomains", "Domains")]
 
 
 async def _all(client: Any, operation: str, key: str, **params: Any) -> list[dict[str, Any]]:
