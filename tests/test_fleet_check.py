@@ -202,7 +202,9 @@ async def test_the_fleet_check_finds_what_runs_idle_unguarded(
     assert any(p.startswith("notebook instance nb-bare: no lifecycle configuration") for p in problems)
     assert not any("nb-guarded" in p for p in problems)
     # Running agents (a fresh file, a slow agent's old line) are no problem; their owners may be.
-    assert not any(p.startswith("app ") and ("slow-editor" in p or f" {domain.space} " in p) for p in problems)
+    assert not any(
+        p.startswith("app ") and ("slow-editor" in p or f" {domain.space} " in p) for p in problems
+    )
     assert {n.name: n.lifecycle_config for n in report.notebook_instances} == {
         "nb-guarded": "lamplighter-autostop",
         "nb-bare": None,
