@@ -287,3 +287,14 @@ def test_sam_template_schedules_the_fleet_check() -> None:
     writes = {a for a in actions if a.split(":")[1].startswith(("Delete", "Update", "Stop", "Create", "Put"))}
     assert writes == {"sagemaker:CreatePresignedDomainUrl", "logs:CreateLogStream", "logs:PutLogEvents"}
     assert "logs:FilterLogEvents" in actions and "sagemaker:ListNotebookInstances" in actions
+
+
+def test_the_rendered_lifecycle_script_is_recognised_as_lamplighters() -> None:
+    from lamplighter.sagemaker.fleet_check import is_lamplighter_script
+    from lamplighter.sagemaker.lcc import RenderOptions, render_on_start
+
+    for app_type in ("JupyterLab", "CodeEditor"):
+        rendered = render_on_start(RenderOptions(app_type=app_type, wheelhouse="s3://bucket/wheels"))
+        assert is_lamplighter_script(base64.b64encode(rendered.encode()).decode())
+    assert not is_lamplighter_script(base64.b64encode(b"#!/bin/bash\npip install autostop\n").decode())
+    assert not is_lamplighter_script("not base64!")
