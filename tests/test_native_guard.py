@@ -296,7 +296,9 @@ def test_the_guard_writes_only_new_work_and_never_moves_the_clock_back(tmp_path:
     assert format_native_timestamp(t0) == "2026-01-01T12:00:00.000000Z"
 
 
-def test_the_guard_culls_by_default_and_refuses_code_editor(tmp_path: Path) -> None:
+def test_the_guard_culls_by_default_and_refuses_code_editor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = load_settings({"native_guard": "true", "idle_timeout": "20m"}, env={})
     assert settings.kernel_timeout == settings.terminal_timeout == timedelta(minutes=20)
     own = load_settings({"native_guard": "true", "kernel_timeout": "5m"}, env={})
@@ -306,3 +308,4 @@ def test_the_guard_culls_by_default_and_refuses_code_editor(tmp_path: Path) -> N
 
     code = main(["watch", "--app-type", "code-editor", "--native-guard", "--editor-port", "1", "--once"])
     assert code == 2
+    assert "native_guard: Jupyter apps only" in capsys.readouterr().err
