@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.model import Action, Decision, Memory, parse_timestamp
 from lamplighter.sagemaker.native_guard import NativeGuard, format_native_timestamp, read_native_timestamp
 from lamplighter.settings import load_settings
-from tests.test_running_work_paths import nohup_busy, terminal_running
+from tests.test_running_work_paths import terminal_running
 from tests.waiting import wait_until
 
 _EXTENSION_FORMAT = "%Y-%m-%dT%H:%M:%S.%fz"  # what GET /api/idle answers (the extension's own format)
@@ -213,7 +214,9 @@ def test_a_nohup_job_keeps_the_native_clock_fresh_until_it_ends(
 ) -> None:
     server, stamp = native
     before = _idle(server)  # the first request: nothing ran yet
-    terminal = terminal_running(server, nohup_busy(7))
+    marker = f"native-guard-job-{secrets.token_hex(4)}"  # other tests on the machine run the same loop
+    busy = f"import time\n# {marker}\nend=time.time()+7\nwhile time.time()<end: pass"
+    terminal = terminal_running(server, f"nohup {sys.executable} -c '{busy}' >/dev/null 2>&1 & sleep 600")
     watcher = _guarded_watch(
         server, tmp_path, stamp, "--process-window", "1.5s", "--process-sample-interval", "0.2s"
     )
@@ -229,10 +232,7 @@ def test_a_nohup_job_keeps_the_native_clock_fresh_until_it_ends(
         assert read_native_timestamp(stamp) is not None
 
         def job_running() -> bool:
-            return (
-                "-c import time"
-                in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-            )
+            return marker in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
         wait_until(lambda: not job_running(), timeout_s=30, what="the job to end")
         ended = datetime.now(timezone.utc)
