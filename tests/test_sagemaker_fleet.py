@@ -13,6 +13,7 @@ import pytest
 from lamplighter.cli import main
 from lamplighter.errors import MalformedAnswer
 from lamplighter.sagemaker.fleet import AgentState, FleetEntry, Heartbeat, fleet_status
+from tests.emulators.aws_side import SideServices
 from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
 
 pytest_plugins = ["tests.emulators.conftest_sagemaker"]
@@ -47,7 +48,10 @@ def _last_activity(sm: SageMakerEmulator, domain: StudioDomain, app_type: str, *
 
 
 async def test_fleet_status_lists_apps_with_and_without_a_heartbeat(
-    sm: SageMakerEmulator, domain: StudioDomain, capsys: pytest.CaptureFixture[str]
+    sm: SageMakerEmulator,
+    domain: StudioDomain,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = datetime.now(timezone.utc)
     # The space's home has a heartbeat (its agent runs); alice's Studio Classic app has none.
@@ -104,13 +108,19 @@ async def test_fleet_status_lists_apps_with_and_without_a_heartbeat(
     assert apps[(domain.space, "JupyterLab", "default")].agent is AgentState.RUNNING
     assert apps[(domain.user, "KernelGateway", "old")].app.status == "Deleted"
 
-    # The command (in a thread: it runs its own event loop): a table, or JSON.
-    assert await asyncio.to_thread(main, ["fleet", "status", "--sagemaker-domain", domain.id]) == 0
-    table = capsys.readouterr().out
-    assert "running" in table and "no agent" in table and "CodeEditor/default" in table
-    assert await asyncio.to_thread(main, ["fleet", "status", "--sagemaker-domain", domain.id, "--json"]) == 0
-    rows = {(r["app_type"], r["agent"]) for r in json.loads(capsys.readouterr().out)}
-    assert rows == {("JupyterLab", "running"), ("JupyterServer", "no agent"), ("CodeEditor", "n/a")}
+    # The command (in a thread: it runs its own event loop): a table, or JSON. It reads Code Editor
+    # agents from CloudWatch Logs, where this app has logged nothing.
+    with SideServices(sm) as side:
+        for name, value in side.env().items():
+            monkeypatch.setenv(name, value)
+        assert await asyncio.to_thread(main, ["fleet", "status", "--sagemaker-domain", domain.id]) == 0
+        table = capsys.readouterr().out
+        assert "running" in table and "no agent" in table and "CodeEditor/default" in table
+        assert (
+            await asyncio.to_thread(main, ["fleet", "status", "--sagemaker-domain", domain.id, "--json"]) == 0
+        )
+        rows = {(r["app_type"], r["agent"]) for r in json.loads(capsys.readouterr().out)}
+        assert rows == {("JupyterLab", "running"), ("JupyterServer", "no agent"), ("CodeEditor", "no agent")}
 
 
 def test_heartbeat_parsing_is_strict() -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from lamplighter.errors import AuthRejected, LamplighterError, NotFound, RemoteError
-from lamplighter.heartbeat import write_heartbeat
+from lamplighter.heartbeat import heartbeat_log_line, write_heartbeat
 from lamplighter.journal import Journal
 from lamplighter.model import (
     Action,
@@ -42,6 +42,7 @@ from lamplighter.signals import Signal
 __all__ = ["Agent", "WatchResult", "exit_on_signals", "utcnow"]
 
 logger = logging.getLogger(__name__)
+_heartbeat_logger = logging.getLogger("lamplighter.heartbeat")
 
 _MIN_SLEEP_S = 0.001
 # A proxy or hub in front of the server answers these when the server behind it is not running.
@@ -99,6 +100,7 @@ class Agent:
         self._last: Decision | None = None
         self._memory = journal.load_memory(probe.target)
         self._heartbeat_at: datetime | None = None
+        self._heartbeat_logged_at: datetime | None = None
 
     @property
     def target(self) -> str:
@@ -367,10 +369,16 @@ class Agent:
         if path is None:
             return
         self._heartbeat_at = now
+        interval = self.settings.heartbeat_interval
         try:
-            write_heartbeat(path, self.target, decision, now)
+            write_heartbeat(path, self.target, decision, now, interval=interval)
         except OSError as exc:
             logger.warning("cannot write the heartbeat %s: %s", path, exc.strerror)
+        # On SageMaker the log is shipped to CloudWatch: the fleet check reads Code Editor agents there.
+        logged = self._heartbeat_logged_at
+        if self.settings.platform == "sagemaker" and (logged is None or now - logged >= interval):
+            self._heartbeat_logged_at = now
+            _heartbeat_logger.info("%s", heartbeat_log_line(self.target, decision, now, interval=interval))
 
 
 @contextlib.contextmanager

@@ -739,6 +739,50 @@ class Settings:
         bounds=(timedelta(0), _DAY),
     )
 
+    # -- fleet check and native guard ----------------------------------------------------------
+    native_guard: bool = _opt(
+        False,
+        "Let SageMaker's own idle shutdown stop the app but never a running job: while lamplighter's work "
+        "clock runs, keep native_idle_file fresh; cull idle kernels and terminals (kernel_timeout and "
+        "terminal_timeout default to idle_timeout). Use with --action none to leave the stop to SageMaker.",
+        parse=parse_bool,
+        group="action",
+    )
+    native_idle_file: Path = _opt(
+        Path("/tmp/.sagemaker-last-active-timestamp"),
+        "The file jupyter-activity-monitor-extension's GET /api/idle reads as the last activity (UTC, "
+        "%Y-%m-%dT%H:%M:%S.%fZ); written by native_guard only.",
+        parse=_parse_path,
+        group="action",
+    )
+    fleetcheck_domains: tuple[str, ...] = _opt(
+        (),
+        "Domain ids the scheduled fleet check covers (comma-separated; empty: every domain of the region).",
+        parse=_parse_list,
+        group="fleetcheck",
+        flag=False,
+    )
+    fleetcheck_sns_topic: str | None = _opt(
+        None,
+        "ARN of the SNS topic the scheduled fleet check publishes its summary to (empty: log only).",
+        parse=_parse_optional_str,
+        group="fleetcheck",
+        flag=False,
+    )
+    fleetcheck_log_group: str = _opt(
+        "/aws/sagemaker/studio",
+        "CloudWatch log group where SageMaker ships the apps' logs; Code Editor agents' heartbeats are read there.",
+        parse=_parse_str,
+        group="fleetcheck",
+    )
+    fleetcheck_login_as: str | None = _opt(
+        None,
+        "User profile the scheduled fleet check logs in as to read heartbeats in shared spaces.",
+        parse=_parse_optional_str,
+        group="fleetcheck",
+        flag=False,
+    )
+
     # -- derived ------------------------------------------------------------------------------
     @property
     def effective_startup_grace(self) -> timedelta:
@@ -980,6 +1024,12 @@ def _derive(settings: Settings, env: Mapping[str, str]) -> Settings:
         changes["heartbeat"] = Path(os.path.expanduser("~/.lamplighter/heartbeat.json"))
     if settings.action == "command" and not settings.command:
         raise ConfigError("command: --action command needs --command 'shell command'")
+    if settings.native_guard:
+        # SageMaker's docs: open kernels and terminals hold off its native idle shutdown; cull idle ones.
+        if settings.kernel_timeout is None:
+            changes["kernel_timeout"] = settings.idle_timeout
+        if settings.terminal_timeout is None:
+            changes["terminal_timeout"] = settings.idle_timeout
     _check_process_timing(settings)
     final = replace(settings, **changes) if changes else settings
     # A token from a file or lifted from the URL is masked like one given directly (_parse_value).

@@ -9,7 +9,9 @@ Point boto3 at it with ``endpoint_url`` and dummy credentials.
 Emulated operations: CreateDomain, DescribeDomain, UpdateDomain, ListDomains; CreateUserProfile,
 DescribeUserProfile, UpdateUserProfile; CreateSpace, DescribeSpace; CreateApp, DescribeApp, ListApps
 (paginated with NextToken; no status/type filter, like the real API), DeleteApp;
-CreateStudioLifecycleConfig, DescribeStudioLifecycleConfig; CreatePresignedDomainUrl. For the Lambda's
+CreateStudioLifecycleConfig, DescribeStudioLifecycleConfig; CreatePresignedDomainUrl; for the fleet check
+ListUserProfiles, ListSpaces and ListNotebookInstances (instances added with
+:meth:`SageMakerEmulator.add_notebook_instance`). For the Lambda's
 script it also serves S3 GetObject and PutObject (path style; objects also put with
 :meth:`SageMakerEmulator.put_object`).
 Notebook instances (Create/Describe/Start/Stop/UpdateNotebookInstance, their lifecycle configurations,
@@ -314,6 +316,7 @@ class SageMakerEmulator(NotebookInstanceOps):
         self._faults: list[tuple[str, _ApiError]] = []
         self._fail_next: str | None = None
         self._objects: dict[tuple[str, str], bytes] = {}
+        self._fleet_notebook_instances: dict[str, dict[str, Any]] = {}
         self._threads: list[threading.Thread] = []
         self._http = _Server(("127.0.0.1", 0), _Handler)
         self._http.emulator = self
@@ -619,6 +622,8 @@ class SageMakerEmulator(NotebookInstanceOps):
         }
         if owner:
             space["OwnershipSettings"] = {"OwnerUserProfileName": owner}
+        if isinstance(params.get("SpaceSettings"), dict):
+            space["SpaceSettings"] = params["SpaceSettings"]
         self._spaces[(domain["DomainId"], name)] = space
         return {"SpaceArn": arn}
 
@@ -932,6 +937,77 @@ class SageMakerEmulator(NotebookInstanceOps):
             return Local(302, "", headers=(cookie, ("Location", "/studio/home")))
         return Local(302, "", headers=(cookie, ("Location", app.base_path + "lab")))
 
+    # -- the fleet check's listings: user profiles, spaces, notebook instances ------------------
+
+    def add_notebook_instance(
+        self, name: str, *, lifecycle_config: str | None = None, status: str = "InService"
+    ) -> None:
+        """A notebook instance as the fleet check lists it (ListNotebookInstances only)."""
+        now = time.time()
+        item: dict[str, Any] = {
+            "NotebookInstanceName": name,
+            "NotebookInstanceArn": self._arn("notebook-instance", name.lower()),
+            "NotebookInstanceStatus": status,
+            "Url": f"{name.lower()}.notebook.{self.region}.sagemaker.aws",
+            "InstanceType": "ml.t3.medium",
+            "CreationTime": now,
+            "LastModifiedTime": now,
+        }
+        if lifecycle_config:
+            item["NotebookInstanceLifecycleConfigName"] = lifecycle_config
+        with self._lock:
+            self._fleet_notebook_instances[name] = item
+
+    def _op_ListUserProfiles(self, params: dict[str, Any]) -> dict[str, Any]:
+        keys = ("DomainId", "UserProfileName", "Status", "CreationTime", "LastModifiedTime")
+        rows = [
+            {k: p[k] for k in keys}
+            for p in self._profiles.values()
+            if params.get("DomainIdEquals") in (None, p["DomainId"])
+            and str(params.get("UserProfileNameContains") or "") in p["UserProfileName"]
+        ]
+        return _fleet_page(rows, params, "UserProfiles", ("CreationTime", "LastModifiedTime"))
+
+    def _op_ListSpaces(self, params: dict[str, Any]) -> dict[str, Any]:
+        rows = []
+        for space in self._spaces.values():
+            if params.get("DomainIdEquals") not in (None, space["DomainId"]):
+                continue
+            if str(params.get("SpaceNameContains") or "") not in space["SpaceName"]:
+                continue
+            row = {
+                k: space[k] for k in ("DomainId", "SpaceName", "Status", "CreationTime", "LastModifiedTime")
+            }
+            app_type = (space.get("SpaceSettings") or {}).get("AppType")
+            row["SpaceSettingsSummary"] = {"AppType": app_type} if app_type else {}
+            row["SpaceSharingSettingsSummary"] = {"SharingType": space["SpaceSharingSettings"]["SharingType"]}
+            if space.get("OwnershipSettings"):
+                row["OwnershipSettingsSummary"] = dict(space["OwnershipSettings"])
+            rows.append(row)
+        return _fleet_page(rows, params, "Spaces", ("CreationTime", "LastModifiedTime"))
+
+    def _op_ListNotebookInstances(self, params: dict[str, Any]) -> dict[str, Any]:
+        statuses = ("Pending", "InService", "Stopping", "Stopped", "Failed", "Deleting", "Updating")
+        if params.get("StatusEquals") not in (None, *statuses):
+            raise _ApiError("ValidationException", f"StatusEquals {params['StatusEquals']!r} is not valid")
+        rows = [
+            dict(item)
+            for item in self._fleet_notebook_instances.values()
+            if params.get("StatusEquals") in (None, item["NotebookInstanceStatus"])
+            and str(params.get("NameContains") or "") in item["NotebookInstanceName"]
+            and str(params.get("NotebookInstanceLifecycleConfigNameContains") or "")
+            in item.get("NotebookInstanceLifecycleConfigName", "")
+        ]
+        by = {
+            "Name": "NotebookInstanceName",
+            "CreationTime": "CreationTime",
+            "Status": "NotebookInstanceStatus",
+        }
+        if params.get("SortBy") not in (None, *by):
+            raise _ApiError("ValidationException", "SortBy: Name|CreationTime|Status")
+        renamed = dict(params, SortBy=by[params.get("SortBy") or "Name"])
+        return _fleet_page(rows, renamed, "NotebookInstances", tuple(by.values()))
+
     def iter_apps(self) -> Iterator[EmulatedApp]:
         with self._lock:
             yield from list(self._apps)
@@ -942,6 +1018,30 @@ def _loader() -> Any:
     from botocore.loaders import create_loader
 
     return create_loader()
+
+
+def _fleet_page(
+    rows: list[dict[str, Any]], params: dict[str, Any], key: str, sort_keys: tuple[str, ...]
+) -> dict[str, Any]:
+    """One page of a List* answer: sorted as asked (ascending by creation time unless told), NextToken."""
+    by = params.get("SortBy") or sort_keys[0]
+    order = params.get("SortOrder") or "Ascending"
+    if by not in sort_keys or order not in ("Ascending", "Descending"):
+        raise _ApiError("ValidationException", f"SortBy/SortOrder: one of {sort_keys}, Ascending|Descending")
+    rows.sort(key=lambda r: (r.get(by) is None, r.get(by)), reverse=order == "Descending")
+    size = int(params.get("MaxResults") or 10)
+    if not 1 <= size <= 100:
+        raise _ApiError("ValidationException", "MaxResults must be between 1 and 100")
+    start = 0
+    if params.get("NextToken"):
+        try:
+            start = int(json.loads(base64.b64decode(params["NextToken"]))["offset"])
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise _ApiError("ValidationException", "Invalid pagination token") from None
+    out: dict[str, Any] = {key: rows[start : start + size]}
+    if start + size < len(rows):
+        out["NextToken"] = base64.b64encode(json.dumps({"offset": start + size}).encode()).decode()
+    return out
 
 
 def _required(params: dict[str, Any], name: str) -> str:

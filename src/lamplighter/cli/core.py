@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from lamplighter.cli.common import (
@@ -106,10 +107,17 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
                 await views.enter_async_context(
                     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
                 )
+            stopper = target.stopper
+            if settings.native_guard:
+                on_decision = _with_native_guard(settings, journal, probe.target, on_decision)
+                if settings.action == "none" and not settings.dry_run:
+                    from lamplighter.sagemaker.native_guard import NativeHandOff
+
+                    stopper = NativeHandOff(target.probe, keep_terminals=settings.keep_terminals)
             agent = Agent(
                 settings,
                 probe,
-                target.stopper,
+                stopper,
                 journal,
                 signals=signals,
                 notifier=target.notifier,
@@ -126,6 +134,26 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
         )
         return EXIT_REMOTE
     return EXIT_OK
+
+
+def _with_native_guard(
+    settings: Settings, journal: Journal, target: str, then: Callable[[Decision], None] | None
+) -> Callable[[Decision], None]:
+    """``on_decision`` that also feeds SageMaker's native idle clock (``--native-guard``)."""
+    from lamplighter.sagemaker.native_guard import NativeGuard
+    from lamplighter.wiring import row_for
+
+    if row_for(settings)[1].app_type == "code-editor":
+        # Its probe reads the same file as interaction: the guard's writes would keep the app up.
+        raise ConfigError("native_guard: Jupyter apps only (Code Editor's native shutdown counts processes)")
+    guard = NativeGuard(settings.native_idle_file, since=journal.load_memory(target).last_work)
+
+    def on_decision(decision: Decision) -> None:
+        guard.feed(decision)
+        if then is not None:
+            then(decision)
+
+    return on_decision
 
 
 # -- status -------------------------------------------------------------------------------------

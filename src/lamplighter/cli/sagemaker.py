@@ -69,7 +69,15 @@ _FLEET_EPILOG = """\
 Agent states: running (heartbeat younger than 3 heartbeat intervals), stale (older: the agent stopped),
 no agent (no heartbeat file), unknown (the app could not be read), n/a (not a Jupyter app, or not
 InService). Reading a heartbeat logs in with a presigned URL and never counts as activity. Needs
-sagemaker:ListApps, sagemaker:CreatePresignedDomainUrl and sagemaker:DescribeSpace."""
+sagemaker:ListApps, sagemaker:CreatePresignedDomainUrl and sagemaker:DescribeSpace; Code Editor agents are
+read from CloudWatch Logs (logs:FilterLogEvents on --fleetcheck-log-group); --all-domains needs
+sagemaker:ListDomains."""
+
+
+_FLEET_CHECK_EPILOG = """\
+The same check the SAM template's scheduled function runs (lamplighter.sagemaker.fleet_lambda.handler),
+printed instead of published. Domains: LAMPLIGHTER_FLEETCHECK_DOMAINS, else every domain of the region.
+exit status: 0 no problem found; 1 problems found; 2 bad settings; 3 an AWS call failed."""
 
 
 def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -163,13 +171,27 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
         "Every app of a SageMaker Studio domain, whether lamplighter watches it, and its idle time.",
         epilog=_FLEET_EPILOG,
     )
-    add_option(status, "domain", required=True)
+    add_option(status, "domain")
+    status.add_argument(
+        "--all-domains", action="store_true", help="Every domain of the region (ListDomains), not one."
+    )
     add_option(status, "json")
     status.add_argument("--all", action="store_true", help="Include Deleted apps.")
     add_option(status, "login_as")
     status.add_argument("--concurrency", type=int, default=4, metavar="N", help="Apps read at once [4].")
-    add_settings_options(status, names=(*_AWS_OPTIONS, "heartbeat_interval"))
+    add_settings_options(status, names=(*_AWS_OPTIONS, "heartbeat_interval", "fleetcheck_log_group"))
     status.set_defaults(handler=_fleet_status)
+
+    check = add_command(
+        fleet_commands,
+        "check",
+        "What the scheduled fleet check reports: every domain, user profile, space, app and notebook "
+        "instance, and what is not kept from running idle.",
+        epilog=_FLEET_CHECK_EPILOG,
+    )
+    add_option(check, "json")
+    add_settings_options(check, names=(*_AWS_OPTIONS, "heartbeat_interval", "fleetcheck_log_group"))
+    check.set_defaults(handler=_fleet_check)
 
 
 def _add_render_options(parser: argparse.ArgumentParser) -> None:
@@ -260,7 +282,7 @@ def _read_script(path: Path) -> str:
 def _setup(args: argparse.Namespace) -> Settings:
     # Only the settings flags these commands add: their own options (--app-type, --skip-terminals,
     # --dry-run...) share names with settings but mean something else here.
-    ours = {*_AWS_OPTIONS, "journal", "heartbeat_interval", "config"}
+    ours = {*_AWS_OPTIONS, "journal", "heartbeat_interval", "config", "fleetcheck_log_group"}
     settings = settings_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k in ours}))
     start_logging(args, settings.log_level)
     return settings
@@ -441,27 +463,55 @@ def _on_start(args: argparse.Namespace) -> int:
 
 def _fleet_status(args: argparse.Namespace) -> int:
     from lamplighter.sagemaker.fleet import fleet_status
+    from lamplighter.sagemaker.fleet_lambda import aws_client
 
     settings = _setup(args)
+    if bool(args.domain) == bool(args.all_domains):
+        raise ConfigError("fleet status: name one --sagemaker-domain, or --all-domains")
     now = datetime.now(timezone.utc)
-    entries = asyncio.run(
-        fleet_status(
-            args.domain,
-            now=now,
-            region=settings.region,
-            endpoint_url=settings.sagemaker_endpoint_url,
-            verify_tls=settings.verify_tls,
-            heartbeat_interval=settings.heartbeat_interval,
-            login_as=args.login_as,
-            include_deleted=args.all,
-            concurrency=args.concurrency,
-        )
-    )
+
+    async def every_domain() -> list[Any]:
+        from lamplighter.sagemaker.client import sagemaker_client
+        from lamplighter.sagemaker.fleet_check import list_domain_ids
+
+        client = sagemaker_client(region=settings.region, endpoint_url=settings.sagemaker_endpoint_url)
+        domains = [args.domain] if args.domain else await list_domain_ids(client)
+        logs = aws_client("logs", region=settings.region)
+        entries: list[Any] = []
+        for domain_id in domains:
+            entries += await fleet_status(
+                domain_id,
+                now=now,
+                region=settings.region,
+                client=client,
+                verify_tls=settings.verify_tls,
+                heartbeat_interval=settings.heartbeat_interval,
+                login_as=args.login_as,
+                include_deleted=args.all,
+                concurrency=args.concurrency,
+                logs_client=logs,
+                log_group=settings.fleetcheck_log_group,
+            )
+        return entries
+
+    entries = asyncio.run(every_domain())
     if args.json:
         print(json.dumps([entry.to_json(now) for entry in entries], indent=2))
         return EXIT_OK
     _print_fleet(entries, now)
     return EXIT_OK
+
+
+def _fleet_check(args: argparse.Namespace) -> int:
+    from lamplighter.sagemaker.fleet_lambda import run_fleet_check
+
+    settings = _setup(args)
+    report = asyncio.run(run_fleet_check(settings, now=datetime.now(timezone.utc)))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary())
+    return EXIT_FAILED if report.problems() else EXIT_OK
 
 
 def _print_fleet(entries: list[Any], now: datetime) -> None:

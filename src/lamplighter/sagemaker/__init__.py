@@ -23,7 +23,11 @@ The modules:
 - :mod:`~lamplighter.sagemaker.aws_lambda`: the Lambda handler for CloudTrail ``CreateApp`` events
   (deployed as ``lamplighter.aws_lambda.handler``).
 - :mod:`~lamplighter.sagemaker.fleet`: ``lamplighter fleet status``, every app of a domain and whether its
-  agent runs.
+  agent runs (Jupyter apps through their contents API, Code Editor apps through their CloudWatch log).
+- :mod:`~lamplighter.sagemaker.fleet_check`: the scheduled fleet check, every domain, user profile, space
+  and notebook instance; :mod:`~lamplighter.sagemaker.fleet_lambda` its Lambda handler (SNS summary).
+- :mod:`~lamplighter.sagemaker.native_guard`: ``watch --native-guard``, SageMaker's native idle shutdown
+  made safe for running work.
 - :mod:`~lamplighter.sagemaker.notebook_instance`: notebook instances (not Studio): which one this is,
   DescribeNotebookInstance, and their lifecycle configuration (``lcc install --notebook-instance``); the
   stopper is in :mod:`lamplighter.platforms.notebook_instance`.

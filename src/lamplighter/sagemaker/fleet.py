@@ -5,7 +5,14 @@ For each InService JupyterLab or JupyterServer app, the check logs in with a pre
 agent's heartbeat file, ``~/.lamplighter/heartbeat.json``, through the Jupyter contents API with
 ``no_track_activity=1``, so looking never counts as activity. The agent rewrites that file at every
 check and at least every ``heartbeat_interval``; it counts as running when the file is younger than
-three intervals. Code Editor and other apps report their status only.
+three of the intervals the agent itself recorded in it (the caller's ``heartbeat_interval`` only for
+agents that did not record one).
+
+A Code Editor app has no Jupyter API to read a file through. Its agent also logs the heartbeat as one
+line (:data:`lamplighter.heartbeat.LOG_MARKER` + JSON) into the app's log, which SageMaker ships to the
+CloudWatch log group ``/aws/sagemaker/studio``, stream ``{domain}/{space}/{AppType}/{AppName}`` (and
+``…/LifecycleConfigOnStart``); given a CloudWatch Logs client, the check finds the newest such line
+with ``FilterLogEvents`` (:func:`read_logged_heartbeat`). Without one, and for other apps, the status only.
 
 Agent states: ``running``; ``stale`` (a heartbeat, but too old: the agent stopped); ``no agent`` (no
 heartbeat file); ``unknown`` (the app could not be read: not reachable, login refused, a shared space
@@ -22,11 +29,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from lamplighter.errors import LamplighterError, MalformedAnswer, NotFound
-from lamplighter.heartbeat import DEFAULT_HEARTBEAT_PATH, Heartbeat
+from lamplighter.errors import LamplighterError, MalformedAnswer, NotFound, SageMakerCallFailed
+from lamplighter.heartbeat import DEFAULT_HEARTBEAT_PATH, LOG_MARKER, Heartbeat, heartbeat_from_log_line
 from lamplighter.model import format_duration
 from lamplighter.remote.connection import Connection
-from lamplighter.sagemaker.client import list_apps, sagemaker_client
+from lamplighter.sagemaker.client import call, list_apps, sagemaker_client
 from lamplighter.sagemaker.identity import JUPYTER_APP_TYPES, StudioApp
 from lamplighter.sagemaker.login import presigned_connection
 
@@ -36,7 +43,9 @@ __all__ = [
     "FleetEntry",
     "Heartbeat",
     "fleet_status",
+    "judge_heartbeat",
     "read_heartbeat",
+    "read_logged_heartbeat",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +115,50 @@ async def read_heartbeat(conn: Connection, path: str = DEFAULT_HEARTBEAT_PATH) -
     return Heartbeat.parse_text(text)
 
 
+async def read_logged_heartbeat(
+    logs: Any, app: StudioApp, *, log_group: str, now: datetime, lookback: timedelta = timedelta(days=1)
+) -> Heartbeat | None:
+    """The newest heartbeat line in the app's CloudWatch log streams since ``now - lookback``, or ``None``."""
+    identity = app.identity
+    prefix = f"{identity.domain_id}/{identity.owner}/{identity.app_type}/{identity.app_name}"
+    params: dict[str, Any] = {
+        "logGroupName": log_group,
+        "logStreamNamePrefix": prefix,
+        "filterPattern": f'"{LOG_MARKER}"',
+        "startTime": int((now - lookback).timestamp() * 1000),
+    }
+    newest: Heartbeat | None = None
+    while True:
+        answer = await call(logs, "FilterLogEvents", **params)
+        for event in answer.get("events") or []:
+            stream = str(event.get("logStreamName") or "")
+            if stream != prefix and not stream.startswith(prefix + "/"):
+                continue  # another app whose name starts with this one's
+            beat = heartbeat_from_log_line(str(event.get("message") or ""))
+            if beat is not None and (newest is None or beat.updated_at > newest.updated_at):
+                newest = beat
+        token = answer.get("nextToken")
+        if not token:
+            return newest
+        params["nextToken"] = token
+
+
+async def _check_logged_app(
+    app: StudioApp, *, logs: Any, log_group: str, now: datetime, interval: timedelta
+) -> FleetEntry:
+    try:
+        beat = await read_logged_heartbeat(logs, app, log_group=log_group, now=now)
+    except SageMakerCallFailed as exc:
+        if exc.code == "ResourceNotFoundException":
+            return FleetEntry(app, AgentState.NO_AGENT, None, f"no log group {log_group}")
+        return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
+    except LamplighterError as exc:
+        return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
+    if beat is None:
+        return FleetEntry(app, AgentState.NO_AGENT, None, f"no heartbeat line in {log_group}")
+    return judge_heartbeat(app, beat, now=now, interval=interval)
+
+
 async def fleet_status(
     domain_id: str,
     *,
@@ -120,6 +173,8 @@ async def fleet_status(
     concurrency: int = 4,
     page_size: int = 100,
     client: Any | None = None,
+    logs_client: Any | None = None,
+    log_group: str = "/aws/sagemaker/studio",
 ) -> list[FleetEntry]:
     """Every app of the domain (Deleted ones only with ``include_deleted``) with its agent's state.
 
@@ -134,10 +189,16 @@ async def fleet_status(
     limit = asyncio.Semaphore(max(1, concurrency))
 
     async def check(app: StudioApp) -> FleetEntry:
-        if app.identity.app_type not in JUPYTER_APP_TYPES:
+        logged = app.identity.app_type == "CodeEditor" and logs_client is not None
+        if app.identity.app_type not in JUPYTER_APP_TYPES and not logged:
             return FleetEntry(app, AgentState.NOT_APPLICABLE, None, f"{app.identity.app_type}: status only")
         if app.status != "InService":
             return FleetEntry(app, AgentState.NOT_APPLICABLE, None, f"app is {app.status}")
+        if logged:
+            async with limit:
+                return await _check_logged_app(
+                    app, logs=logs_client, log_group=log_group, now=now, interval=heartbeat_interval
+                )
         async with limit:
             return await _check_jupyter_app(
                 app,
@@ -181,7 +242,15 @@ async def _check_jupyter_app(
         return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
     if beat is None:
         return FleetEntry(app, AgentState.NO_AGENT, None, f"no {path}")
-    age = now - beat.updated_at
-    if age > 3 * interval:
-        return FleetEntry(app, AgentState.STALE, beat, f"last heartbeat {format_duration(age)} ago")
+    return judge_heartbeat(app, beat, now=now, interval=interval)
+
+
+def judge_heartbeat(app: StudioApp, beat: Heartbeat, *, now: datetime, interval: timedelta) -> FleetEntry:
+    """Running or stale, by the agent's own heartbeat interval (``interval`` for agents that did not say)."""
+    if beat.stale(now, interval):
+        age = now - beat.updated_at
+        every = format_duration(beat.interval or interval)
+        return FleetEntry(
+            app, AgentState.STALE, beat, f"last heartbeat {format_duration(age)} ago (written every {every})"
+        )
     return FleetEntry(app, AgentState.RUNNING, beat, beat.reason)
