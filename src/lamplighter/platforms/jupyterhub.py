@@ -317,6 +317,7 @@ class HubStopper:
                 StopOutcome.FAILED,
                 f"the hub refused the last stop of {self._server.label}; next try in "
                 f"{self._not_before - now:.0f} s",
+                again=True,
             )
         try:
             async with self._limit:
