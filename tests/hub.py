@@ -54,6 +54,7 @@ class Hub:
     admin_token: str  # the tests' own token: creates users, starts and stops servers
     log: Path
     nodelete_token: str  # a service like lamplighter's without delete:servers: every stop is refused
+    usercull_token: str = ""  # lamplighter's scopes plus admin:users (cull_users)
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"token {self.admin_token}"}
@@ -110,6 +111,7 @@ c = get_config()  # noqa
 c.JupyterHub.authenticator_class = "dummy"
 c.JupyterHub.spawner_class = "simple"
 c.JupyterHub.allow_named_servers = True
+c.Authenticator.admin_users = {{"lladmin"}}  # an admin with no server, for cull_admin_users
 c.JupyterHub.bind_url = {public!r}
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{port}"
 c.JupyterHub.db_url = "sqlite:///{workdir}/hub.sqlite"
@@ -150,10 +152,12 @@ c.JupyterHub.services = [
     {{"name": "lamplighter", "api_token": {service_token!r}}},
     {{"name": "tester", "api_token": {admin_token!r}}},
     {{"name": "nodelete", "api_token": {nodelete_token!r}}},
+    {{"name": "usercull", "api_token": {usercull_token!r}}},
 ]
 c.JupyterHub.load_roles = [
     {{"name": "lamplighter", "scopes": {scopes!r}, "services": ["lamplighter"]}},
     {{"name": "nodelete", "scopes": {nodelete_scopes!r}, "services": ["nodelete"]}},
+    {{"name": "usercull", "scopes": {scopes!r} + ["admin:users"], "services": ["usercull"]}},
     {{"name": "tester", "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "proxy"], "services": ["tester"]}},
 ]
 """
@@ -162,7 +166,7 @@ c.JupyterHub.load_roles = [
 @contextmanager
 def running_hub(workdir: Path) -> Iterator[Hub]:
     workdir.mkdir(parents=True, exist_ok=True)
-    service_token, admin_token, nodelete_token = (secrets.token_hex(16) for _ in range(3))
+    service_token, admin_token, nodelete_token, usercull_token = (secrets.token_hex(16) for _ in range(4))
     singleuser = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
     args = ["--allow-root"] if os.geteuid() == 0 else []
     with running_proxy(workdir) as proxy:
@@ -184,6 +188,7 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
                     scopes=SERVICE_SCOPES,
                     nodelete_token=nodelete_token,
                     nodelete_scopes=[x for x in SERVICE_SCOPES if x != "delete:servers"],
+                    usercull_token=usercull_token,
                 )
                 (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(config))
                 with log.open("ab") as out:
@@ -212,7 +217,7 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
                 process = None
             else:
                 raise AssertionError(f"the hub did not start: {log.read_text()[-3000:]}")
-            yield Hub(api, proxy.url, service_token, admin_token, log, nodelete_token)
+            yield Hub(api, proxy.url, service_token, admin_token, log, nodelete_token, usercull_token)
         finally:
             if process is not None:
                 process.terminate()
@@ -236,5 +241,7 @@ def hub_users(hub: Hub) -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
+        if hub.call("GET", f"users/{name}").status_code == 404:
+            continue  # deleted by the test (cull_users)
         for server_name in list(hub.user(name).get("servers", {})):
             hub.stop(name, server_name)

@@ -22,6 +22,7 @@ from datetime import datetime
 from lamplighter.agent import Agent, utcnow
 from lamplighter.errors import LamplighterError, RemoteError
 from lamplighter.hub.policies import VetoStop, idle_timeout_for, load_veto_hook, parse_timeouts
+from lamplighter.hub.users import UserCuller
 from lamplighter.journal import Journal
 from lamplighter.model import Decision
 from lamplighter.platforms.base import Stopper
@@ -75,6 +76,21 @@ class HubFleet:
         self._group_timeouts = parse_timeouts(settings.group_idle_timeouts, "group_idle_timeouts")
         self._profile_timeouts = parse_timeouts(settings.profile_idle_timeouts, "profile_idle_timeouts")
         self._veto = load_veto_hook(settings.veto_hook) if settings.veto_hook else None
+        self._users = (
+            UserCuller(
+                api,
+                journal,
+                idle_timeout=settings.idle_timeout,
+                group_timeouts=self._group_timeouts,
+                max_age=settings.max_age,
+                cull_admin_users=settings.cull_admin_users,
+                # Users are deleted only where the hub's own stop is the action, and not in a dry run.
+                act=settings.action == "shutdown" and not settings.dry_run,
+                hub=self.hub_address,
+            )
+            if settings.cull_users
+            else None
+        )
         self.watched: dict[tuple[str, str, datetime | None], Watched] = {}
         self.passes = 0
         self._exit = asyncio.Event()
@@ -86,11 +102,15 @@ class HubFleet:
         for item in self.watched.values():
             item.agent.request_exit()
 
+    @property
+    def hub_address(self) -> str:
+        """``scheme://host:port`` of the hub's API, as the journal names the hub."""
+        base = self.api.display_url
+        return base[: base.find("/", base.find("//") + 2)] if "//" in base else base
+
     def target_for(self, server: HubServer) -> str:
         """The name the journal keeps a server under: the hub's address and the server's proxy path."""
-        base = self.api.display_url
-        hub = base[: base.find("/", base.find("//") + 2)] if "//" in base else base
-        return f"{hub}{server.path}"
+        return f"{self.hub_address}{server.path}"
 
     def wanted(self, server: HubServer) -> bool:
         if server.name:
@@ -121,6 +141,7 @@ class HubFleet:
             # The hub restarting or briefly away: the agents go on with their servers; list again later.
             logger.warning("cannot list the hub's servers: %s", exc)
             return
+        await self._cull_users()
         current = {(s.user, s.name, s.started): s for s in servers}
         for key, item in list(self.watched.items()):
             if key not in current or item.task.done():
@@ -134,6 +155,16 @@ class HubFleet:
                 logger.debug("%s: no route in the hub's routing table yet", server.label)
                 continue
             self._start(key, server, url)
+
+    async def _cull_users(self) -> None:
+        """Users with no server left (cull_users): one request at a time, like the culler's pass."""
+        if self._users is None:
+            return
+        try:
+            async with self._limit:
+                await self._users.cull(self._clock())
+        except RemoteError as exc:
+            logger.warning("cannot list the hub's users without a server: %s", exc)
 
     async def verdicts(self, memory_from: Journal | None = None) -> list[tuple[HubServer, Decision]]:
         """Every wanted ready server with its verdict now, acting on nothing (``status --hub``).
