@@ -69,10 +69,11 @@ def _hub(args: argparse.Namespace) -> int:
 async def run_hub(settings: Settings) -> None:
     """The service: the fleet loop until SIGTERM or Ctrl-C."""
     from lamplighter.agent import exit_on_signals
-    from lamplighter.hub.fleet import HubFleet
+    from lamplighter.hub.fleet import HubFleet, refuse_local_only
     from lamplighter.platforms.jupyterhub import HubApi
     from lamplighter.remote.connection import Connection
 
+    refuse_local_only(settings)
     url, token = _hub_access(settings)
     timeout_s = settings.request_timeout.total_seconds()
     async with Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s) as conn:

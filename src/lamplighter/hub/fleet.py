@@ -20,11 +20,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from lamplighter.agent import Agent, utcnow
-from lamplighter.errors import LamplighterError, RemoteError
+from lamplighter.errors import ConfigError, LamplighterError, RemoteError
 from lamplighter.hub.policies import VetoStop, idle_timeout_for, load_veto_hook, parse_timeouts
 from lamplighter.hub.users import UserCuller
 from lamplighter.journal import Journal
 from lamplighter.model import Decision
+from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import JupyterServer
 from lamplighter.platforms.jupyterhub import HubApi, HubServer, HubServerProbe, HubStopper, own_base_url
@@ -32,13 +33,39 @@ from lamplighter.remote.connection import Connection
 from lamplighter.settings import Settings
 from lamplighter.stoppers import CommandStopper, DryRun, NoStop
 
-__all__ = ["HubFleet", "Watched"]
+__all__ = ["HubFleet", "Watched", "hub_variables", "refuse_local_only"]
 
 logger = logging.getLogger(__name__)
 
 #: How long an agent whose server left the hub's list may take to finish its pass (a stop being
 #: verified: the stopper's own budget is stop_verify_timeout).
 _END_GRACE_S = 60.0
+
+
+def hub_variables(server: HubServer) -> dict[str, str]:
+    """What ``--warn-command`` and ``--command`` get beyond ``LAMPLIGHTER_*``: whose server it is."""
+    return {
+        "LAMPLIGHTER_HUB_USER": server.user,
+        "LAMPLIGHTER_HUB_SERVER": server.name,
+        "LAMPLIGHTER_HUB_SERVER_PATH": server.path,
+    }
+
+
+def refuse_local_only(settings: Settings) -> None:
+    """The settings that act on this machine's files cannot reach a hub user's server: refused at start
+    (exit 2) rather than silently ignored."""
+    if settings.warn_before is not None and not settings.warn_command:
+        raise ConfigError(
+            "warn_before: the default notice (terminals, notice_file) is written on this machine, not in "
+            "the users' servers; give --warn-command (it gets LAMPLIGHTER_HUB_USER, LAMPLIGHTER_HUB_SERVER "
+            "and LAMPLIGHTER_HUB_SERVER_PATH), or warn from inside each server with the in-server extension"
+        )
+    default_keep_alive = Settings.__dataclass_fields__["keep_alive_file"].default
+    if settings.keep_alive_file != default_keep_alive:
+        raise ConfigError(
+            "keep_alive_file: the hub service cannot see files in the users' servers; a keep-alive file "
+            "or 'lamplighter snooze' works inside a server that runs the in-server extension"
+        )
 
 
 @dataclass
@@ -208,7 +235,18 @@ class HubFleet:
             def on_decision(decision: Decision) -> None:
                 report(server, decision)
 
-        agent = Agent(settings, probe, stopper, self.journal, clock=self._clock, on_decision=on_decision)
+        notifier = None
+        if settings.warn_before is not None:
+            notifier = Notifier(settings, target, server_port=None, extra=hub_variables(server))
+        agent = Agent(
+            settings,
+            probe,
+            stopper,
+            self.journal,
+            clock=self._clock,
+            on_decision=on_decision,
+            notifier=notifier,
+        )
         task = asyncio.create_task(self._watch(server, agent), name=f"watch {server.label}")
         self.watched[key] = Watched(server, probe, agent, task, conn)
         logger.info("%s: watching at %s", server.label, conn.display_url)
@@ -219,7 +257,7 @@ class HubFleet:
         if settings.action == "none":
             return NoStop()
         if settings.action == "command" and settings.command:
-            stopper = CommandStopper(settings.command, target)
+            stopper = CommandStopper(settings.command, target, extra=hub_variables(server))
         else:
             stopper = HubStopper(
                 self.api,
