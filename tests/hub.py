@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,7 @@ class Hub:
     log: Path
     nodelete_token: str  # a service like lamplighter's without delete:servers: every stop is refused
     usercull_token: str = ""  # lamplighter's scopes plus admin:users (cull_users)
+    restart: Callable[[Callable[[], None]], None] | None = None  # see running_hub
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"token {self.admin_token}"}
@@ -117,7 +118,6 @@ c.JupyterHub.hub_bind_url = "http://127.0.0.1:{port}"
 c.JupyterHub.db_url = "sqlite:///{workdir}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
 c.JupyterHub.pid_file = "{workdir}/hub.pid"
-c.JupyterHub.cleanup_servers = True
 c.JupyterHub.last_activity_interval = 1
 c.JupyterHub.activity_resolution = 1
 c.ConfigurableHTTPProxy.should_start = False
@@ -163,8 +163,19 @@ c.JupyterHub.load_roles = [
 """
 
 
+def _end(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 @contextmanager
-def running_hub(workdir: Path) -> Iterator[Hub]:
+def running_hub(workdir: Path, *, cleanup_servers: bool = True, extra_config: str = "") -> Iterator[Hub]:
+    """A hub (and its proxy) until the block ends. ``cleanup_servers=False`` keeps the servers running
+    across :meth:`Hub.restart`, as a production hub is configured; ``extra_config`` is appended."""
     workdir.mkdir(parents=True, exist_ok=True)
     service_token, admin_token, nodelete_token, usercull_token = (secrets.token_hex(16) for _ in range(4))
     singleuser = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
@@ -173,6 +184,28 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
         env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": proxy.token}
         process: subprocess.Popen[bytes] | None = None
         log = workdir / "hub.log"
+
+        def launch(api: str) -> tuple[subprocess.Popen[bytes], bool]:
+            with log.open("ab") as out:
+                started = subprocess.Popen(
+                    [sys.executable, "-m", "jupyterhub", "-f", str(workdir / "jupyterhub_config.py")],
+                    cwd=workdir,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+
+            def up() -> bool | str:
+                if started.poll() is not None:
+                    return "exited"
+                try:
+                    return httpx.get(api, timeout=2, verify=False).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            return started, wait_until(up, timeout_s=60, what="the hub to answer") is True
+
         try:
             for _ in range(5):
                 port = _kernel_port()
@@ -190,42 +223,35 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
                     nodelete_scopes=[x for x in SERVICE_SCOPES if x != "delete:servers"],
                     usercull_token=usercull_token,
                 )
+                config += f"c.JupyterHub.cleanup_servers = {cleanup_servers!r}\n" + extra_config
                 (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(config))
-                with log.open("ab") as out:
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", "jupyterhub", "-f", str(workdir / "jupyterhub_config.py")],
-                        cwd=workdir,
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
-                api = f"http://127.0.0.1:{port}/hub/api/"
-
-                def up(p: subprocess.Popen[bytes] = process, url: str = api) -> bool | str:
-                    if p.poll() is not None:
-                        return "exited"
-                    try:
-                        return httpx.get(url, timeout=2).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-
-                state = wait_until(up, timeout_s=60, what="the hub to answer")
-                if state is True:
+                scheme = "https" if "internal_ssl = True" in extra_config else "http"
+                api = f"{scheme}://127.0.0.1:{port}/hub/api/"
+                process, ready = launch(api)
+                if ready:
                     break
                 # Exited: its port was taken between our bind and its own; try another.
                 process = None
             else:
                 raise AssertionError(f"the hub did not start: {log.read_text()[-3000:]}")
-            yield Hub(api, proxy.url, service_token, admin_token, log, nodelete_token, usercull_token)
+
+            def restart(down: Callable[[], None] = lambda: None) -> None:
+                """Stop the hub, call ``down`` while it is away, start it again on the same port."""
+                nonlocal process
+                if process is not None:
+                    _end(process)
+                process = None
+                down()
+                process, ready = launch(api)
+                if not ready:
+                    raise AssertionError(f"the hub did not start again: {log.read_text()[-3000:]}")
+
+            yield Hub(
+                api, proxy.url, service_token, admin_token, log, nodelete_token, usercull_token, restart
+            )
         finally:
             if process is not None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+                _end(process)
 
 
 @pytest.fixture(scope="session")
