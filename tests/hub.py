@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -56,10 +57,13 @@ class Hub:
     nodelete_token: str  # a service like lamplighter's without delete:servers: every stop is refused
     usercull_token: str = ""  # lamplighter's scopes plus admin:users (cull_users)
     restart: Callable[[Callable[[], None]], None] | None = None  # see running_hub
+    tls: ssl.SSLContext | None = None  # the client certificate of a hub with internal SSL
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"token {self.admin_token}"}
-        return httpx.request(method, self.api + path, headers=headers, timeout=30, **kwargs)
+        return httpx.request(
+            method, self.api + path, headers=headers, timeout=30, verify=self.tls or True, **kwargs
+        )
 
     def user(self, name: str) -> dict[str, Any]:
         answer = self.call("GET", f"users/{name}")
@@ -173,9 +177,27 @@ def _end(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_hub(workdir: Path, *, cleanup_servers: bool = True, extra_config: str = "") -> Iterator[Hub]:
+def running_hub(workdir: Path, *, cleanup_servers: bool = True, internal_ssl: bool = False) -> Iterator[Hub]:
     """A hub (and its proxy) until the block ends. ``cleanup_servers=False`` keeps the servers running
-    across :meth:`Hub.restart`, as a production hub is configured; ``extra_config`` is appended."""
+    across :meth:`Hub.restart`, as a production hub is configured. ``internal_ssl``: the hub's API and
+    its servers speak https and want a client certificate (the hub's own, under
+    ``workdir/internal-ssl``, is what :attr:`Hub.tls` shows)."""
+    certs = workdir / "internal-ssl"
+    extra_config = (
+        f"c.JupyterHub.internal_ssl = True\nc.JupyterHub.internal_certs_location = {str(certs)!r}\n"
+        if internal_ssl
+        else ""
+    )
+
+    def client_tls() -> ssl.SSLContext | None:
+        if not internal_ssl or not (certs / "hub-internal" / "hub-internal.key").exists():
+            return None
+        context = ssl.create_default_context(cafile=str(certs / "hub-ca_trust.crt"))
+        context.load_cert_chain(
+            certs / "hub-internal" / "hub-internal.crt", certs / "hub-internal" / "hub-internal.key"
+        )
+        return context
+
     workdir.mkdir(parents=True, exist_ok=True)
     service_token, admin_token, nodelete_token, usercull_token = (secrets.token_hex(16) for _ in range(4))
     singleuser = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
@@ -200,8 +222,8 @@ def running_hub(workdir: Path, *, cleanup_servers: bool = True, extra_config: st
                 if started.poll() is not None:
                     return "exited"
                 try:
-                    return httpx.get(api, timeout=2, verify=False).status_code == 200
-                except httpx.HTTPError:
+                    return httpx.get(api, timeout=2, verify=client_tls() or True).status_code == 200
+                except (httpx.HTTPError, OSError, ssl.SSLError):
                     return False
 
             return started, wait_until(up, timeout_s=60, what="the hub to answer") is True
@@ -225,7 +247,7 @@ def running_hub(workdir: Path, *, cleanup_servers: bool = True, extra_config: st
                 )
                 config += f"c.JupyterHub.cleanup_servers = {cleanup_servers!r}\n" + extra_config
                 (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(config))
-                scheme = "https" if "internal_ssl = True" in extra_config else "http"
+                scheme = "https" if internal_ssl else "http"
                 api = f"{scheme}://127.0.0.1:{port}/hub/api/"
                 process, ready = launch(api)
                 if ready:
@@ -247,7 +269,15 @@ def running_hub(workdir: Path, *, cleanup_servers: bool = True, extra_config: st
                     raise AssertionError(f"the hub did not start again: {log.read_text()[-3000:]}")
 
             yield Hub(
-                api, proxy.url, service_token, admin_token, log, nodelete_token, usercull_token, restart
+                api,
+                proxy.url,
+                service_token,
+                admin_token,
+                log,
+                nodelete_token,
+                usercull_token,
+                restart,
+                client_tls(),
             )
         finally:
             if process is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -55,9 +56,10 @@ async def running_fleet(
     decisions: list[tuple[HubServer, Decision]] | None = None,
     *,
     token: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[HubFleet]:
     token = token or hub.service_token
-    conn = Connection(hub.api, token=token)
+    conn = Connection(hub.api, token=token, tls=tls)
     async with conn:
         with Journal(settings.journal) as journal:
             fleet = HubFleet(
@@ -66,6 +68,7 @@ async def running_fleet(
                 journal,
                 token=token,
                 on_decision=(lambda s, d: decisions.append((s, d))) if decisions is not None else None,
+                tls=tls,
             )
             task = asyncio.create_task(fleet.run())
             try:

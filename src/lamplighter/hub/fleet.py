@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -91,8 +92,10 @@ class HubFleet:
         token: str | None,
         clock: Callable[[], datetime] = utcnow,
         on_decision: Callable[[HubServer, Decision], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
+        self._tls = tls  # the client certificate of a hub with internal SSL (hub/tls.py)
         self.api = api
         self.journal = journal
         self._token = token
@@ -211,7 +214,7 @@ class HubFleet:
             if memory_from is not None:
                 self.journal.save_memory(target, memory_from.load_memory(target), at=self._clock())
             async with Connection(
-                url, token=self._token, timeout_s=settings.request_timeout.total_seconds()
+                url, token=self._token, timeout_s=settings.request_timeout.total_seconds(), tls=self._tls
             ) as conn:
                 probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
                 agent = Agent(settings, probe, NoStop(), self.journal, clock=self._clock)
@@ -224,7 +227,9 @@ class HubFleet:
     def _start(self, key: tuple[str, str, datetime | None], server: HubServer, url: str) -> None:
         settings = self.settings_for(server)
         timeout_s = settings.request_timeout.total_seconds()
-        conn = Connection(url, token=self._token, verify_tls=settings.verify_tls, timeout_s=timeout_s)
+        conn = Connection(
+            url, token=self._token, verify_tls=settings.verify_tls, timeout_s=timeout_s, tls=self._tls
+        )
         target = self.target_for(server)
         probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
         stopper = self._stopper(settings, server, target)

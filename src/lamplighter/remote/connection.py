@@ -68,7 +68,9 @@ class Connection:
         verify_tls: bool = True,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: a context of our own (a client certificate: a hub's internal SSL) instead of ``verify_tls``."""
         base, url_token = split_server_url(url)
         self.base_url = base
         self.display_url = _display(base)
@@ -82,7 +84,7 @@ class Connection:
             base_url=base,
             headers=headers,
             cookies=dict(cookies or {}),
-            verify=_tls_context(base, verify_tls),
+            verify=tls if tls is not None else _tls_context(base, verify_tls),
             timeout=httpx.Timeout(timeout_s),
             transport=transport,
             follow_redirects=False,

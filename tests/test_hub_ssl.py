@@ -1,0 +1,65 @@
+"""A hub with internal SSL (``c.JupyterHub.internal_ssl = True``) on loopback: its API and its servers
+speak https and want a client certificate. The service with ``ssl_enabled`` shows the hub's
+``hub-internal`` pair from ``internal_certs_location`` (jupyterhub-idle-culler's ``--ssl-enabled``),
+or the pair a hub-managed service is given in ``JUPYTERHUB_SSL_*``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from lamplighter.errors import ConfigError, ConnectFailed, RemoteError
+from lamplighter.hub.tls import internal_ssl_context, internal_ssl_files
+from lamplighter.model import Action, Decision
+from lamplighter.platforms.jupyterhub import HubApi, HubServer
+from lamplighter.remote.connection import Connection
+from lamplighter.settings import load_settings
+from tests.hub import running_hub
+from tests.test_hub_fleet import gone, hub_settings, running_fleet, stops
+
+
+def test_the_hubs_variables_win_over_the_certs_location(tmp_path: Path) -> None:
+    files = [tmp_path / name for name in ("k.key", "c.crt", "ca.crt")]
+    for path in files:
+        path.write_text("x")
+    names = ("JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE", "JUPYTERHUB_SSL_CLIENT_CA")
+    env = {name: str(path) for name, path in zip(names, files, strict=True)}
+    settings = load_settings(
+        {"ssl_enabled": "true", "internal_certs_location": str(tmp_path / "none")}, env={}
+    )
+    assert internal_ssl_files(settings, env) == tuple(files)
+    with pytest.raises(ConfigError, match=r"ssl_enabled: cannot read .*none/hub-internal/hub-internal.key"):
+        internal_ssl_files(settings, {})
+    with pytest.raises(ConfigError, match="ssl_enabled: cannot load the certificates"):
+        internal_ssl_context(settings, env)  # not certificates at all
+    assert internal_ssl_context(load_settings({}, env={}), env) is None
+
+
+@pytest.mark.slow
+async def test_the_service_watches_and_stops_through_a_hub_with_internal_ssl(tmp_path: Path) -> None:
+    with running_hub(tmp_path / "hub", internal_ssl=True) as hub:
+        assert hub.api.startswith("https://")
+        name = "ssluser"
+        await asyncio.to_thread(hub.start, name)
+        certs = tmp_path / "hub" / "internal-ssl"
+        # Without the client certificate neither the hub nor the server lets us in.
+        async with Connection(hub.api, token=hub.service_token) as plain:
+            with pytest.raises(RemoteError) as refused:
+                await HubApi(plain).check_access()
+            assert isinstance(refused.value, ConnectFailed) or refused.value.status is None
+        settings = hub_settings(
+            hub, tmp_path, idle_timeout="4s", ssl_enabled="true", internal_certs_location=str(certs)
+        )
+        tls = internal_ssl_context(settings, {})
+        assert tls is not None
+        decisions: list[tuple[HubServer, Decision]] = []
+        async with running_fleet(hub, settings, decisions, tls=tls):
+            await gone(hub, settings, name)
+        # Judged idle on probes of the server's own https address: a failed probe is never idle.
+        assert decisions and decisions[-1][1].action is Action.STOP
+        assert all(d.action is not Action.SKIP for _, d in decisions), [d.reason for _, d in decisions]
+        [stop] = stops(settings)
+        assert stop.verdict == "stopped" and stop.detail["stopper"].startswith("DELETE https://")
+        assert 0 <= stop.detail["decided_after_s"] <= 1.0, stop.detail
