@@ -1,11 +1,13 @@
 """A hub with internal SSL (``c.JupyterHub.internal_ssl = True``) on loopback: its API and its servers
 speak https and want a client certificate. The service with ``ssl_enabled`` shows the hub's
-``hub-internal`` pair from ``internal_certs_location`` (jupyterhub-idle-culler's ``--ssl-enabled``),
-or the pair a hub-managed service is given in ``JUPYTERHUB_SSL_*``."""
+``hub-internal`` pair from ``internal_certs_location`` (jupyterhub-idle-culler's ``--ssl-enabled``).
+The pair a hub-managed service is given in ``JUPYTERHUB_SSL_*`` is signed by the hub's notebooks-ca,
+which the users' servers refuse as a client: shown here with a pair of that CA."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from tests.hub import running_hub
 from tests.test_hub_fleet import gone, hub_settings, running_fleet, stops
 
 
-def test_the_hubs_variables_win_over_the_certs_location(tmp_path: Path) -> None:
+def test_missing_certificates_are_one_config_error_naming_the_file(tmp_path: Path) -> None:
     files = [tmp_path / name for name in ("k.key", "c.crt", "ca.crt")]
     for path in files:
         path.write_text("x")
@@ -29,12 +31,16 @@ def test_the_hubs_variables_win_over_the_certs_location(tmp_path: Path) -> None:
     settings = load_settings(
         {"ssl_enabled": "true", "internal_certs_location": str(tmp_path / "none")}, env={}
     )
-    assert internal_ssl_files(settings, env) == tuple(files)
     with pytest.raises(ConfigError, match=r"ssl_enabled: cannot read .*none/hub-internal/hub-internal.key"):
         internal_ssl_files(settings, {})
+    with pytest.raises(ConfigError, match="not accepted by the users' servers"):
+        internal_ssl_files(settings, env)
+    (tmp_path / "none" / "hub-internal").mkdir(parents=True)
+    for name in ("hub-internal/hub-internal.key", "hub-internal/hub-internal.crt", "hub-ca_trust.crt"):
+        (tmp_path / "none" / name).write_text("x")
     with pytest.raises(ConfigError, match="ssl_enabled: cannot load the certificates"):
-        internal_ssl_context(settings, env)  # not certificates at all
-    assert internal_ssl_context(load_settings({}, env={}), env) is None
+        internal_ssl_context(settings, {})  # not certificates at all
+    assert internal_ssl_context(load_settings({}, env={}), {}) is None
 
 
 @pytest.mark.slow
@@ -54,6 +60,20 @@ async def test_the_service_watches_and_stops_through_a_hub_with_internal_ssl(tmp
         )
         tls = internal_ssl_context(settings, {})
         assert tls is not None
+        # What a hub-managed service gets in JUPYTERHUB_SSL_*: a pair notebooks-ca signed (the server's
+        # own is one) and notebooks-ca's bundle. The hub takes it; the server refuses it as a client.
+        managed = ssl.create_default_context(cafile=str(certs / "hub-ca_trust.crt"))
+        managed.load_cert_chain(
+            certs / f"user-{name}" / f"user-{name}.crt", certs / f"user-{name}" / f"user-{name}.key"
+        )
+        async with Connection(hub.api, token=hub.service_token, tls=managed) as to_hub:
+            await HubApi(to_hub).check_access()
+        async with Connection(hub.own_url(name), token=hub.service_token, tls=managed) as as_service:
+            with pytest.raises(RemoteError) as tls_refused:
+                await as_service.get("api/status")
+            assert tls_refused.value.status is None  # refused in the handshake, not by HTTP
+        async with Connection(hub.own_url(name), token=hub.service_token, tls=tls) as as_hub:
+            assert "started" in await as_hub.get("api/status")
         decisions: list[tuple[HubServer, Decision]] = []
         async with running_fleet(hub, settings, decisions, tls=tls):
             await gone(hub, settings, name)

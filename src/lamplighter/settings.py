@@ -414,15 +414,15 @@ class Settings:
     )
     ssl_enabled: bool = _opt(
         False,
-        "The hub runs with internal_ssl: talk to it and to its servers with the client certificate from "
-        "JUPYTERHUB_SSL_KEYFILE/CERTFILE (a hub-managed service) or internal_certs_location.",
+        "The hub runs with internal_ssl: talk to it and to its servers with the hub's hub-internal client "
+        "certificate from internal_certs_location (jupyterhub-idle-culler's --ssl-enabled).",
         parse=parse_bool,
         group="hub",
     )
     internal_certs_location: Path = _opt(
         Path("internal-ssl"),
-        "The hub's internal_certs_location (used with ssl_enabled when the hub gives no JUPYTERHUB_SSL_* "
-        "variables): its hub-internal certificate and key and its CA bundle are read from there.",
+        "The hub's internal_certs_location, with ssl_enabled: hub-internal/hub-internal.{key,crt} and "
+        "hub-ca_trust.crt are read from there (relative: to the service's working directory).",
         parse=_parse_path,
         group="hub",
     )

@@ -1,11 +1,14 @@
 """A hub's internal SSL (``c.JupyterHub.internal_ssl = True``): the client certificate the service shows.
 
 With internal SSL the hub's API and every user's server speak https with certificates of the hub's
-own CAs and ask the client for a certificate too. A hub-managed service is given its own pair and
-the CA bundle it should trust as ``JUPYTERHUB_SSL_KEYFILE``, ``JUPYTERHUB_SSL_CERTFILE`` and
-``JUPYTERHUB_SSL_CLIENT_CA``; without them (a service the hub does not start), the pair is the hub's
-own ``hub-internal`` one under ``internal_certs_location`` and the CA bundle the hub's trust bundle,
-as jupyterhub-idle-culler's ``--ssl-enabled`` reads them.
+own CAs, and ask the client for a certificate too. The service shows the hub's own ``hub-internal``
+pair from ``internal_certs_location`` and trusts the hub's trust bundle (``hub-ca_trust.crt``: the
+hub's CA and the servers'), as jupyterhub-idle-culler's ``--ssl-enabled`` reads them.
+
+The pair a hub-managed service is given (``JUPYTERHUB_SSL_KEYFILE``/``CERTFILE``/``CLIENT_CA``) does not
+do: the hub's ``notebooks-ca`` signs it, and the users' servers accept client certificates of
+``hub-ca`` and ``proxy-client-ca`` only (the hub's ``internal_ssl_components_trust``); JupyterHub
+6.1 refused such a pair on its own API too (tests/test_hub_ssl.py). It is refused here with that reason.
 """
 
 from __future__ import annotations
@@ -23,22 +26,21 @@ _ENV = ("JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE", "JUPYTERHUB_SSL_CLI
 
 
 def internal_ssl_files(settings: Settings, env: Mapping[str, str]) -> tuple[Path, Path, Path]:
-    """``(key, certificate, CA bundle)``: the hub's variables when it set all three, else the certs location."""
+    """``(key, certificate, CA bundle)`` under ``internal_certs_location``; a ConfigError names what is missing."""
+    where = settings.internal_certs_location
+    key = where / "hub-internal" / "hub-internal.key"
+    cert = where / "hub-internal" / "hub-internal.crt"
+    ca = where / "hub-ca_trust.crt"
+    missing = [path for path in (key, cert, ca) if not path.is_file()]
+    if not missing:
+        return key, cert, ca
     if all(env.get(name) for name in _ENV):
-        key, cert, ca = (Path(env[name]) for name in _ENV)
-    else:
-        where = settings.internal_certs_location
-        key = where / "hub-internal" / "hub-internal.key"
-        cert = where / "hub-internal" / "hub-internal.crt"
-        # The hub's own trust bundle: its CA and those of its servers (the culler only talks to the hub
-        # and reads hub-ca.crt; the service also probes the servers, whose certificates notebooks-ca signs).
-        ca = where / "hub-ca_trust.crt"
-    for path in (key, cert, ca):
-        if not path.is_file():
-            raise ConfigError(
-                f"ssl_enabled: cannot read {path} (internal_certs_location or JUPYTERHUB_SSL_*)"
-            )
-    return key, cert, ca
+        raise ConfigError(
+            f"ssl_enabled: cannot read {missing[0]}; the JUPYTERHUB_SSL_* pair the hub gives its services "
+            "is not accepted by the users' servers (notebooks-ca signs it): set internal_certs_location to "
+            "the hub's internal-ssl directory"
+        )
+    raise ConfigError(f"ssl_enabled: cannot read {missing[0]} (set internal_certs_location)")
 
 
 def internal_ssl_context(settings: Settings, env: Mapping[str, str]) -> ssl.SSLContext | None:

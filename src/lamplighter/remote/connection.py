@@ -179,6 +179,9 @@ class Connection:
             raise ConnectFailed(f"{where}: cannot connect ({_reason(exc)})", **request) from exc
         except httpx.TransportError as exc:
             raise ConnectFailed(f"{where}: {type(exc).__name__} ({_reason(exc)})", **request) from exc
+        except ssl.SSLError as exc:
+            # A TLS 1.3 server refuses a client certificate after the handshake: httpx lets it through.
+            raise ConnectFailed(f"{where}: TLS refused ({exc.reason or exc})", **request) from exc
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         where = f"{method} {self.display_url}{path}"
