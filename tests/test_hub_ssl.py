@@ -7,6 +7,7 @@ which the users' servers refuse as a client: shown here with a pair of that CA."
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from lamplighter.model import Action, Decision
 from lamplighter.platforms.jupyterhub import HubApi, HubServer
 from lamplighter.remote.connection import Connection
 from lamplighter.settings import load_settings
+from tests.conftest import cli
 from tests.hub import running_hub
 from tests.test_hub_fleet import gone, hub_settings, running_fleet, stops
 
@@ -83,3 +85,20 @@ async def test_the_service_watches_and_stops_through_a_hub_with_internal_ssl(tmp
         [stop] = stops(settings)
         assert stop.verdict == "stopped" and stop.detail["stopper"].startswith("DELETE https://")
         assert 0 <= stop.detail["decided_after_s"] <= 1.0, stop.detail
+
+
+def test_the_hub_command_refuses_ssl_without_the_hubs_certificates(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "LAMPLIGHTER_"))}
+    env = {
+        **clean,
+        "JUPYTERHUB_API_URL": "https://127.0.0.1:1/hub/api",
+        "JUPYTERHUB_API_TOKEN": "secret-token-here",
+        **{name: str(tmp_path / name) for name in ("JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE")},
+        "JUPYTERHUB_SSL_CLIENT_CA": str(tmp_path / "ca.crt"),
+    }
+    args = ["hub", "--ssl-enabled", "--internal-certs-location", str(tmp_path / "nowhere")]
+    done = cli(*args, "--journal", str(tmp_path / "j.sqlite3"), env=env)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("lamplighter: ssl_enabled: cannot read ") and "notebooks-ca" in line, line
+    assert "secret-token-here" not in line
