@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +55,15 @@ class Hub:
     admin_token: str  # the tests' own token: creates users, starts and stops servers
     log: Path
     nodelete_token: str  # a service like lamplighter's without delete:servers: every stop is refused
+    usercull_token: str = ""  # lamplighter's scopes plus admin:users (cull_users)
+    restart: Callable[[Callable[[], None]], None] | None = None  # see running_hub
+    tls: ssl.SSLContext | None = None  # the client certificate of a hub with internal SSL
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"token {self.admin_token}"}
-        return httpx.request(method, self.api + path, headers=headers, timeout=30, **kwargs)
+        return httpx.request(
+            method, self.api + path, headers=headers, timeout=30, verify=self.tls or True, **kwargs
+        )
 
     def user(self, name: str) -> dict[str, Any]:
         answer = self.call("GET", f"users/{name}")
@@ -110,12 +116,12 @@ c = get_config()  # noqa
 c.JupyterHub.authenticator_class = "dummy"
 c.JupyterHub.spawner_class = "simple"
 c.JupyterHub.allow_named_servers = True
+c.Authenticator.admin_users = {{"lladmin"}}  # an admin with no server, for cull_admin_users
 c.JupyterHub.bind_url = {public!r}
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{port}"
 c.JupyterHub.db_url = "sqlite:///{workdir}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
 c.JupyterHub.pid_file = "{workdir}/hub.pid"
-c.JupyterHub.cleanup_servers = True
 c.JupyterHub.last_activity_interval = 1
 c.JupyterHub.activity_resolution = 1
 c.ConfigurableHTTPProxy.should_start = False
@@ -150,25 +156,78 @@ c.JupyterHub.services = [
     {{"name": "lamplighter", "api_token": {service_token!r}}},
     {{"name": "tester", "api_token": {admin_token!r}}},
     {{"name": "nodelete", "api_token": {nodelete_token!r}}},
+    {{"name": "usercull", "api_token": {usercull_token!r}}},
 ]
 c.JupyterHub.load_roles = [
     {{"name": "lamplighter", "scopes": {scopes!r}, "services": ["lamplighter"]}},
     {{"name": "nodelete", "scopes": {nodelete_scopes!r}, "services": ["nodelete"]}},
+    {{"name": "usercull", "scopes": {scopes!r} + ["admin:users"], "services": ["usercull"]}},
     {{"name": "tester", "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "proxy"], "services": ["tester"]}},
 ]
 """
 
 
+def _end(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 @contextmanager
-def running_hub(workdir: Path) -> Iterator[Hub]:
+def running_hub(workdir: Path, *, cleanup_servers: bool = True, internal_ssl: bool = False) -> Iterator[Hub]:
+    """A hub (and its proxy) until the block ends. ``cleanup_servers=False`` keeps the servers running
+    across :meth:`Hub.restart`, as a production hub is configured. ``internal_ssl``: the hub's API and
+    its servers speak https and want a client certificate (the hub's own, under
+    ``workdir/internal-ssl``, is what :attr:`Hub.tls` shows)."""
+    certs = workdir / "internal-ssl"
+    extra_config = (
+        f"c.JupyterHub.internal_ssl = True\nc.JupyterHub.internal_certs_location = {str(certs)!r}\n"
+        if internal_ssl
+        else ""
+    )
+
+    def client_tls() -> ssl.SSLContext | None:
+        if not internal_ssl or not (certs / "hub-internal" / "hub-internal.key").exists():
+            return None
+        context = ssl.create_default_context(cafile=str(certs / "hub-ca_trust.crt"))
+        context.load_cert_chain(
+            certs / "hub-internal" / "hub-internal.crt", certs / "hub-internal" / "hub-internal.key"
+        )
+        return context
+
     workdir.mkdir(parents=True, exist_ok=True)
-    service_token, admin_token, nodelete_token = (secrets.token_hex(16) for _ in range(3))
+    service_token, admin_token, nodelete_token, usercull_token = (secrets.token_hex(16) for _ in range(4))
     singleuser = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
     args = ["--allow-root"] if os.geteuid() == 0 else []
     with running_proxy(workdir) as proxy:
         env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": proxy.token}
         process: subprocess.Popen[bytes] | None = None
         log = workdir / "hub.log"
+
+        def launch(api: str) -> tuple[subprocess.Popen[bytes], bool]:
+            with log.open("ab") as out:
+                started = subprocess.Popen(
+                    [sys.executable, "-m", "jupyterhub", "-f", str(workdir / "jupyterhub_config.py")],
+                    cwd=workdir,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+
+            def up() -> bool | str:
+                if started.poll() is not None:
+                    return "exited"
+                try:
+                    return httpx.get(api, timeout=2, verify=client_tls() or True).status_code == 200
+                except (httpx.HTTPError, OSError, ssl.SSLError):
+                    return False
+
+            return started, wait_until(up, timeout_s=60, what="the hub to answer") is True
+
         try:
             for _ in range(5):
                 port = _kernel_port()
@@ -184,43 +243,45 @@ def running_hub(workdir: Path) -> Iterator[Hub]:
                     scopes=SERVICE_SCOPES,
                     nodelete_token=nodelete_token,
                     nodelete_scopes=[x for x in SERVICE_SCOPES if x != "delete:servers"],
+                    usercull_token=usercull_token,
                 )
+                config += f"c.JupyterHub.cleanup_servers = {cleanup_servers!r}\n" + extra_config
                 (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(config))
-                with log.open("ab") as out:
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", "jupyterhub", "-f", str(workdir / "jupyterhub_config.py")],
-                        cwd=workdir,
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
-                api = f"http://127.0.0.1:{port}/hub/api/"
-
-                def up(p: subprocess.Popen[bytes] = process, url: str = api) -> bool | str:
-                    if p.poll() is not None:
-                        return "exited"
-                    try:
-                        return httpx.get(url, timeout=2).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-
-                state = wait_until(up, timeout_s=60, what="the hub to answer")
-                if state is True:
+                scheme = "https" if internal_ssl else "http"
+                api = f"{scheme}://127.0.0.1:{port}/hub/api/"
+                process, ready = launch(api)
+                if ready:
                     break
                 # Exited: its port was taken between our bind and its own; try another.
                 process = None
             else:
                 raise AssertionError(f"the hub did not start: {log.read_text()[-3000:]}")
-            yield Hub(api, proxy.url, service_token, admin_token, log, nodelete_token)
+
+            def restart(down: Callable[[], None] = lambda: None) -> None:
+                """Stop the hub, call ``down`` while it is away, start it again on the same port."""
+                nonlocal process
+                if process is not None:
+                    _end(process)
+                process = None
+                down()
+                process, ready = launch(api)
+                if not ready:
+                    raise AssertionError(f"the hub did not start again: {log.read_text()[-3000:]}")
+
+            yield Hub(
+                api,
+                proxy.url,
+                service_token,
+                admin_token,
+                log,
+                nodelete_token,
+                usercull_token,
+                restart,
+                client_tls(),
+            )
         finally:
             if process is not None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+                _end(process)
 
 
 @pytest.fixture(scope="session")
@@ -236,5 +297,7 @@ def hub_users(hub: Hub) -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
+        if hub.call("GET", f"users/{name}").status_code == 404:
+            continue  # deleted by the test (cull_users)
         for server_name in list(hub.user(name).get("servers", {})):
             hub.stop(name, server_name)

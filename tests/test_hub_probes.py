@@ -121,8 +121,12 @@ def test_the_extension_in_a_hub_users_server_stops_through_the_hub(
     assert re.search(rf"DELETE /hub/api/users/{name}/server\S* \({name}@127\.0\.0\.1\)", log), log[-3000:]
     assert f"User {name} server took" in log
     assert "/api/shutdown" not in log
-    # The hub ends the server while its DELETE is answered: the verdict is journaled, the outcome
-    # is the hub's to log.
+    # The hub ends the server while its DELETE is answered: the verdict and the request are
+    # journaled (before the DELETE is sent), the outcome is the hub's to log.
     with Journal(hub.log.parent / f"config-{name}" / "journal.sqlite3") as j:
         [verdict] = [e for e in j.events(kind="decision") if e.verdict == "stop"]
+        requested = [e for e in j.events(kind="action") if e.verdict == "requested"]
     assert "idle" in verdict.summary
+    [request] = requested
+    assert request.summary.startswith(f"stop requested: DELETE {hub.api}users/{name}/server"), request.summary
+    assert request.at >= verdict.at and 0 <= request.detail["decided_after_s"] <= 2.0, request.detail

@@ -250,6 +250,9 @@ class Agent:
     async def _stop(self, decision: Decision, now: datetime) -> StopResult:
         logger.info("%s: stopping with %s: %s", self.target, self.stopper.description, decision.reason)
         result = await self.stopper.stop(decision)
+        if result.again:
+            logger.debug("%s: stop %s: %s", self.target, result.outcome.value, result.detail)
+            return result
         done = self.clock()
         # Two figures: when we acted (decided) and when the app was verified gone (overshoot).
         decided = (now - decision.stop_at).total_seconds() if decision.stop_at else None

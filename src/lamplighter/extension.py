@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -40,6 +41,7 @@ from lamplighter.model import (
 )
 from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import parse_snapshot
+from lamplighter.platforms.jupyterhub import HubStop
 from lamplighter.redaction import guard_handlers, redact
 from lamplighter.settings import Settings, load_settings, option_specs
 from lamplighter.signals.keepalive import write_snooze
@@ -159,11 +161,16 @@ class InProcessShutdown:
 
 
 class LoggedStop:
-    """Says in the server's own log, before any stopper acts, that lamplighter stops the server and why."""
+    """Says in the server's own log, before any stopper acts, that lamplighter stops the server and why.
 
-    def __init__(self, real: Stopper, log: Any) -> None:
+    ``before`` is called first too: a stop through the hub ends this process while the hub answers
+    the DELETE, so its outcome is never journaled; the request is, before it is sent.
+    """
+
+    def __init__(self, real: Stopper, log: Any, *, before: Callable[[Decision], None] | None = None) -> None:
         self._real = real
         self._log = log
+        self._before = before
 
     @property
     def description(self) -> str:
@@ -173,6 +180,8 @@ class LoggedStop:
         self._log.warning(
             "lamplighter: stopping the server: %s (%s)", redact(decision.reason), self._real.description
         )
+        if self._before is not None:
+            self._before(decision)
         result = await self._real.stop(decision)
         self._log.info("lamplighter: %s: %s", result.outcome.value, redact(result.detail))
         return result
@@ -187,10 +196,15 @@ class InServerAgent:
         self.probe = InProcessServer(serverapp.web_app, target)
         # The wiring's stopper, except that a server shutdown is done in process (no HTTP to ourselves).
         stopper = build_stopper(settings, None, target, in_process=InProcessShutdown(serverapp))
-        # A dry run or --action none stops nothing: the server log is for real stops.
-        self.stopper = stopper if isinstance(stopper, DryRun | NoStop) else LoggedStop(stopper, serverapp.log)
         self.last: Decision | None = None
         self.journal = Journal(settings.journal)
+        before = self._journal_request if isinstance(stopper, HubStop) else None
+        # A dry run or --action none stops nothing: the server log is for real stops.
+        self.stopper = (
+            stopper
+            if isinstance(stopper, DryRun | NoStop)
+            else LoggedStop(stopper, serverapp.log, before=before)
+        )
         # The views (lamplighter.views): metrics and the status page read what the agent sees.
         self.metrics = Metrics(self.journal)
         self.sparkline = Sparkline()
@@ -214,6 +228,23 @@ class InServerAgent:
             self.agent.wake()
 
         events.add_listener(schema_id=_KERNEL_ACTIONS, listener=on_kernel_action)
+
+    def _journal_request(self, decision: Decision) -> None:
+        at = datetime.now(timezone.utc)
+        self.journal.record(
+            self.probe.target,
+            "action",
+            f"stop requested: {self.stopper.description} (the hub ends this server while it answers)",
+            at=at,
+            verdict="requested",
+            idle_since=decision.idle_since,
+            stop_at=decision.stop_at,
+            detail={
+                "stopper": self.stopper.description,
+                "reasons": list(decision.reasons),
+                "decided_after_s": (at - decision.stop_at).total_seconds() if decision.stop_at else None,
+            },
+        )
 
     def _seen(self, decision: Decision) -> None:
         self.last = decision

@@ -31,12 +31,22 @@ class HookResult:
     """What happened, one line for the journal and the log (output tail redacted)."""
 
 
-async def run_hook(command: str, target: str, decision: Decision, *, timeout_s: float) -> HookResult:
-    """Run ``command`` in a shell with :func:`hook_environment`; never raises for the command's failure."""
+async def run_hook(
+    command: str,
+    target: str,
+    decision: Decision,
+    *,
+    timeout_s: float,
+    extra: Mapping[str, str] | None = None,
+) -> HookResult:
+    """Run ``command`` in a shell with :func:`hook_environment` (plus ``extra``, e.g. the hub service's
+    ``LAMPLIGHTER_HUB_*``); never raises for the command's failure."""
+    env = hook_environment(target, decision)
+    env.update({name: redact(value) for name, value in (extra or {}).items()})
     try:
         process = await asyncio.create_subprocess_shell(
             command,
-            env=hook_environment(target, decision),
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -331,3 +331,6 @@ class StopOutcome(enum.Enum):
 class StopResult:
     outcome: StopOutcome
     detail: str
+    again: bool = False
+    """Nothing was asked this time: the answer of the last try still stands (a refusal whose backoff
+    has not run out). The agent journals a stop once per try, so not this one."""

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 
 import psutil
 
@@ -25,15 +26,25 @@ logger = logging.getLogger(__name__)
 class Notifier:
     """Warns the people using an app that it is about to stop."""
 
-    def __init__(self, settings: Settings, target: str, *, server_port: int | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        target: str,
+        *,
+        server_port: int | None,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
         self._settings = settings
         self._target = target
         self._server_port = server_port  # None: the server is not on this machine
+        self._extra = dict(extra or {})  # more variables for --warn-command (the hub's user and server)
 
     async def warn(self, decision: Decision) -> str:
         """Give the warning; returns what was done, for the journal."""
         if self._settings.warn_command:
-            result = await run_hook(self._settings.warn_command, self._target, decision, timeout_s=60)
+            result = await run_hook(
+                self._settings.warn_command, self._target, decision, timeout_s=60, extra=self._extra
+            )
             return f"warning command: {result.detail}"
         message = (
             f"lamplighter: this app stops at {format_time(decision.stop_at)} unless it is used "

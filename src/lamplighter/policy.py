@@ -5,7 +5,7 @@ terminal's ``last_activity``, an open connection when connections count, a file 
 clock moves while something computes (a busy kernel, a kernel still starting, a busy process tree or
 GPU). The app is idle when both are older than ``idle_timeout``; a fresh app is protected by
 ``startup_grace``. Checks run in the culler's order: guard clauses (probe failure, work running),
-then one idle test, then the overrides (snooze, grace), then what to cull.
+then one idle test, then the overrides (snooze, grace, the maximum age), then what to cull.
 
 Each finding (the work clock, the interaction clock, the deadline, the kernel and terminal culls)
 is its own function returning its own reasons and the moments it wants to be looked at again;
@@ -15,7 +15,7 @@ is its own function returning its own reasons and the moments it wants to be loo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -76,6 +76,8 @@ class PolicySettings(Protocol):
     def unreachable_timeout(self) -> timedelta | None: ...
     @property
     def unreachable_action(self) -> str: ...
+    @property
+    def max_age(self) -> timedelta | None: ...
 
 
 def decide(observation: Observation, memory: Memory, settings: PolicySettings, now: datetime) -> Decision:
@@ -218,9 +220,56 @@ def _decide_snapshot(
         ),
     )
     active = (*work.active, *interaction.active)
+    if settings.max_age is not None:
+        return _with_max_age(case, snap, settings, work, active, snap.started + settings.max_age)
     if active:
         return _in_use(case, active, settings)
     if now >= case.stop_at:
+        return _past_deadline(case, snap, settings)
+    return _before_deadline(case, settings)
+
+
+def _with_max_age(
+    case: _Case,
+    snap: ServerSnapshot,
+    settings: PolicySettings,
+    work: _Work,
+    active: tuple[str, ...],
+    age_limit: datetime,
+) -> Decision:
+    """The maximum-age override (jupyterhub-idle-culler's ``max_age``): past it, interaction no longer
+    keeps the app, but work still does: a running job is never stopped, the app stops once the work
+    ends. Before it, the age limit is one more deadline, warned of like the idle one."""
+    age = f"started {format_time(snap.started)}, max_age {format_duration(age_limit - snap.started)}"
+    if work.active:
+        if case.now < age_limit:
+            return _in_use(replace(case, soonest=min(case.soonest, age_limit)), active, settings)
+        kept = _in_use(case, active, settings)
+        return replace(
+            kept, reasons=(*kept.reasons, f"past its maximum age ({age}): stops when the work ends")
+        )
+    if case.now >= age_limit and (active or case.now < case.stop_at):
+        summary = f"older than its maximum age ({age})"
+        ignored = tuple(f"not counted past max_age: {a}" for a in active)
+        return _past_deadline(
+            replace(case, stop_at=age_limit, evidence=(*ignored, *case.evidence)), snap, settings, summary
+        )
+    if active:
+        # Only interaction keeps it: the age limit is its deadline.
+        kept = _in_use(replace(case, soonest=min(case.soonest, age_limit)), active, settings)
+        warn_at = age_limit - settings.warn_before if settings.warn_before is not None else None
+        warn = warn_at is not None and case.now >= warn_at
+        return replace(
+            kept,
+            stop_at=age_limit,
+            next_check_at=min((kept.next_check_at, *((warn_at,) if warn_at and not warn else ()))),
+            reasons=(*kept.reasons, f"stops at {format_time(age_limit)} at the latest ({age})"),
+            warn=warn,
+        )
+    if age_limit < case.stop_at:
+        note = f"stops at {format_time(age_limit)}: {age}"
+        case = replace(case, stop_at=age_limit, evidence=(*case.evidence, note))
+    if case.now >= case.stop_at:
         return _past_deadline(case, snap, settings)
     return _before_deadline(case, settings)
 
@@ -497,8 +546,10 @@ def _in_use(case: _Case, active: tuple[str, ...], settings: PolicySettings) -> D
     )
 
 
-def _past_deadline(case: _Case, snap: ServerSnapshot, settings: PolicySettings) -> Decision:
-    summary = (
+def _past_deadline(
+    case: _Case, snap: ServerSnapshot, settings: PolicySettings, summary: str | None = None
+) -> Decision:
+    summary = summary or (
         f"idle for {format_duration(case.now - case.idle_since)} since {format_time(case.idle_since)}, "
         f"past the {format_duration(settings.idle_timeout)} idle timeout"
     )

@@ -391,6 +391,42 @@ class Settings:
         parse=_parse_optional_str,
         group="hub",
     )
+    max_age: timedelta | None = _opt(
+        None,
+        "Stop a server this long after its start even while somebody interacts with it, but never while "
+        "work runs in it (then as soon as the work ends); with cull_users, delete a server-less user this "
+        "long after its creation (default off; jupyterhub-idle-culler's name).",
+        parse=_parse_optional_duration,
+        group="hub",
+        bounds=_LONG,
+    )
+    cull_users: bool = _opt(
+        False,
+        "Delete users with no server running once inactive for idle_timeout (or older than max_age), as "
+        "jupyterhub-idle-culler does for temporary users; needs the scope admin:users.",
+        parse=parse_bool,
+        group="hub",
+    )
+    cull_admin_users: bool = _opt(
+        True,
+        "With cull_users, delete admin users too (off: never delete an admin).",
+        parse=parse_bool,
+        group="hub",
+    )
+    ssl_enabled: bool = _opt(
+        False,
+        "The hub runs with internal_ssl: talk to it and to its servers with the hub's hub-internal client "
+        "certificate from internal_certs_location (jupyterhub-idle-culler's --ssl-enabled).",
+        parse=parse_bool,
+        group="hub",
+    )
+    internal_certs_location: Path = _opt(
+        Path("internal-ssl"),
+        "The hub's internal_certs_location, with ssl_enabled: hub-internal/hub-internal.{key,crt} and "
+        "hub-ca_trust.crt are read from there (relative: to the service's working directory).",
+        parse=_parse_path,
+        group="hub",
+    )
 
     # -- the policy ---------------------------------------------------------------------------
     idle_timeout: timedelta = _opt(

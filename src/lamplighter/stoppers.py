@@ -7,6 +7,7 @@ A platform's own stopper (``POST /api/shutdown``, ``DeleteApp``) lives with its 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from lamplighter.hooks import run_hook
 from lamplighter.model import Decision, StopOutcome, StopResult, format_time
@@ -19,17 +20,22 @@ class CommandStopper:
     """Runs a shell command to stop the app (a :mod:`hook <lamplighter.hooks>`); exit status 0 counts as
     stopped."""
 
-    def __init__(self, command: str, target: str, *, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, command: str, target: str, *, timeout_s: float = 300.0, extra: Mapping[str, str] | None = None
+    ) -> None:
         self._command = command
         self._target = target
         self._timeout_s = timeout_s
+        self._extra = dict(extra or {})
 
     @property
     def description(self) -> str:
         return f"command {self._command!r}"
 
     async def stop(self, decision: Decision) -> StopResult:
-        result = await run_hook(self._command, self._target, decision, timeout_s=self._timeout_s)
+        result = await run_hook(
+            self._command, self._target, decision, timeout_s=self._timeout_s, extra=self._extra
+        )
         return StopResult(StopOutcome.STOPPED if result.ok else StopOutcome.FAILED, result.detail)
 
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from lamplighter.cli.common import (
@@ -69,18 +70,22 @@ def _hub(args: argparse.Namespace) -> int:
 async def run_hub(settings: Settings) -> None:
     """The service: the fleet loop until SIGTERM or Ctrl-C."""
     from lamplighter.agent import exit_on_signals
-    from lamplighter.hub.fleet import HubFleet
+    from lamplighter.hub.fleet import HubFleet, refuse_local_only
+    from lamplighter.hub.tls import internal_ssl_context
     from lamplighter.platforms.jupyterhub import HubApi
     from lamplighter.remote.connection import Connection
 
+    refuse_local_only(settings)
     url, token = _hub_access(settings)
+    tls = internal_ssl_context(settings, os.environ)
     timeout_s = settings.request_timeout.total_seconds()
-    async with Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s) as conn:
+    conn = Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s, tls=tls)
+    async with conn:
         api = HubApi(conn, page_size=settings.api_page_size)
         # A wrong URL or token is a configuration error found at start, not a warning every pass.
         await api.check_access()
         with Journal(settings.journal) as journal:
-            fleet = HubFleet(settings, api, journal, token=token)
+            fleet = HubFleet(settings, api, journal, token=token, tls=tls)
             with exit_on_signals(fleet.request_exit):
                 await fleet.run()
 
@@ -104,16 +109,19 @@ def hub_status(settings: Settings, *, as_json: bool) -> int:
 
 async def _verdicts(settings: Settings) -> list[tuple[HubServer, Decision]]:
     from lamplighter.hub.fleet import HubFleet
+    from lamplighter.hub.tls import internal_ssl_context
     from lamplighter.platforms.jupyterhub import HubApi
     from lamplighter.remote.connection import Connection
 
     url, token = _hub_access(settings)
+    tls = internal_ssl_context(settings, os.environ)
     timeout_s = settings.request_timeout.total_seconds()
-    async with Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s) as conn:
+    conn = Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s, tls=tls)
+    async with conn:
         api = HubApi(conn, page_size=settings.api_page_size)
         await api.check_access()
         with Journal.in_memory() as scratch:
-            fleet = HubFleet(settings, api, scratch, token=token)
+            fleet = HubFleet(settings, api, scratch, token=token, tls=tls)
             if not settings.journal.exists():  # status never creates the service's journal
                 return await fleet.verdicts()
             with Journal(settings.journal) as journal:

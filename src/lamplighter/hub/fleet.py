@@ -15,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from lamplighter.agent import Agent, utcnow
-from lamplighter.errors import LamplighterError, RemoteError
+from lamplighter.errors import ConfigError, LamplighterError, RemoteError
 from lamplighter.hub.policies import VetoStop, idle_timeout_for, load_veto_hook, parse_timeouts
+from lamplighter.hub.users import UserCuller
 from lamplighter.journal import Journal
 from lamplighter.model import Decision
+from lamplighter.notices import Notifier
 from lamplighter.platforms.base import Stopper
 from lamplighter.platforms.jupyter import JupyterServer
 from lamplighter.platforms.jupyterhub import HubApi, HubServer, HubServerProbe, HubStopper, own_base_url
@@ -31,13 +34,39 @@ from lamplighter.remote.connection import Connection
 from lamplighter.settings import Settings
 from lamplighter.stoppers import CommandStopper, DryRun, NoStop
 
-__all__ = ["HubFleet", "Watched"]
+__all__ = ["HubFleet", "Watched", "hub_variables", "refuse_local_only"]
 
 logger = logging.getLogger(__name__)
 
 #: How long an agent whose server left the hub's list may take to finish its pass (a stop being
 #: verified: the stopper's own budget is stop_verify_timeout).
 _END_GRACE_S = 60.0
+
+
+def hub_variables(server: HubServer) -> dict[str, str]:
+    """What ``--warn-command`` and ``--command`` get beyond ``LAMPLIGHTER_*``: whose server it is."""
+    return {
+        "LAMPLIGHTER_HUB_USER": server.user,
+        "LAMPLIGHTER_HUB_SERVER": server.name,
+        "LAMPLIGHTER_HUB_SERVER_PATH": server.path,
+    }
+
+
+def refuse_local_only(settings: Settings) -> None:
+    """The settings that act on this machine's files cannot reach a hub user's server: refused at start
+    (exit 2) rather than silently ignored."""
+    if settings.warn_before is not None and not settings.warn_command:
+        raise ConfigError(
+            "warn_before: the default notice (terminals, notice_file) is written on this machine, not in "
+            "the users' servers; give --warn-command (it gets LAMPLIGHTER_HUB_USER, LAMPLIGHTER_HUB_SERVER "
+            "and LAMPLIGHTER_HUB_SERVER_PATH), or warn from inside each server with the in-server extension"
+        )
+    default_keep_alive = Settings.__dataclass_fields__["keep_alive_file"].default
+    if settings.keep_alive_file != default_keep_alive:
+        raise ConfigError(
+            "keep_alive_file: the hub service cannot see files in the users' servers; a keep-alive file "
+            "or 'lamplighter snooze' works inside a server that runs the in-server extension"
+        )
 
 
 @dataclass
@@ -63,8 +92,10 @@ class HubFleet:
         token: str | None,
         clock: Callable[[], datetime] = utcnow,
         on_decision: Callable[[HubServer, Decision], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
+        self._tls = tls  # the client certificate of a hub with internal SSL (hub/tls.py)
         self.api = api
         self.journal = journal
         self._token = token
@@ -75,6 +106,21 @@ class HubFleet:
         self._group_timeouts = parse_timeouts(settings.group_idle_timeouts, "group_idle_timeouts")
         self._profile_timeouts = parse_timeouts(settings.profile_idle_timeouts, "profile_idle_timeouts")
         self._veto = load_veto_hook(settings.veto_hook) if settings.veto_hook else None
+        self._users = (
+            UserCuller(
+                api,
+                journal,
+                idle_timeout=settings.idle_timeout,
+                group_timeouts=self._group_timeouts,
+                max_age=settings.max_age,
+                cull_admin_users=settings.cull_admin_users,
+                # Users are deleted only where the hub's own stop is the action, and not in a dry run.
+                act=settings.action == "shutdown" and not settings.dry_run,
+                hub=self.hub_address,
+            )
+            if settings.cull_users
+            else None
+        )
         self.watched: dict[tuple[str, str, datetime | None], Watched] = {}
         self.passes = 0
         self._exit = asyncio.Event()
@@ -86,11 +132,15 @@ class HubFleet:
         for item in self.watched.values():
             item.agent.request_exit()
 
+    @property
+    def hub_address(self) -> str:
+        """``scheme://host:port`` of the hub's API, as the journal names the hub."""
+        base = self.api.display_url
+        return base[: base.find("/", base.find("//") + 2)] if "//" in base else base
+
     def target_for(self, server: HubServer) -> str:
         """The name the journal keeps a server under: the hub's address and the server's proxy path."""
-        base = self.api.display_url
-        hub = base[: base.find("/", base.find("//") + 2)] if "//" in base else base
-        return f"{hub}{server.path}"
+        return f"{self.hub_address}{server.path}"
 
     def wanted(self, server: HubServer) -> bool:
         if server.name:
@@ -121,6 +171,7 @@ class HubFleet:
             # The hub restarting or briefly away: the agents go on with their servers; list again later.
             logger.warning("cannot list the hub's servers: %s", exc)
             return
+        await self._cull_users()
         current = {(s.user, s.name, s.started): s for s in servers}
         for key, item in list(self.watched.items()):
             if key not in current or item.task.done():
@@ -134,6 +185,16 @@ class HubFleet:
                 logger.debug("%s: no route in the hub's routing table yet", server.label)
                 continue
             self._start(key, server, url)
+
+    async def _cull_users(self) -> None:
+        """Users with no server left (cull_users): one request at a time, like the culler's pass."""
+        if self._users is None:
+            return
+        try:
+            async with self._limit:
+                await self._users.cull(self._clock())
+        except RemoteError as exc:
+            logger.warning("cannot list the hub's users without a server: %s", exc)
 
     async def verdicts(self, memory_from: Journal | None = None) -> list[tuple[HubServer, Decision]]:
         """Every wanted ready server with its verdict now, acting on nothing (``status --hub``).
@@ -153,7 +214,7 @@ class HubFleet:
             if memory_from is not None:
                 self.journal.save_memory(target, memory_from.load_memory(target), at=self._clock())
             async with Connection(
-                url, token=self._token, timeout_s=settings.request_timeout.total_seconds()
+                url, token=self._token, timeout_s=settings.request_timeout.total_seconds(), tls=self._tls
             ) as conn:
                 probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
                 agent = Agent(settings, probe, NoStop(), self.journal, clock=self._clock)
@@ -166,7 +227,9 @@ class HubFleet:
     def _start(self, key: tuple[str, str, datetime | None], server: HubServer, url: str) -> None:
         settings = self.settings_for(server)
         timeout_s = settings.request_timeout.total_seconds()
-        conn = Connection(url, token=self._token, verify_tls=settings.verify_tls, timeout_s=timeout_s)
+        conn = Connection(
+            url, token=self._token, verify_tls=settings.verify_tls, timeout_s=timeout_s, tls=self._tls
+        )
         target = self.target_for(server)
         probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
         stopper = self._stopper(settings, server, target)
@@ -177,7 +240,18 @@ class HubFleet:
             def on_decision(decision: Decision) -> None:
                 report(server, decision)
 
-        agent = Agent(settings, probe, stopper, self.journal, clock=self._clock, on_decision=on_decision)
+        notifier = None
+        if settings.warn_before is not None:
+            notifier = Notifier(settings, target, server_port=None, extra=hub_variables(server))
+        agent = Agent(
+            settings,
+            probe,
+            stopper,
+            self.journal,
+            clock=self._clock,
+            on_decision=on_decision,
+            notifier=notifier,
+        )
         task = asyncio.create_task(self._watch(server, agent), name=f"watch {server.label}")
         self.watched[key] = Watched(server, probe, agent, task, conn)
         logger.info("%s: watching at %s", server.label, conn.display_url)
@@ -188,7 +262,7 @@ class HubFleet:
         if settings.action == "none":
             return NoStop()
         if settings.action == "command" and settings.command:
-            stopper = CommandStopper(settings.command, target)
+            stopper = CommandStopper(settings.command, target, extra=hub_variables(server))
         else:
             stopper = HubStopper(
                 self.api,

@@ -217,6 +217,27 @@ class HubApi:
         model = (servers or {}).get(server.name)
         return model if isinstance(model, dict) else None
 
+    async def list_inactive_users(self) -> list[dict[str, Any]]:
+        """Every user with no server running (``state=inactive``; JupyterHub >= 1.3), page by page."""
+        users: list[dict[str, Any]] = []
+        async for page in self._pages("users", {"state": "inactive"}):
+            if not isinstance(page, list) or not all(isinstance(u, dict) and "name" in u for u in page):
+                raise MalformedAnswer("the hub's users answer is not a list of named objects")
+            users += page
+        return users
+
+    async def user_model(self, name: str) -> dict[str, Any]:
+        """The user's model now (with its servers); :class:`NotFound` once the user is gone."""
+        model = await self._get(f"users/{quote(name, safe='')}")
+        if not isinstance(model, dict) or "name" not in model:
+            raise MalformedAnswer(f"the hub's model of user {name!r} is not a named object")
+        return model
+
+    async def delete_user(self, name: str) -> None:
+        """``DELETE /users/{name}`` (scope ``admin:users``); the hub would stop running servers first."""
+        self.requests += 1
+        await self._conn.request("DELETE", f"users/{quote(name, safe='')}")
+
     async def delete(self, server: HubServer, *, remove: bool) -> None:
         self.requests += 1
         body = {"remove": True} if remove and server.name else None
@@ -317,6 +338,7 @@ class HubStopper:
                 StopOutcome.FAILED,
                 f"the hub refused the last stop of {self._server.label}; next try in "
                 f"{self._not_before - now:.0f} s",
+                again=True,
             )
         try:
             async with self._limit:

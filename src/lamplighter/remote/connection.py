@@ -68,7 +68,9 @@ class Connection:
         verify_tls: bool = True,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: a context of our own (a client certificate: a hub's internal SSL) instead of ``verify_tls``."""
         base, url_token = split_server_url(url)
         self.base_url = base
         self.display_url = _display(base)
@@ -82,7 +84,7 @@ class Connection:
             base_url=base,
             headers=headers,
             cookies=dict(cookies or {}),
-            verify=_tls_context(base, verify_tls),
+            verify=tls if tls is not None else _tls_context(base, verify_tls),
             timeout=httpx.Timeout(timeout_s),
             transport=transport,
             follow_redirects=False,
@@ -177,6 +179,9 @@ class Connection:
             raise ConnectFailed(f"{where}: cannot connect ({_reason(exc)})", **request) from exc
         except httpx.TransportError as exc:
             raise ConnectFailed(f"{where}: {type(exc).__name__} ({_reason(exc)})", **request) from exc
+        except ssl.SSLError as exc:
+            # A TLS 1.3 server refuses a client certificate after the handshake: httpx lets it through.
+            raise ConnectFailed(f"{where}: TLS refused ({exc.reason or exc})", **request) from exc
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         where = f"{method} {self.display_url}{path}"
