@@ -47,7 +47,9 @@ def add_hub_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         epilog=_EPILOG,
     )
     add_settings_options(
-        hub, groups=("hub", "policy", "action", "journal"), names=("verify_tls", "request_timeout")
+        hub,
+        groups=("hub", "hub_service", "policy", "action", "journal"),
+        names=("verify_tls", "request_timeout"),
     )
     hub.add_argument(
         "--timeout",
@@ -70,6 +72,7 @@ async def run_hub(settings: Settings) -> None:
     """The service: the fleet loop until SIGTERM or Ctrl-C."""
     from lamplighter.agent import exit_on_signals
     from lamplighter.hub.fleet import HubFleet
+    from lamplighter.hub.service import serving
     from lamplighter.platforms.jupyterhub import HubApi
     from lamplighter.remote.connection import Connection
 
@@ -80,9 +83,14 @@ async def run_hub(settings: Settings) -> None:
         # A wrong URL or token is a configuration error found at start, not a warning every pass.
         await api.check_access()
         with Journal(settings.journal) as journal:
-            fleet = HubFleet(settings, api, journal, token=token)
-            with exit_on_signals(fleet.request_exit):
-                await fleet.run()
+            # With service_url: the servers' reports in, the status page and metrics out (hub/service.py).
+            async with serving(settings, journal, hub_url=url, token=token) as service:
+                hooks = service.hooks if service is not None else None
+                fleet = HubFleet(settings, api, journal, token=token, hooks=hooks)
+                if hooks is not None:
+                    hooks.book.on_unknown = fleet.list_soon
+                with exit_on_signals(fleet.request_exit):
+                    await fleet.run()
 
 
 def hub_status(settings: Settings, *, as_json: bool) -> int:
