@@ -7,8 +7,9 @@ the hub then routes ``/services/NAME/`` to it) under ``service_prefix``:
   server's own token; 202 accepted, 400 not a report, 401 no token, 403 not this token's server.
 - ``GET {prefix}``: the status page; ``GET {prefix}api/status``: the same as JSON;
   ``GET {prefix}metrics``: Prometheus (:class:`~lamplighter.views.metrics.Metrics`, one ``target``
-  label per server). These three need a hub admin's token or the service's own
-  (``Authorization: token T`` or ``Bearer T``, what Prometheus sends).
+  label per server). These three need the service's own token, a hub admin's, or one with the
+  unfiltered scope ``read:servers`` (a Prometheus service's role), as ``Authorization: token T`` or
+  ``Bearer T`` (what Prometheus sends).
 
 Nothing here is on a user's route, so none of it is anybody's activity in the hub; and nothing here
 asks a server anything: the page is drawn from the agents' last verdicts.
@@ -253,16 +254,16 @@ class HubService:
     async def _admin_only(self, request: _Request) -> _Answer | None:
         token = _token(request)
         if token is None:
-            return _Answer.error(401, "a hub admin's token or the service's own is needed")
+            return _Answer.error(401, "a token that may read every server is needed")
         if hmac.compare_digest(token.encode(), self._own_token.encode()):
             return None
         try:
             owner = await self._owners.owner(token)
         except RemoteError as exc:
             return _Answer.error(502, f"cannot ask the hub who the token is: {exc}")
-        if owner is not None and owner.get("kind", "user") == "user" and owner.get("admin"):
-            return None
-        return _Answer.error(403, "only hub admins and the service itself")
+        if owner is not None and (owner.get("admin") or "read:servers" in (owner.get("scopes") or ())):
+            return None  # what the hub would show this token of every server anyway
+        return _Answer.error(403, "only tokens that may read every server (read:servers), and hub admins")
 
     def _page(self) -> _Answer:
         page = render_page(self.hooks.rows(), now=self._clock(), prefix=self.prefix)

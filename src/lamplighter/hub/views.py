@@ -91,7 +91,7 @@ def render_page(rows: Iterable[ServerRow], *, now: datetime, prefix: str) -> str
             f'<td class="verdict" style="color:{_COLOURS.get(verdict, "#59636e")}">{verdict.upper()}</td>'
             f"<td>{html.escape(stop or 'none planned')}</td>"
             f"<td>{html.escape(decision.reason if decision else 'no check yet')}<ul>{reasons}</ul></td>"
-            f"<td>{seen}</td></tr>"
+            f"<td>{html.escape(seen)}</td></tr>"
         )
     return _PAGE.format(
         count=len(listed),
