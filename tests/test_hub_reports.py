@@ -63,7 +63,9 @@ async def running_service(hub: Hub, settings: Settings) -> AsyncIterator[tuple[H
         with Journal(settings.journal) as journal:
             async with serving(settings, journal, hub_url=hub.api, token=hub.service_token) as service:
                 assert service is not None
-                fleet = HubFleet(settings, HubApi(conn), journal, token=hub.service_token, hooks=service.hooks)
+                fleet = HubFleet(
+                    settings, HubApi(conn), journal, token=hub.service_token, hooks=service.hooks
+                )
                 service.hooks.book.on_unknown = fleet.list_soon
                 task = asyncio.create_task(fleet.run())
                 try:
@@ -187,22 +189,21 @@ async def test_a_report_saying_idle_never_stops_a_server_whose_kernel_is_busy(
     started = str(hub.server(name)["started"])  # type: ignore[index]
     token = user_token(hub, name)
     settings = service_settings(hub, tmp_path, idle_timeout="3s", busy_recheck="0.5s")
-    async with busy_cell(hub, name):
-        async with running_service(hub, settings) as (_, service):
-            probe = await wait_until_async(lambda: probe_of(service, name), timeout_s=15, what="watched")
-            answer = await post(service.url, forged_report(name, started), token)
-            assert answer.status_code == 202, answer.text
+    async with busy_cell(hub, name), running_service(hub, settings) as (_, service):
+        probe = await wait_until_async(lambda: probe_of(service, name), timeout_s=15, what="watched")
+        answer = await post(service.url, forged_report(name, started), token)
+        assert answer.status_code == 202, answer.text
 
-            def kept_on_its_own_look() -> bool:
-                row = next(r for r in service.hooks.rows() if r.server.user == name)
-                return row.decision is not None and "looked before the stop" in row.decision.reason
+        def kept_on_its_own_look() -> bool:
+            row = next(r for r in service.hooks.rows() if r.server.user == name)
+            return row.decision is not None and "looked before the stop" in row.decision.reason
 
-            await wait_until_async(kept_on_its_own_look, timeout_s=20, what="the look to keep it")
-            looks = probe.direct_probes
-            await asyncio.sleep(0)  # the next few checks rest on the same report and the same look
-            await wait_until_async(lambda: probe.reported >= 3, timeout_s=20, what="more checks")
-            assert probe.direct_probes == looks  # one look per report, not one per check
-            assert hub.server(name) is not None
+        await wait_until_async(kept_on_its_own_look, timeout_s=20, what="the look to keep it")
+        looks, checks = probe.direct_probes, probe.reported
+        # The next checks rest on the same report and the same look.
+        await wait_until_async(lambda: probe.reported >= checks + 3, timeout_s=20, what="more checks")
+        assert probe.direct_probes == looks  # one look per report, not one per check
+        assert hub.server(name) is not None
     with Journal(settings.journal) as journal:
         assert [e for e in journal.events(kind="action") if e.summary.startswith("stop ")] == []
 
@@ -244,9 +245,7 @@ async def test_the_status_page_and_metrics_list_every_server_for_admins_only(
     settings = service_settings(hub, tmp_path, idle_timeout="10m")
     async with running_service(hub, settings) as (_, service):
         reporting_to(hub, reporting, service)
-        await asyncio.gather(
-            asyncio.to_thread(hub.start, reporting), asyncio.to_thread(hub.start, probed)
-        )
+        await asyncio.gather(asyncio.to_thread(hub.start, reporting), asyncio.to_thread(hub.start, probed))
 
         def both_seen() -> bool:
             rows = {r.server.user: r for r in service.hooks.rows()}
