@@ -86,6 +86,14 @@ def probe_of(service: HubService, name: str) -> ReportedProbe | None:
     return None
 
 
+async def watched_probe(service: HubService, name: str, *, timeout_s: float = 30) -> ReportedProbe:
+    found = await wait_until_async(
+        lambda: probe_of(service, name), timeout_s=timeout_s, what=f"{name} watched"
+    )
+    assert isinstance(found, ReportedProbe)
+    return found
+
+
 def user_token(hub: Hub, name: str, scopes: list[str] | None = None) -> str:
     body: dict[str, Any] = {"note": "test"}
     if scopes is not None:
@@ -190,7 +198,7 @@ async def test_a_report_saying_idle_never_stops_a_server_whose_kernel_is_busy(
     token = user_token(hub, name)
     settings = service_settings(hub, tmp_path, idle_timeout="3s", busy_recheck="0.5s")
     async with busy_cell(hub, name), running_service(hub, settings) as (_, service):
-        probe = await wait_until_async(lambda: probe_of(service, name), timeout_s=15, what="watched")
+        probe = await watched_probe(service, name, timeout_s=15)
         answer = await post(service.url, forged_report(name, started), token)
         assert answer.status_code == 202, answer.text
 
@@ -216,12 +224,12 @@ async def test_the_service_stops_a_reporting_server_through_the_hub_on_time(
     async with running_service(hub, settings) as (_, service):
         reporting_to(hub, name, service)
         await asyncio.to_thread(hub.start, name)
-        probe = await wait_until_async(lambda: probe_of(service, name), timeout_s=30, what="watched")
+        probe = await watched_probe(service, name)
 
         def stopped() -> bool:
             return hub.server(name) is None
 
-        await wait_until_async(lambda: asyncio.to_thread(stopped), timeout_s=40, what="the stop")
+        await wait_until_async(lambda: asyncio.to_thread(stopped), timeout_s=40, what="the stop")  # type: ignore[arg-type, return-value]
         assert probe.reported > 0
         assert probe.direct_probes <= 1  # the one look before the stop
     with Journal(settings.journal) as journal:
