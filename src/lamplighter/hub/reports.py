@@ -15,7 +15,7 @@ service looks at the server itself once (:class:`LookBeforeStop`): a busy kernel
 there keeps the server, whatever the report said.
 
 Who may report: the token's owner, as the hub tells it (``GET /hub/api/user`` with that token,
-cached briefly like jupyterhub's ``HubAuth``), must be the server's user; a server's own token
+cached 5 minutes as jupyterhub's own ``HubAuth`` caches it), must be the server's user; a server's own token
 (``JUPYTERHUB_API_TOKEN`` inside it, its scopes filtered ``!server=USER/NAME``) reports only for
 that server.
 """
@@ -249,7 +249,7 @@ class TokenOwners:
         *,
         verify_tls: bool = True,
         timeout_s: float = 10.0,
-        cache_s: float = 60.0,
+        cache_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._hub_url = hub_url
