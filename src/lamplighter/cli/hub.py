@@ -48,8 +48,9 @@ def add_hub_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     add_settings_options(
         hub,
-        groups=("hub", "hub_service", "policy", "action", "journal"),
-        names=("verify_tls", "request_timeout"),
+        groups=("hub", "policy", "action", "journal"),
+        # Of the reports' group, what the service reads (report_to is the extension's).
+        names=("verify_tls", "request_timeout", "service_url", "service_prefix"),
     )
     hub.add_argument(
         "--timeout",
