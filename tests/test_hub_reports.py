@@ -299,3 +299,21 @@ async def test_the_status_page_and_metrics_list_every_server_for_admins_only(
         # Not one probe more for the page views (the probed server is not due for minutes).
         assert {r.server.user: r.direct_probes for r in service.hooks.rows()} == probes
     assert json.loads(json.dumps(status))  # the JSON form is plain JSON
+
+
+async def test_a_reporting_server_started_between_lists_is_watched_at_its_first_report(
+    hub: Hub, hub_users: list[str], tmp_path: Path
+) -> None:
+    name = new_user(hub_users, prefix="ext")
+    # A list an hour apart: only the server's own report can make the service look sooner.
+    settings = service_settings(hub, tmp_path, idle_timeout="10m", cull_every="1h")
+    async with running_service(hub, settings) as (fleet, service):
+        await wait_until_async(lambda: fleet.passes >= 1, timeout_s=10, what="the first list")
+        reporting_to(hub, name, service)
+        await asyncio.to_thread(hub.start, name)
+        ready_at = asyncio.get_running_loop().time()
+        await watched_probe(service, name, timeout_s=20)
+        # Within a report interval (1 s) and the gap between two lists (1 s) of being ready, and more
+        # for a loaded machine; an hour without the report.
+        assert asyncio.get_running_loop().time() - ready_at < 15
+        assert fleet.passes >= 2
