@@ -224,3 +224,19 @@ async def test_the_endpoint_answers_only_under_its_prefix_and_only_its_methods()
     assert await status("POST", "/services/ll/api/report", "a-token", body()) == 202
     assert await status("POST", "/services/ll/api/report", "a-token", b"nope") == 400
     assert hooks.book.received == 1
+
+
+async def test_reports_from_an_unwatched_server_ask_for_a_list_less_and_less_often() -> None:
+    now = [0.0]
+    book = ReportBook(clock=lambda: now[0])
+    asked: list[float] = []
+    book.on_unknown = lambda key: asked.append(now[0])
+    for t in (0.0, 0.5, 1.0, 2.0, 2.9, 3.0, 6.9, 7.0):
+        now[0] = t
+        book.add(parse_report(body(), received=t, seq=book.next_seq()))
+    assert asked == [0.0, 1.0, 3.0, 7.0]  # after 1 s, 2 s, 4 s
+    book.listen(("a", ""), lambda: None)  # watched now: its reports wake its agent instead
+    book.forget(("a", ""))
+    now[0] = 7.1
+    book.add(parse_report(body(), received=7.1, seq=book.next_seq()))
+    assert asked[-1] == 7.1  # gone and back: asked at once again

@@ -66,7 +66,7 @@ async def running_service(hub: Hub, settings: Settings) -> AsyncIterator[tuple[H
                 fleet = HubFleet(
                     settings, HubApi(conn), journal, token=hub.service_token, hooks=service.hooks
                 )
-                service.hooks.book.on_unknown = fleet.list_soon
+                service.hooks.book.on_unknown = fleet.heard_from
                 task = asyncio.create_task(fleet.run())
                 try:
                     yield fleet, service

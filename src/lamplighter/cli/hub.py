@@ -89,7 +89,7 @@ async def run_hub(settings: Settings) -> None:
                 hooks = service.hooks if service is not None else None
                 fleet = HubFleet(settings, api, journal, token=token, hooks=hooks)
                 if hooks is not None:
-                    hooks.book.on_unknown = fleet.list_soon
+                    hooks.book.on_unknown = fleet.heard_from
                 with exit_on_signals(fleet.request_exit):
                     await fleet.run()
 

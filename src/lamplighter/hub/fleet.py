@@ -85,6 +85,7 @@ class HubFleet:
         self.passes = 0
         self._exit = asyncio.Event()
         self._relist = asyncio.Event()  # list_soon(): a report came from a server nobody watches yet
+        self._unwanted: set[tuple[str, str]] = set()  # listed, but not ours (cull_named_servers off…)
         self._ending: set[asyncio.Task[None]] = set()
 
     def request_exit(self) -> None:
@@ -118,6 +119,11 @@ class HubFleet:
         """List the hub again now rather than at the next ``cull_every`` (at most once a second)."""
         self._relist.set()
 
+    def heard_from(self, key: tuple[str, str]) -> None:
+        """A report from a server no agent watches: list soon, unless the last list showed it is not ours."""
+        if key not in self._unwanted:
+            self.list_soon()
+
     async def _wait_to_list(self) -> None:
         waits = [asyncio.ensure_future(self._exit.wait()), asyncio.ensure_future(self._relist.wait())]
         try:
@@ -138,13 +144,15 @@ class HubFleet:
         self.passes += 1
         try:
             async with self._limit:
-                servers = [s for s in await self.api.list_ready() if self.wanted(s)]
+                listed = await self.api.list_ready()
             async with self._limit:
                 targets = await self.api.route_targets()
         except RemoteError as exc:
             # The hub restarting or briefly away: the agents go on with their servers; list again later.
             logger.warning("cannot list the hub's servers: %s", exc)
             return
+        servers = [s for s in listed if self.wanted(s)]
+        self._unwanted = {(s.user, s.name) for s in listed if not self.wanted(s)}
         current = {(s.user, s.name, s.started): s for s in servers}
         for key, item in list(self.watched.items()):
             if key not in current or item.task.done():

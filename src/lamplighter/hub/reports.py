@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 _START_SKEW = timedelta(seconds=2)
 #: The most a report body may hold (a snapshot of a server with a few hundred kernels fits well).
 MAX_REPORT_BYTES = 1 << 20
+#: The longest a server that reports but is not watched waits before its report asks for a list again.
+_LONGEST_ASK_S = 300.0
 
 
 class BadReport(ValueError):
@@ -288,8 +290,10 @@ class TokenOwners:
 class ReportBook:
     """The latest report of each server, and whom to wake when one comes or goes stale.
 
-    ``on_unknown`` is called for a report from a server no agent watches yet (just started: the
-    fleet lists the hub again at once rather than at its next ``cull_every``).
+    ``on_unknown`` is called with the server's key for a report from a server no agent watches yet
+    (just started: the fleet lists the hub again at once rather than at its next ``cull_every``); for
+    one server at most after 1 s, 2 s, 4 s… up to 5 min, so a server that reports but never shows up
+    ready in the hub does not make the service list the hub every second.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -299,7 +303,8 @@ class ReportBook:
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._seq = 0
         self.received = 0
-        self.on_unknown: Callable[[], None] | None = None
+        self.on_unknown: Callable[[tuple[str, str]], None] | None = None
+        self._asked: dict[tuple[str, str], tuple[float, float]] = {}  # key → (next ask, its delay)
 
     def now(self) -> float:
         return self._clock()
@@ -314,8 +319,7 @@ class ReportBook:
         self._reports[key] = report
         wake = self._wake.get(key)
         if wake is None:
-            if self.on_unknown is not None:
-                self.on_unknown()
+            self._ask(key)
             return
         wake()
         # Woken again when it turns stale, so that probing resumes then and not at the next deadline.
@@ -325,12 +329,24 @@ class ReportBook:
         delay = max(report.fresh_until - self._clock(), 0.0) + 0.05
         self._timers[key] = asyncio.get_running_loop().call_later(delay, wake)
 
+    def _ask(self, key: tuple[str, str]) -> None:
+        now = self._clock()
+        next_at, delay = self._asked.get(key, (now, 0.5))
+        if self.on_unknown is None or now < next_at:
+            return
+        delay = min(delay * 2, _LONGEST_ASK_S)
+        if len(self._asked) > 10_000:
+            self._asked.clear()
+        self._asked[key] = (now + delay, delay)
+        self.on_unknown(key)
+
     def fresh(self, key: tuple[str, str]) -> Report | None:
         report = self._reports.get(key)
         return report if report is not None and report.fresh_until > self._clock() else None
 
     def listen(self, key: tuple[str, str], wake: Callable[[], None]) -> None:
         self._wake[key] = wake
+        self._asked.pop(key, None)
 
     def forget(self, key: tuple[str, str]) -> None:
         self._wake.pop(key, None)
