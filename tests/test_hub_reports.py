@@ -13,6 +13,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +32,7 @@ from lamplighter.journal import Journal
 from lamplighter.platforms.jupyterhub import HubApi
 from lamplighter.remote import Connection
 from lamplighter.settings import Settings, load_settings
+from tests.conftest import cli
 from tests.hub import Hub
 from tests.test_hub_fleet import busy_cell
 from tests.waiting import wait_until_async
@@ -317,3 +320,35 @@ async def test_a_reporting_server_started_between_lists_is_watched_at_its_first_
         # for a loaded machine; an hour without the report.
         assert asyncio.get_running_loop().time() - ready_at < 15
         assert fleet.passes >= 2
+
+
+def test_lamplighter_hub_serves_its_endpoint_at_the_service_url(hub: Hub, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "LAMPLIGHTER_"))}
+    env |= {"JUPYTERHUB_API_TOKEN": hub.service_token, "JUPYTERHUB_API_URL": hub.api}
+    bad = cli("hub", "--service-url", "ftp://127.0.0.1:1", "--journal", str(tmp_path / "j.sqlite3"), env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "lamplighter: service_url: expected http://HOST:PORT, got 'ftp://127.0.0.1:1'"
+    ]
+    # A hub-managed service with a url gets these two from the hub.
+    env |= {"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:0", "JUPYTERHUB_SERVICE_PREFIX": "/services/ll/"}
+    args = ["-m", "lamplighter", "hub", "--timeout", "1h", "--journal", str(tmp_path / "journal.sqlite3")]
+    service = subprocess.Popen([sys.executable, *args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert service.stderr is not None
+        found = None
+        while found is None:  # the bound address is logged once it listens
+            line = service.stderr.readline()
+            assert line, "the service exited before it listened"
+            found = re.search(r"metrics at (http://127\.0\.0\.1:\d+/services/ll/)", line)
+        url = found.group(1)
+        answer = httpx.get(
+            url + "metrics", headers={"Authorization": f"token {hub.service_token}"}, timeout=10
+        )
+        assert answer.status_code == 200 and "lamplighter_probes" in answer.text
+        assert httpx.get(url + "metrics", timeout=10).status_code == 401
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, rest = service.communicate(timeout=60)
+    assert service.returncode == 0, rest
+    assert hub.service_token not in rest

@@ -73,11 +73,12 @@ async def run_hub(settings: Settings) -> None:
     """The service: the fleet loop until SIGTERM or Ctrl-C."""
     from lamplighter.agent import exit_on_signals
     from lamplighter.hub.fleet import HubFleet
-    from lamplighter.hub.service import serving
+    from lamplighter.hub.service import check_service_url, serving
     from lamplighter.platforms.jupyterhub import HubApi
     from lamplighter.remote.connection import Connection
 
     url, token = _hub_access(settings)
+    check_service_url(settings)
     timeout_s = settings.request_timeout.total_seconds()
     async with Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s) as conn:
         api = HubApi(conn, page_size=settings.api_page_size)

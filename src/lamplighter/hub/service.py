@@ -54,7 +54,7 @@ from lamplighter.views.metrics import CONTENT_TYPE, Metrics
 if TYPE_CHECKING:
     from lamplighter.agent import Agent
 
-__all__ = ["HubService", "ServiceHooks", "serving"]
+__all__ = ["HubService", "ServiceHooks", "check_service_url", "serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +298,12 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
         return None
     body = await asyncio.wait_for(reader.readexactly(length), timeout=_HEAD_TIMEOUT_S) if length else b""
     return _Request(method.upper(), target.split("?", 1)[0], headers, body)
+
+
+def check_service_url(settings: Settings) -> None:
+    """A bad ``service_url`` is a configuration error found before anything starts."""
+    if settings.service_url:
+        _listen_address(settings.service_url)
 
 
 def _listen_address(url: str) -> tuple[str, int]:
