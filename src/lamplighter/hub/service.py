@@ -28,7 +28,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from lamplighter.errors import ConfigError, RemoteError
@@ -225,24 +225,19 @@ class HubService:
         refused = await self._admin_only(request)
         return refused if refused is not None else view()
 
-    async def _owner(self, request: _Request) -> tuple[str | None, dict[str, Any] | None]:
-        token = _token(request)
-        if token is None:
-            return None, None
-        return token, await self._owners.owner(token)
-
     async def _report(self, request: _Request) -> _Answer:
         book = self.hooks.book
+        token = _token(request)
+        if token is None:
+            return _Answer.error(401, "a report needs the server's own token (Authorization: token …)")
         try:
             report = parse_report(request.body, received=book.now(), seq=book.next_seq())
         except BadReport as exc:
             return _Answer.error(400, f"not a report: {exc}")
         try:
-            token, owner = await self._owner(request)
+            owner = await self._owners.owner(token)
         except RemoteError as exc:
             return _Answer.error(502, f"cannot ask the hub who the token is: {exc}")
-        if token is None:
-            return _Answer.error(401, "a report needs the server's own token (Authorization: token …)")
         refused = "the hub does not know the token" if owner is None else may_report(owner, *report.key)
         if refused is not None:
             logger.warning("report for %s/%s refused: %s", report.user, report.server_name, refused)
