@@ -82,6 +82,13 @@ def test_a_report_round_trips_the_extensions_snapshot_and_readings() -> None:
     report = parse_report(body(), received=10.0, seq=1)
     assert report.key == ("a", "") and report.interval_s == 2
     assert report.snapshot == ServerSnapshot(**{**snapshot().__dict__, "target": ""})
+    # The signals' readings of the same check (the GPU, seen only inside) travel with the snapshot's own.
+    reporter = Reporter("http://127.0.0.1:9/", "t", HubServer("a", "", "/user/a/", None, None), interval_s=2)
+    reporter.snapshot = snapshot()
+    reporter.readings["gpu"] = ActivityReading("gpu", Clock.WORK, None, "GPU 0 at 88 %", active_now=True)
+    reporter.decided(decision())
+    sent = parse_report(json.dumps(reporter.body()).encode(), received=0.0, seq=2)
+    assert sent.snapshot.readings == (*snapshot().readings, reporter.readings["gpu"])
     assert report.decision["verdict"] == "keep"
     assert report.fresh_until == 10.0 + 2 * 2 + 1
 

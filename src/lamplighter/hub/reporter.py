@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from lamplighter.errors import RemoteError
-from lamplighter.hub.reports import snapshot_to_dict
+from lamplighter.hub.reports import readings_to_list, snapshot_to_dict
 from lamplighter.model import ActivityReading, Decision, ServerSnapshot, StopOutcome, StopResult
 from lamplighter.platforms.base import Probe
 from lamplighter.platforms.jupyterhub import HubServer, server_from_env_or_url
@@ -129,15 +129,7 @@ class Reporter:
         if self.snapshot is None or self._decision is None:
             return None
         snapshot = snapshot_to_dict(self.snapshot)
-        snapshot["readings"] += snapshot_to_dict(
-            ServerSnapshot(
-                target="",
-                started=self.snapshot.started,
-                last_activity=self.snapshot.last_activity,
-                connections=0,
-                readings=tuple(self.readings.values()),
-            )
-        )["readings"]
+        snapshot["readings"] += readings_to_list(self.readings.values())
         return {
             "user": self._server.user,
             "server_name": self._server.name,

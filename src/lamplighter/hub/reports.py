@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +53,7 @@ __all__ = [
     "TokenOwners",
     "may_report",
     "parse_report",
+    "readings_to_list",
     "snapshot_to_dict",
 ]
 
@@ -97,19 +98,24 @@ def snapshot_to_dict(snapshot: ServerSnapshot) -> dict[str, Any]:
         "terminals": [
             {"name": t.name, "last_activity": t.last_activity.isoformat()} for t in snapshot.terminals
         ],
-        "readings": [
-            {
-                "source": r.source,
-                "clock": r.clock.value,
-                "at": _iso(r.at),
-                "detail": r.detail,
-                "active_now": r.active_now,
-                "hold_until": _iso(r.hold_until),
-                "ready_at": _iso(r.ready_at),
-            }
-            for r in snapshot.readings
-        ],
+        "readings": readings_to_list(snapshot.readings),
     }
+
+
+def readings_to_list(readings: Iterable[ActivityReading]) -> list[dict[str, Any]]:
+    """Readings as a report carries them (the snapshot's own and the extension's signals')."""
+    return [
+        {
+            "source": r.source,
+            "clock": r.clock.value,
+            "at": _iso(r.at),
+            "detail": r.detail,
+            "active_now": r.active_now,
+            "hold_until": _iso(r.hold_until),
+            "ready_at": _iso(r.ready_at),
+        }
+        for r in readings
+    ]
 
 
 def _time(data: Mapping[str, Any], key: str) -> datetime:
