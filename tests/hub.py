@@ -14,6 +14,7 @@ every second (``JUPYTERHUB_ACTIVITY_INTERVAL``), and updates are kept at 1 s res
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -94,6 +95,10 @@ class Hub:
         assert answer.status_code in (202, 204, 400), answer.text
         wait_until(lambda: self.server(name, server_name) is None, timeout_s=30, what=f"{name} to stop")
 
+    def set_env(self, name: str, env: dict[str, str]) -> None:
+        """More environment for the user's servers from their next start on (the pre-spawn hook reads it)."""
+        (self.log.parent / f"env-{name}.json").write_text(json.dumps(env))
+
     def own_url(self, name: str, server_name: str = "") -> str:
         """The server's own address from the routing table (what the service probes)."""
         routes = self.call("GET", "proxy").json()
@@ -139,10 +144,15 @@ c.Spawner.server_token_scopes = [
 
 
 def _pre_spawn(spawner):
+    import json, os
+    # A test may give one user's server more environment: {workdir}/env-NAME.json (Hub.set_env).
+    extra = os.path.join({workdir!r}, "env-" + spawner.user.name + ".json")
+    if os.path.exists(extra):
+        with open(extra) as f:
+            spawner.environment = dict(spawner.environment, **json.load(f))
     # Users named ext* get the lamplighter extension in their server, with a short idle timeout.
     if not spawner.user.name.startswith("ext"):
         return
-    import json, os
     config = os.path.join({workdir!r}, "config-" + spawner.user.name)
     os.makedirs(config, exist_ok=True)
     with open(os.path.join(config, "jupyter_server_config.json"), "w") as f:
@@ -162,7 +172,7 @@ c.JupyterHub.load_roles = [
     {{"name": "lamplighter", "scopes": {scopes!r}, "services": ["lamplighter"]}},
     {{"name": "nodelete", "scopes": {nodelete_scopes!r}, "services": ["nodelete"]}},
     {{"name": "usercull", "scopes": {scopes!r} + ["admin:users"], "services": ["usercull"]}},
-    {{"name": "tester", "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "proxy"], "services": ["tester"]}},
+    {{"name": "tester", "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "proxy", "tokens"], "services": ["tester"]}},
 ]
 """
 

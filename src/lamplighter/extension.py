@@ -28,6 +28,7 @@ from traitlets.config import Configurable
 
 from lamplighter.agent import Agent
 from lamplighter.errors import LamplighterError
+from lamplighter.hub.reporter import reporter_for
 from lamplighter.journal import Journal
 from lamplighter.model import (
     ActivityReading,
@@ -196,6 +197,10 @@ class InServerAgent:
         self.probe = InProcessServer(serverapp.web_app, target)
         # The wiring's stopper, except that a server shutdown is done in process (no HTTP to ourselves).
         stopper = build_stopper(settings, None, target, in_process=InProcessShutdown(serverapp))
+        # In a hub user's server with report_to: reports to the hub service, which stops it.
+        self.reporter = reporter_for(settings, os.environ)
+        if self.reporter is not None:
+            stopper = self.reporter.stopper
         self.last: Decision | None = None
         self.journal = Journal(settings.journal)
         before = self._journal_request if isinstance(stopper, HubStop) else None
@@ -212,6 +217,8 @@ class InServerAgent:
         probe, signals, self._metered = self.metrics.instrument(
             self.probe, build_signals(settings, server_pid=os.getpid()), kind="in-process"
         )
+        if self.reporter is not None:
+            probe, signals = self.reporter.capture(probe, signals)
         self.agent = Agent(
             settings, probe, self.stopper, self.journal, signals=signals, on_decision=self._seen
         )
@@ -249,6 +256,8 @@ class InServerAgent:
     def _seen(self, decision: Decision) -> None:
         self.last = decision
         self._metered(decision)
+        if self.reporter is not None:
+            self.reporter.decided(decision)
         self.sparkline.add(self.metrics.work_now(self.probe.target))
 
     def snooze(self, until: datetime | None) -> None:
@@ -264,6 +273,8 @@ class InServerAgent:
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self._run())
+        if self.reporter is not None:
+            self._reporting = asyncio.ensure_future(self.reporter.run(self.agent.wake))
 
     async def _run(self) -> None:
         try:

@@ -428,6 +428,40 @@ class Settings:
         group="hub",
     )
 
+    # -- JupyterHub service reports (the in-server extension reports to lamplighter hub) --------
+    service_url: str | None = _opt(
+        None,
+        "Where lamplighter hub listens for the extension's reports and serves its status page and "
+        "metrics, e.g. http://127.0.0.1:10101 (port 0: any free port; a hub-managed service with a "
+        "'url' gets JUPYTERHUB_SERVICE_URL); unset: no listener, every server is probed.",
+        parse=_parse_optional_str,
+        group="hub_service",
+        env=("LAMPLIGHTER_SERVICE_URL", "JUPYTERHUB_SERVICE_URL"),
+    )
+    service_prefix: str = _opt(
+        "/",
+        "The path lamplighter hub serves under (a hub-managed service gets JUPYTERHUB_SERVICE_PREFIX, "
+        "/services/NAME/).",
+        parse=_parse_str,
+        group="hub_service",
+        env=("LAMPLIGHTER_SERVICE_PREFIX", "JUPYTERHUB_SERVICE_PREFIX"),
+    )
+    report_to: str | None = _opt(
+        None,
+        "In a hub user's server: the lamplighter hub service's URL to report this server's verdict to "
+        "(its service_url and prefix); the service then stops the server and does not probe it.",
+        parse=_parse_optional_str,
+        group="hub_service",
+    )
+    report_interval: timedelta = _opt(
+        timedelta(seconds=60),
+        "In a hub user's server: report at least this often; the service probes the server itself once "
+        "no report came for twice this long.",
+        parse=parse_duration,
+        group="hub_service",
+        bounds=(timedelta(milliseconds=100), _DAY),
+    )
+
     # -- the policy ---------------------------------------------------------------------------
     idle_timeout: timedelta = _opt(
         timedelta(hours=1),

@@ -48,7 +48,10 @@ def add_hub_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         epilog=_EPILOG,
     )
     add_settings_options(
-        hub, groups=("hub", "policy", "action", "journal"), names=("verify_tls", "request_timeout")
+        hub,
+        groups=("hub", "policy", "action", "journal"),
+        # Of the reports' group, what the service reads (report_to is the extension's).
+        names=("verify_tls", "request_timeout", "service_url", "service_prefix"),
     )
     hub.add_argument(
         "--timeout",
@@ -71,6 +74,7 @@ async def run_hub(settings: Settings) -> None:
     """The service: the fleet loop until SIGTERM or Ctrl-C."""
     from lamplighter.agent import exit_on_signals
     from lamplighter.hub.fleet import HubFleet, refuse_local_only
+    from lamplighter.hub.service import check_service_url, serving
     from lamplighter.hub.tls import internal_ssl_context
     from lamplighter.platforms.jupyterhub import HubApi
     from lamplighter.remote.connection import Connection
@@ -78,6 +82,7 @@ async def run_hub(settings: Settings) -> None:
     refuse_local_only(settings)
     url, token = _hub_access(settings)
     tls = internal_ssl_context(settings, os.environ)
+    check_service_url(settings)
     timeout_s = settings.request_timeout.total_seconds()
     conn = Connection(url, token=token, verify_tls=settings.verify_tls, timeout_s=timeout_s, tls=tls)
     async with conn:
@@ -85,9 +90,14 @@ async def run_hub(settings: Settings) -> None:
         # A wrong URL or token is a configuration error found at start, not a warning every pass.
         await api.check_access()
         with Journal(settings.journal) as journal:
-            fleet = HubFleet(settings, api, journal, token=token, tls=tls)
-            with exit_on_signals(fleet.request_exit):
-                await fleet.run()
+            # With service_url: the servers' reports in, the status page and metrics out (hub/service.py).
+            async with serving(settings, journal, hub_url=url, token=token, tls=tls) as service:
+                hooks = service.hooks if service is not None else None
+                fleet = HubFleet(settings, api, journal, token=token, tls=tls, hooks=hooks)
+                if hooks is not None:
+                    hooks.book.on_unknown = fleet.heard_from
+                with exit_on_signals(fleet.request_exit):
+                    await fleet.run()
 
 
 def hub_status(settings: Settings, *, as_json: bool) -> int:

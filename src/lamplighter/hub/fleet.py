@@ -22,16 +22,18 @@ from datetime import datetime
 
 from lamplighter.agent import Agent, utcnow
 from lamplighter.errors import ConfigError, LamplighterError, RemoteError
+from lamplighter.hub.hooks import FleetHooks
 from lamplighter.hub.policies import VetoStop, idle_timeout_for, load_veto_hook, parse_timeouts
 from lamplighter.hub.users import UserCuller
 from lamplighter.journal import Journal
 from lamplighter.model import Decision
 from lamplighter.notices import Notifier
-from lamplighter.platforms.base import Stopper
+from lamplighter.platforms.base import Probe, Stopper
 from lamplighter.platforms.jupyter import JupyterServer
 from lamplighter.platforms.jupyterhub import HubApi, HubServer, HubServerProbe, HubStopper, own_base_url
 from lamplighter.remote.connection import Connection
 from lamplighter.settings import Settings
+from lamplighter.signals import Signal
 from lamplighter.stoppers import CommandStopper, DryRun, NoStop
 
 __all__ = ["HubFleet", "Watched", "hub_variables", "refuse_local_only"]
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 #: How long an agent whose server left the hub's list may take to finish its pass (a stop being
 #: verified: the stopper's own budget is stop_verify_timeout).
 _END_GRACE_S = 60.0
+#: The shortest time between two lists that reports asked for.
+_RELIST_GAP_S = 1.0
 
 
 def hub_variables(server: HubServer) -> dict[str, str]:
@@ -93,6 +97,7 @@ class HubFleet:
         clock: Callable[[], datetime] = utcnow,
         on_decision: Callable[[HubServer, Decision], None] | None = None,
         tls: ssl.SSLContext | None = None,
+        hooks: FleetHooks | None = None,
     ) -> None:
         self.settings = settings
         self._tls = tls  # the client certificate of a hub with internal SSL (hub/tls.py)
@@ -101,6 +106,7 @@ class HubFleet:
         self._token = token
         self._clock = clock
         self._on_decision = on_decision
+        self._hooks = hooks
         self._limit = asyncio.Semaphore(settings.concurrency)
         # Checked here, at start: a bad entry or hook is a configuration error, not a warning per server.
         self._group_timeouts = parse_timeouts(settings.group_idle_timeouts, "group_idle_timeouts")
@@ -124,6 +130,8 @@ class HubFleet:
         self.watched: dict[tuple[str, str, datetime | None], Watched] = {}
         self.passes = 0
         self._exit = asyncio.Event()
+        self._relist = asyncio.Event()  # list_soon(): a report came from a server nobody watches yet
+        self._unwanted: set[tuple[str, str]] = set()  # listed, but not ours (cull_named_servers off…)
         self._ending: set[asyncio.Task[None]] = set()
 
     def request_exit(self) -> None:
@@ -151,26 +159,50 @@ class HubFleet:
         """List, start and end agents, sleep ``cull_every`` (or until asked to exit); repeat."""
         try:
             while not self._exit.is_set():
+                self._relist.clear()
                 await self.list_once()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        self._exit.wait(), timeout=self.settings.effective_cull_every.total_seconds()
-                    )
+                await self._wait_to_list()
         finally:
             await self.close()
+
+    def list_soon(self) -> None:
+        """List the hub again now rather than at the next ``cull_every`` (at most once a second)."""
+        self._relist.set()
+
+    def heard_from(self, key: tuple[str, str]) -> None:
+        """A report from a server no agent watches: list soon, unless the last list showed it is not ours."""
+        if key not in self._unwanted:
+            self.list_soon()
+
+    async def _wait_to_list(self) -> None:
+        waits = [asyncio.ensure_future(self._exit.wait()), asyncio.ensure_future(self._relist.wait())]
+        try:
+            await asyncio.wait(
+                waits,
+                timeout=self.settings.effective_cull_every.total_seconds(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if self._relist.is_set() and not self._exit.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):  # a burst of reports is one list
+                await asyncio.wait_for(self._exit.wait(), timeout=_RELIST_GAP_S)
 
     async def list_once(self) -> None:
         """One list of the hub: agents for new servers, agents of gone servers ended."""
         self.passes += 1
         try:
             async with self._limit:
-                servers = [s for s in await self.api.list_ready() if self.wanted(s)]
+                listed = await self.api.list_ready()
             async with self._limit:
                 targets = await self.api.route_targets()
         except RemoteError as exc:
             # The hub restarting or briefly away: the agents go on with their servers; list again later.
             logger.warning("cannot list the hub's servers: %s", exc)
             return
+        servers = [s for s in listed if self.wanted(s)]
+        self._unwanted = {(s.user, s.name) for s in listed if not self.wanted(s)}
         await self._cull_users()
         current = {(s.user, s.name, s.started): s for s in servers}
         for key, item in list(self.watched.items()):
@@ -231,27 +263,41 @@ class HubFleet:
             url, token=self._token, verify_tls=settings.verify_tls, timeout_s=timeout_s, tls=self._tls
         )
         target = self.target_for(server)
-        probe = HubServerProbe(JupyterServer(conn), server, self._limit, target=target)
+        hooks = self._hooks
+        inner: Probe = JupyterServer(conn)
+        if hooks is not None:
+            inner = hooks.probe_for(server, target, inner)
+        probe = HubServerProbe(inner, server, self._limit, target=target)
         stopper = self._stopper(settings, server, target)
-        on_decision = None
+        seen: list[Callable[[Decision], None]] = []
         if self._on_decision is not None:
             report = self._on_decision
+            seen.append(lambda decision: report(server, decision))
+        agent_probe: Probe = probe
+        signals: tuple[Signal, ...] = ()
+        if hooks is not None:
+            agent_probe, signals, hooked = hooks.instrument(server, target, probe)
+            seen.append(hooked)
 
-            def on_decision(decision: Decision) -> None:
-                report(server, decision)
+        def on_decision(decision: Decision) -> None:
+            for call in seen:
+                call(decision)
 
         notifier = None
         if settings.warn_before is not None:
             notifier = Notifier(settings, target, server_port=None, extra=hub_variables(server))
         agent = Agent(
             settings,
-            probe,
+            agent_probe,
             stopper,
             self.journal,
+            signals=signals,
             clock=self._clock,
             on_decision=on_decision,
             notifier=notifier,
         )
+        if hooks is not None:
+            hooks.watching(server, target, agent)
         task = asyncio.create_task(self._watch(server, agent), name=f"watch {server.label}")
         self.watched[key] = Watched(server, probe, agent, task, conn)
         logger.info("%s: watching at %s", server.label, conn.display_url)
@@ -309,6 +355,8 @@ class HubFleet:
         if not item.task.done():
             logger.info("%s: no longer running in the hub; not watched any more", item.server.label)
         item.agent.request_exit()
+        if self._hooks is not None:
+            self._hooks.ended(item.server, item.probe.target)
         ending = asyncio.create_task(self._close_after(item), name=f"end {item.server.label}")
         self._ending.add(ending)
         ending.add_done_callback(self._ending.discard)
