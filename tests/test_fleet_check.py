@@ -196,6 +196,14 @@ async def test_the_fleet_check_finds_what_runs_idle_unguarded(
     assert stale.agent is AgentState.STALE and "written every 2m00s" in stale.detail
     assert agents[("slow-editor", "CodeEditor")].agent is AgentState.RUNNING
     assert "logs:FilterLogEvents" in side.calls
+    # A role that may not read the logs: those agents are unknown, and the line names the permission.
+    side.deny_logs = True
+    denied = await check_fleet(
+        client=sm.client(), now=now, domains=[domain.id], logs_client=aws_client("logs", region="us-east-1")
+    )
+    editor_entry = next(e for e in denied.apps if e.app.identity.owner == "editor")
+    assert editor_entry.agent is AgentState.UNKNOWN and "logs:FilterLogEvents" in editor_entry.detail
+    side.deny_logs = False
 
     problems = report.problems()
     assert any("old-editor CodeEditor/default: agent stale" in p for p in problems)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,13 +46,23 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def nbi(sm: SageMakerEmulator, self_signed: tuple[Path, Path]) -> Iterator[EmulatedNotebookInstance]:
+def client(sm: SageMakerEmulator) -> Iterator[Any]:
+    """One boto3 client per test, closed after it (each client holds its own connection pool)."""
+    made = sm.client()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def nbi(
+    sm: SageMakerEmulator, client: Any, self_signed: tuple[Path, Path]
+) -> Iterator[EmulatedNotebookInstance]:
     """An InService notebook instance ``nb1`` whose Jupyter server speaks https with a self-signed certificate."""
     sm.notebook_tls = self_signed
     instance = sm.add_notebook_instance("nb1")
     sm.wait_for(
         lambda: (
-            sm.client().describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"]
+            client.describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"]
             == "InService"
         )
     )
@@ -77,12 +88,12 @@ def watch_instance(instance: EmulatedNotebookInstance, tmp_path: Path, *args: st
 
 
 def test_idle_instance_is_stopped_not_deleted(
-    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, tmp_path: Path
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, tmp_path: Path, client: Any
 ) -> None:
     server = nbi.server
     assert server is not None and server.url.startswith("https://")
     assert watch_instance(nbi, tmp_path, "--idle-timeout", "2s") == 0
-    answer = sm.client().describe_notebook_instance(NotebookInstanceName="nb1")
+    answer = client.describe_notebook_instance(NotebookInstanceName="nb1")
     assert answer["NotebookInstanceStatus"] == "Stopped"
     assert not server.running
     assert sm.operations().count("StopNotebookInstance") == 1
@@ -94,7 +105,7 @@ def test_idle_instance_is_stopped_not_deleted(
 
 
 def test_a_terminal_in_use_keeps_the_instance(
-    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, tmp_path: Path
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, tmp_path: Path, client: Any
 ) -> None:
     """The AWS autostop script reads only sessions (its issue #90): it stops an instance under a working
     terminal. Terminal output here goes on for about 6 s with a 2 s idle timeout."""
@@ -106,8 +117,7 @@ def test_a_terminal_in_use_keeps_the_instance(
     elapsed = time.monotonic() - started
     assert elapsed >= 6.0, f"stopped after {elapsed:.1f} s while the terminal was in use"
     assert (
-        sm.client().describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"]
-        == "Stopped"
+        client.describe_notebook_instance(NotebookInstanceName="nb1")["NotebookInstanceStatus"] == "Stopped"
     )
     with Journal(tmp_path / "j.sqlite3") as j:
         deadlines = {e.summary.rsplit("stops at ", 1)[-1] for e in j.events(kind="decision")}
@@ -208,23 +218,23 @@ class _Idle:
 
 
 def test_last_modified_time_counts_only_while_nothing_runs(
-    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, client: Any
 ) -> None:
     from lamplighter.model import KernelInfo
 
     identity = NotebookInstanceIdentity("nb1")
-    idle = asyncio.run(NotebookInstanceProbe(_Idle(), identity, sm.client()).snapshot())
+    idle = asyncio.run(NotebookInstanceProbe(_Idle(), identity, client=client).snapshot())
     (reading,) = idle.readings
     assert reading.clock is Clock.INTERACTION
     assert reading.at is not None and abs(reading.at.timestamp() - nbi.last_modified) < 1
     kernel = KernelInfo("k1", "python3", "busy", datetime(2026, 1, 1, tzinfo=timezone.utc), 0)
-    busy = asyncio.run(NotebookInstanceProbe(_Idle((kernel,)), identity, sm.client()).snapshot())
+    busy = asyncio.run(NotebookInstanceProbe(_Idle((kernel,)), identity, client=client).snapshot())
     assert busy.readings == ()
     assert sm.operations().count("DescribeNotebookInstance") >= 1
 
 
 def test_a_recent_start_holds_off_a_stop_the_server_alone_would_allow(
-    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, client: Any
 ) -> None:
     """The server's own answer (``_Idle``) is months old; the instance started moments ago."""
     from lamplighter.model import Memory
@@ -235,7 +245,7 @@ def test_a_recent_start_holds_off_a_stop_the_server_alone_would_allow(
     now = datetime.now(timezone.utc)
     plain = asyncio.run(_Idle().snapshot())
     assert decide(plain, Memory(), settings, now).action is Action.STOP
-    probe = NotebookInstanceProbe(_Idle(), NotebookInstanceIdentity("nb1"), sm.client())
+    probe = NotebookInstanceProbe(_Idle(), NotebookInstanceIdentity("nb1"), client=client)
     decision = decide(asyncio.run(probe.snapshot()), Memory(), settings, now)
     assert decision.action is Action.KEEP
     assert "LastModifiedTime" in " ".join(decision.reasons), decision.reasons
@@ -248,11 +258,11 @@ _DECISION = Decision(
 
 
 def _stop(
-    sm: SageMakerEmulator, name: str = "nb1", *, verify_timeout_s: float = 5.0, poll_interval_s: float = 0.05
+    client: Any, name: str = "nb1", *, verify_timeout_s: float = 5.0, poll_interval_s: float = 0.05
 ) -> tuple[StopOutcome, str]:
     stopper = NotebookInstanceStopper(
         NotebookInstanceIdentity(name),
-        client=sm.client(),
+        client=client,
         verify_timeout_s=verify_timeout_s,
         poll_interval_s=poll_interval_s,
     )
@@ -260,33 +270,40 @@ def _stop(
     return result.outcome, result.detail
 
 
-def test_stopper_verifies_and_is_idempotent(sm: SageMakerEmulator, nbi: EmulatedNotebookInstance) -> None:
-    assert _stop(sm, verify_timeout_s=10, poll_interval_s=0.05)[0] is StopOutcome.STOPPED
-    outcome, detail = _stop(sm)
+def test_stopper_verifies_and_is_idempotent(
+    sm: SageMakerEmulator, client: Any, nbi: EmulatedNotebookInstance
+) -> None:
+    assert _stop(client, verify_timeout_s=10, poll_interval_s=0.05)[0] is StopOutcome.STOPPED
+    outcome, detail = _stop(client)
     assert outcome is StopOutcome.STOPPED and "already stopped" in detail
 
 
-def test_stopper_reports_a_stop_still_under_way(sm: SageMakerEmulator, nbi: EmulatedNotebookInstance) -> None:
+def test_stopper_reports_a_stop_still_under_way(
+    sm: SageMakerEmulator, client: Any, nbi: EmulatedNotebookInstance
+) -> None:
     sm.deleting_s = 30.0
-    outcome, detail = _stop(sm, verify_timeout_s=0.3, poll_interval_s=0.05)
+    outcome, detail = _stop(client, verify_timeout_s=0.3, poll_interval_s=0.05)
     assert outcome is StopOutcome.STOPPING and "Stopping" in detail
     # Asked again while Stopping (SageMaker refuses the call): still under way, not a failure.
-    outcome, detail = _stop(sm, verify_timeout_s=0.2, poll_interval_s=0.05)
+    outcome, detail = _stop(client, verify_timeout_s=0.2, poll_interval_s=0.05)
     assert outcome is StopOutcome.STOPPING
 
 
-def test_stopper_failures_are_one_line(sm: SageMakerEmulator, nbi: EmulatedNotebookInstance) -> None:
+def test_stopper_failures_are_one_line(
+    sm: SageMakerEmulator, client: Any, nbi: EmulatedNotebookInstance
+) -> None:
     sm.inject_error("StopNotebookInstance", "AccessDeniedException", "not authorized")
-    outcome, detail = _stop(sm)
+    outcome, detail = _stop(client)
     assert outcome is StopOutcome.FAILED and "sagemaker:StopNotebookInstance" in detail
-    outcome, detail = _stop(sm, "nb-gone")
+    outcome, detail = _stop(client, "nb-gone")
     assert outcome is StopOutcome.FAILED and "RecordNotFound" in detail and "\n" not in detail
 
 
-def test_emulator_follows_the_service_model(sm: SageMakerEmulator, nbi: EmulatedNotebookInstance) -> None:
+def test_emulator_follows_the_service_model(
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, client: Any
+) -> None:
     from botocore.exceptions import ClientError, ParamValidationError
 
-    client = sm.client()
     with pytest.raises(ParamValidationError):
         client.stop_notebook_instance()
     with pytest.raises(ClientError, match="RecordNotFound"):
@@ -331,9 +348,8 @@ def _install(*args: str) -> int:
 
 
 def test_lcc_install_on_a_stopped_instance(
-    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, capsys: pytest.CaptureFixture[str]
+    sm: SageMakerEmulator, nbi: EmulatedNotebookInstance, capsys: pytest.CaptureFixture[str], client: Any
 ) -> None:
-    client = sm.client()
     client.stop_notebook_instance(NotebookInstanceName="nb1")
     sm.wait_for(
         lambda: (
@@ -400,10 +416,9 @@ def test_lcc_install_refuses_a_script_over_16_kb(
 
 
 def test_run_shell_on_a_notebook_instance_through_its_presigned_login(
-    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str]
+    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str], client: Any
 ) -> None:
     sm.add_notebook_instance("nb2")  # plain http behind the emulated front door
-    client = sm.client()
     sm.wait_for(
         lambda: (
             client.describe_notebook_instance(NotebookInstanceName="nb2")["NotebookInstanceStatus"]
@@ -419,10 +434,9 @@ def test_run_shell_on_a_notebook_instance_through_its_presigned_login(
 
 
 def test_run_on_a_stopped_notebook_instance_is_one_line(
-    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str]
+    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str], client: Any
 ) -> None:
     sm.add_notebook_instance("nb3")
-    client = sm.client()
     sm.wait_for(
         lambda: (
             client.describe_notebook_instance(NotebookInstanceName="nb3")["NotebookInstanceStatus"]
@@ -437,12 +451,11 @@ def test_run_on_a_stopped_notebook_instance_is_one_line(
 
 
 def test_run_notebook_on_a_notebook_instance(
-    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str]
+    sm: SageMakerEmulator, capsys: pytest.CaptureFixture[str], client: Any
 ) -> None:
     import nbformat
 
     instance = sm.add_notebook_instance("nb4")
-    client = sm.client()
     sm.wait_for(
         lambda: (
             client.describe_notebook_instance(NotebookInstanceName="nb4")["NotebookInstanceStatus"]

@@ -186,14 +186,12 @@ def _notebook_instance_probe(settings: Settings, conn: Connection | None) -> Pro
 
     from lamplighter.platforms.jupyter import JupyterServer
     from lamplighter.platforms.notebook_instance import NotebookInstanceProbe
-    from lamplighter.sagemaker.client import sagemaker_client
 
     assert conn is not None  # the row connects
     identity = _notebook_instance(settings)
     if not conn.verify_tls:
         logging.getLogger(__name__).info("not verifying the TLS certificate of %s", conn.display_url)
-    client = sagemaker_client(region=identity.region, endpoint_url=settings.sagemaker_endpoint_url)
-    return NotebookInstanceProbe(JupyterServer(conn), identity, client)
+    return NotebookInstanceProbe(JupyterServer(conn), identity, endpoint_url=settings.sagemaker_endpoint_url)
 
 
 def _no_code_editor(settings: Settings) -> Settings:

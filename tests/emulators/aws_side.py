@@ -100,6 +100,7 @@ class SideServices:
         self.page_size = page_size
         self.published: list[Published] = []
         self.calls: list[str] = []
+        self.deny_logs = False  # FilterLogEvents answers AccessDeniedException (a role without logs:)
         self._topics: set[str] = set()
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
@@ -182,6 +183,10 @@ class SideServices:
                 self.calls.append(f"logs:{operation}")
             if operation != "FilterLogEvents":
                 raise _Error("UnknownOperationException", f"{operation} is not emulated")
+            if self.deny_logs:
+                raise _Error(
+                    "AccessDeniedException", "User is not authorized to perform: logs:FilterLogEvents"
+                )
             params = json.loads(body or b"{}")
             return 200, json.dumps(self._filter_log_events(params)).encode(), kind
         except _Error as exc:

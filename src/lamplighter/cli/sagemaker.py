@@ -77,7 +77,7 @@ sagemaker:ListDomains."""
 _FLEET_CHECK_EPILOG = """\
 The same check the SAM template's scheduled function runs (lamplighter.sagemaker.fleet_lambda.handler),
 printed instead of published. Domains: LAMPLIGHTER_FLEETCHECK_DOMAINS, else every domain of the region.
-exit status: 0 no problem found; 1 problems found; 2 bad settings; 3 an AWS call failed."""
+exit status: 0 no problem found; 1 problems found, or an AWS call failed; 2 bad settings."""
 
 
 def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -48,11 +48,20 @@ class NotebookInstanceProbe:
     ``LastModifiedTime`` is read once, the first time the server shows no kernel and no terminal: it
     changes only when the instance starts or is updated, and both restart this agent too. A failed read
     is logged and tried again at the next such probe; the Jupyter answer alone still counts meanwhile.
+    A client made here (none passed in) is closed after the read: the agent has no further use for it.
     """
 
-    def __init__(self, jupyter: Probe, identity: NotebookInstanceIdentity, client: Any) -> None:
+    def __init__(
+        self,
+        jupyter: Probe,
+        identity: NotebookInstanceIdentity,
+        *,
+        endpoint_url: str | None = None,
+        client: Any | None = None,
+    ) -> None:
         self._jupyter = jupyter
         self.identity = identity
+        self._endpoint_url = endpoint_url
         self._client = client
         self._last_modified: datetime | None = None
         self._read = False
@@ -79,11 +88,18 @@ class NotebookInstanceProbe:
 
     async def _instance_last_modified(self) -> datetime | None:
         if not self._read:
+            owned = self._client is None
+            client = self._client or sagemaker_client(
+                region=self.identity.region, endpoint_url=self._endpoint_url
+            )
             try:
-                instance = await describe_notebook_instance(self._client, self.identity.name)
+                instance = await describe_notebook_instance(client, self.identity.name)
             except LamplighterError as exc:
                 logger.warning("cannot read %s's LastModifiedTime: %s", self.identity.label, exc)
                 return None
+            finally:
+                if owned:
+                    client.close()  # its connection pool, now rather than whenever it is collected
             self._last_modified, self._read = instance.last_modified, True
         return self._last_modified
 
@@ -100,7 +116,8 @@ class NotebookInstanceStopper:
     Stopped is STOPPED; Stopping after ``verify_timeout_s`` is STOPPING (the agent looks again later; a
     stopping instance takes a minute or more). SageMaker refuses to stop an instance that is not
     InService with a ValidationException: the instance is then described, and Stopping or Stopped
-    count as done. Expected failures come back as FAILED with one line, never raised.
+    count as done. Expected failures come back as FAILED with one line, never raised. A client made
+    here (none passed in) is made for each stop and closed after it.
     """
 
     def __init__(
@@ -114,7 +131,9 @@ class NotebookInstanceStopper:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.identity = identity
-        self.client = client or sagemaker_client(region=identity.region, endpoint_url=endpoint_url)
+        self._endpoint_url = endpoint_url
+        self._given = client
+        self.client: Any = client
         self._verify_timeout_s = verify_timeout_s
         self._poll_interval_s = poll_interval_s
         self._retry = retry or RetryPolicy()
@@ -125,9 +144,15 @@ class NotebookInstanceStopper:
 
     async def stop(self, decision: Decision) -> StopResult:
         try:
+            if self._given is None:
+                self.client = sagemaker_client(region=self.identity.region, endpoint_url=self._endpoint_url)
             return await self._stop()
         except LamplighterError as exc:
             return StopResult(StopOutcome.FAILED, _one_line(str(exc)))
+        finally:
+            if self._given is None and self.client is not None:
+                self.client.close()
+                self.client = None
 
     async def _stop(self) -> StopResult:
         name = self.identity.name

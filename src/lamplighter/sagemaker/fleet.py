@@ -33,7 +33,7 @@ from lamplighter.errors import LamplighterError, MalformedAnswer, NotFound, Sage
 from lamplighter.heartbeat import DEFAULT_HEARTBEAT_PATH, LOG_MARKER, Heartbeat, heartbeat_from_log_line
 from lamplighter.model import format_duration
 from lamplighter.remote.connection import Connection
-from lamplighter.sagemaker.client import call, list_apps, sagemaker_client
+from lamplighter.sagemaker.client import ACCESS_DENIED_CODES, call, list_apps, sagemaker_client
 from lamplighter.sagemaker.identity import JUPYTER_APP_TYPES, StudioApp
 from lamplighter.sagemaker.login import presigned_connection
 
@@ -151,6 +151,9 @@ async def _check_logged_app(
     except SageMakerCallFailed as exc:
         if exc.code == "ResourceNotFoundException":
             return FleetEntry(app, AgentState.NO_AGENT, None, f"no log group {log_group}")
+        if exc.code in ACCESS_DENIED_CODES:  # the shared message names a sagemaker: action
+            detail = f"FilterLogEvents: access denied; the role needs logs:FilterLogEvents on {log_group}"
+            return FleetEntry(app, AgentState.UNKNOWN, None, detail)
         return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
     except LamplighterError as exc:
         return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
