@@ -299,9 +299,10 @@ class SageMakerEmulator:
         if login_flow not in LOGIN_FLOWS:
             raise ValueError(f"login_flow: one of {LOGIN_FLOWS}")
         self.login_flow = login_flow
-        self.classic = (
-            classic  # JupyterServer apps run Studio Classic's extension (tests.emulators.studio_classic)
-        )
+        # JupyterServer apps run Studio Classic's extension (tests.emulators.studio_classic), with
+        # classic_config's lines added to their jupyter_server_config.py.
+        self.classic = classic
+        self.classic_config = ""
         self.workdir = workdir
         self.region = region
         self.account_id = account_id
@@ -779,6 +780,7 @@ class SageMakerEmulator:
                     endpoint_url=self.endpoint_url,
                     region=self.region,
                     repo_root=Path(__file__).resolve().parents[2],
+                    extra=self.classic_config,
                 )
             )
         try:

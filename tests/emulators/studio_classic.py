@@ -39,8 +39,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.services.kernels.handlers import MainKernelHandler
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
-from jupyter_server_terminals.api_handlers import TerminalRootHandler
 from jupyter_server.utils import ensure_async, url_escape, url_path_join
+from jupyter_server_terminals.api_handlers import TerminalRootHandler
 from tornado import web
 from tornado.ioloop import PeriodicCallback
 from traitlets import Unicode
@@ -57,8 +57,10 @@ DEFAULT_INSTANCE = "ml.t3.medium"
 _BILLED = ("Pending", "InService")
 
 
-def server_config(*, metadata_path: Path, endpoint_url: str, region: str, repo_root: Path) -> str:
-    """The ``jupyter_server_config.py`` of an emulated Classic JupyterServer app."""
+def server_config(
+    *, metadata_path: Path, endpoint_url: str, region: str, repo_root: Path, extra: str = ""
+) -> str:
+    """The ``jupyter_server_config.py`` of an emulated Classic JupyterServer app (``extra``: more lines)."""
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -79,6 +81,9 @@ def server_config(*, metadata_path: Path, endpoint_url: str, region: str, repo_r
             'c.ServerApp.kernel_spec_manager_class = "tests.emulators.studio_classic.ClassicKernelSpecManager"',
             f"c.ClassicKernelManager.metadata_path = {str(metadata_path)!r}",
             f"c.ClassicKernelManager.endpoint_url = {endpoint_url!r}",
+            # Where SageMaker keeps it in a real app: lamplighter reads the app's identity there.
+            f"os.environ['LAMPLIGHTER_SAGEMAKER_METADATA'] = {str(metadata_path)!r}",
+            extra,
             "",
         ]
     )

@@ -291,6 +291,7 @@ class ClassicCuller:
                 settings=self.settings,
                 timeouts=self.timeouts,
                 now=now,
+                startup_grace=self.settings.startup_grace,
             )
             if decision.memory != memory:
                 journal.save_memory(target, decision.memory, at=now)

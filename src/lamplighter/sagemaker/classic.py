@@ -225,10 +225,7 @@ class _AppPolicy:
 
     base: PolicySettings
     idle_timeout: timedelta
-
-    @property
-    def effective_startup_grace(self) -> timedelta:
-        return self.base.effective_startup_grace
+    effective_startup_grace: timedelta
 
     @property
     def effective_probe_interval(self) -> timedelta:
@@ -275,11 +272,13 @@ def decide_app(
     settings: PolicySettings,
     timeouts: InstanceTimeouts,
     now: datetime,
+    startup_grace: timedelta | None = None,
 ) -> Decision:
     """The verdict on one KernelGateway app: STOP means delete it.
 
     ``created_at`` is the app's creation time (or when it was first seen, where the source cannot
-    say): the app's "server start", from which an app that never had a kernel is measured.
+    say): the app's "server start", from which an app that never had a kernel is measured, and
+    protected for ``startup_grace`` (default: the app's own idle timeout).
     """
     timeout, pattern = timeouts.for_instance(app.instance_type)
     readings: list[ActivityReading] = []
@@ -303,7 +302,8 @@ def decide_app(
         terminals=placement.terminals,
         readings=tuple(readings),
     )
-    decision = decide(snapshot, memory, _AppPolicy(settings, timeout), now)
+    grace = timeout if startup_grace is None else startup_grace
+    decision = decide(snapshot, memory, _AppPolicy(settings, timeout, grace), now)
     why = f"idle timeout {format_duration(timeout)} for {app.instance_type}"
     why += f" (instance_idle_timeouts {pattern})" if pattern else " (idle_timeout)"
     return replace(decision, reasons=(*decision.reasons, f"{app.label}: {why}"))
