@@ -399,3 +399,68 @@ def test_settings_name_the_classic_options() -> None:
     with pytest.raises(ConfigError, match="classic_apps_api"):
         load_settings({"classic_apps_api": "boto"}, env={})
     assert replace(settings, classic_stop_server=True).classic_stop_server
+
+
+def _notebook(path: Path) -> Path:
+    cell = {"cell_type": "code", "source": "print('answer', 40 + 2)", "metadata": {}, "outputs": []}
+    nb = {
+        "cells": [{**cell, "execution_count": None}],
+        "metadata": {
+            "kernelspec": {"name": KERNEL, "display_name": "Python 3 (Data Science)", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb))
+    return path
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_run_notebook_on_an_instance_type_deletes_its_app_unless_kept(
+    classic: SageMakerEmulator, tmp_path: Path, keep: bool
+) -> None:
+    from lamplighter.cli import main
+
+    _, server_app = _jupyter_server_app(classic)
+    assert server_app.server is not None
+    out = tmp_path / "out.ipynb"
+    argv = ["run", "notebook", str(_notebook(tmp_path / "nb.ipynb")), str(out), "--upload"]
+    argv += ["--url", server_app.server.url, "--instance-type", "ml.m5.large", "--no-progress"]
+    assert main([*argv, *(["--keep-app"] if keep else [])]) == 0
+    assert "answer 42" in out.read_text()
+    app = _kernel_gateway(classic, "ml.m5.large")  # the kernel ran on an app of that type
+    if keep:
+        assert app.status() == "InService"
+    else:
+        assert app.status() in ("Deleting", "Deleted")
+        assert [d["AppName"] for d in _deletes(classic)] == [app.app_name]
+
+
+def test_run_notebook_with_an_instance_type_on_a_plain_server_is_one_line(
+    jupyter: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lamplighter.cli import main
+
+    nb = _notebook(tmp_path / "nb.ipynb")
+    nb.write_text(nb.read_text().replace(KERNEL, "python3"))
+    code = main(
+        [
+            "run",
+            "notebook",
+            str(nb),
+            "--upload",
+            "--url",
+            jupyter.url,
+            "--token",
+            jupyter.token,
+            "--instance-type",
+            "ml.t3.medium",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not Studio Classic" in err and "Traceback" not in err
+    assert (
+        httpx.get(jupyter.url + "api/kernels", headers={"Authorization": f"token {jupyter.token}"}).json()
+        == []
+    )
