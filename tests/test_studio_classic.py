@@ -464,3 +464,83 @@ def test_run_notebook_with_an_instance_type_on_a_plain_server_is_one_line(
         httpx.get(jupyter.url + "api/kernels", headers={"Authorization": f"token {jupyter.token}"}).json()
         == []
     )
+
+
+# -- installing it: the Classic lifecycle configuration ---------------------------------------------
+
+
+def test_lcc_for_jupyter_server_apps_installs_the_classic_culler(
+    classic: SageMakerEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lamplighter.cli import main
+
+    domain = classic.add_domain()
+    render = [
+        "lcc",
+        "render",
+        "--app-type",
+        "JupyterServer",
+        "--wheelhouse",
+        "s3://b/w/",
+        "--idle-time",
+        "2h",
+    ]
+    assert main(render) == 0
+    script = capsys.readouterr().out
+    (tmp_path / "on-start.sh").write_text(script)
+    checked = subprocess.run(["bash", "-n", str(tmp_path / "on-start.sh")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert 'JL_BASE_URL="${JL_BASE_URL:-/jupyter/default/}"' in script
+    assert 'LAMPLIGHTER_KEEP_TERMINALS="${KEEP_TERMINALS:-False}"' in script
+    install = [
+        "lcc",
+        "install",
+        "--domain",
+        domain,
+        "--app-type",
+        "JupyterServer",
+        "--wheelhouse",
+        "s3://b/w/",
+    ]
+    assert main([*install, "--idle-time", "2h", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    described = classic.client().describe_domain(DomainId=domain)
+    settings = described["DefaultUserSettings"]["JupyterServerAppSettings"]
+    assert settings["DefaultResourceSpec"]["LifecycleConfigArn"] == result["lcc_arn"]
+    assert (
+        classic.client().describe_studio_lifecycle_config(StudioLifecycleConfigName=result["lcc_name"])[
+            "StudioLifecycleConfigAppType"
+        ]
+        == "JupyterServer"
+    )
+
+
+def test_the_scripts_environment_in_a_jupyter_server_app_picks_the_classic_row(tmp_path: Path) -> None:
+    from lamplighter.wiring import ROWS, row_for
+
+    metadata = tmp_path / "resource-metadata.json"
+    metadata.write_text(
+        json.dumps(
+            {
+                "AppType": "JupyterServer",
+                "DomainId": "d-abc123",
+                "UserProfileName": "alice",
+                "ResourceName": "default",
+                "ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:app/d-abc123/alice/jupyterserver/default",
+            }
+        )
+    )
+    env = {
+        "JL_HOSTNAME": "0.0.0.0",
+        "JL_PORT": "8888",
+        "JL_BASE_URL": "/jupyter/default/",
+        "LAMPLIGHTER_KEEP_TERMINALS": "True",
+        "LAMPLIGHTER_INSTANCE_IDLE_TIMEOUTS": "ml.g*=20m",
+        "LAMPLIGHTER_SAGEMAKER_METADATA": str(metadata),
+    }
+    settings = load_settings({"platform": "sagemaker"}, env=env)
+    row, resolved = row_for(settings)
+    assert row is ROWS[("sagemaker", "jupyter-server")] and row.companion is not None
+    assert resolved.app_type == "jupyter-server" and resolved.url is not None
+    assert resolved.url.endswith("/jupyter/default/")
+    assert resolved.keep_terminals and resolved.instance_idle_timeouts == ("ml.g*=20m",)
