@@ -544,3 +544,23 @@ def test_the_scripts_environment_in_a_jupyter_server_app_picks_the_classic_row(t
     assert resolved.app_type == "jupyter-server" and resolved.url is not None
     assert resolved.url.endswith("/jupyter/default/")
     assert resolved.keep_terminals and resolved.instance_idle_timeouts == ("ml.g*=20m",)
+
+
+def test_a_short_kernelspec_name_picks_the_one_classic_image_that_offers_it() -> None:
+    from lamplighter.remote.kernels import check_kernelspec
+
+    def specs(names: list[str]) -> httpx.MockTransport:
+        body = {"default": names[0], "kernelspecs": {n: {"spec": {"language": "python"}} for n in names}}
+        return httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+
+    async def check(names: list[str], wanted: str) -> tuple[str, str]:
+        async with Connection(
+            "http://studio.test/jupyter/default/", token="t", transport=specs(names)
+        ) as conn:
+            return await check_kernelspec(conn, wanted)
+
+    one = [KERNEL, f"ir{MARK}{DS}"]
+    assert asyncio.run(check(one, "python3")) == (KERNEL, "python")
+    two = [KERNEL, f"python3{MARK}{IMAGES[1][0]}"]
+    with pytest.raises(ConfigError, match="is not on the server"):
+        asyncio.run(check(two, "python3"))
