@@ -564,3 +564,43 @@ def test_a_short_kernelspec_name_picks_the_one_classic_image_that_offers_it() ->
     two = [KERNEL, f"python3{MARK}{IMAGES[1][0]}"]
     with pytest.raises(ConfigError, match="is not on the server"):
         asyncio.run(check(two, "python3"))
+
+
+def test_an_app_on_its_way_up_is_kept_and_its_grace_starts_when_it_is_up(tmp_path: Path) -> None:
+    from lamplighter.platforms.studio_classic import ClassicCuller
+
+    now = [T0]
+    listed = [replace(_app("slow", "ml.g5.xlarge"), created_at=T0, status="Pending")]
+
+    class Apps:
+        description = "test"
+
+        def __init__(self) -> None:
+            self.deleted: list[str] = []
+
+        async def list(self) -> tuple[KernelGatewayApp, ...]:
+            return tuple(listed)
+
+        async def delete(self, app: KernelGatewayApp) -> Any:
+            from lamplighter.model import StopOutcome, StopResult
+
+            self.deleted.append(app.app_name)
+            return StopResult(StopOutcome.STOPPING, "asked")
+
+    class View:
+        async def read(self) -> tuple[tuple[ClassicKernel, ...], tuple[TerminalInfo, ...]]:
+            return (), ()
+
+    settings = load_settings({"idle_timeout": "1h", "instance_idle_timeouts": "ml.g*=2m"}, env={})
+    apps = Apps()
+    culler = ClassicCuller(settings, View(), apps, target="http://s/jupyter/default/", clock=lambda: now[0])
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        now[0] = T0 + timedelta(minutes=5)  # a slow start: longer than the app's 2 min timeout
+        (pending,) = asyncio.run(culler.check(journal))
+        assert pending.decision.action is Action.KEEP and "starting (Pending)" in pending.decision.reason
+        listed[0] = replace(listed[0], status="InService")
+        (up,) = asyncio.run(culler.check(journal))
+        assert up.decision.action is Action.KEEP and up.decision.stop_at == now[0] + timedelta(minutes=2)
+        now[0] += timedelta(minutes=2, seconds=1)
+        (due,) = asyncio.run(culler.check(journal))
+        assert due.decision.action is Action.STOP and apps.deleted == ["slow"]

@@ -12,7 +12,7 @@ first use. This module does the same against the emulated SageMaker API, with re
   ``instance_type`` (:class:`ClassicKernelManager`);
 - ``POST {base}api/terminals`` with a name ``{image ARN}__{id}__{instance type}`` opens an image
   terminal, on an app made the same way (system terminals, ``1``, ``2``…, stay on the server);
-- ``GET {base}sagemaker/api/apps`` lists the user's KernelGateway apps that are Pending or InService
+- ``GET {base}sagemaker/api/apps`` lists the user's KernelGateway apps that are InService
   (``app_name, environment_arn, environment_name, image_name, instance_type, lifecycle_config_arn``,
   the members the AWS extension reads), ``DELETE {base}sagemaker/api/apps/{name}`` deletes one
   (``DeleteApp``; 204);
@@ -54,7 +54,6 @@ IMAGES = (
     ("arn:aws:sagemaker:us-east-1:081325390199:image/pytorch-1.10-gpu-py38", "PyTorch 1.10 GPU"),
 )
 DEFAULT_INSTANCE = "ml.t3.medium"
-_BILLED = ("Pending", "InService")
 
 
 def server_config(
@@ -257,7 +256,7 @@ class AppsHandler(APIHandler):
         images = dict(IMAGES)
         listed = []
         for app in apps:
-            if app["Status"] not in _BILLED:
+            if app["Status"] != "InService":  # the endpoint shows the apps that are up
                 continue
             spec = app.get("ResourceSpec") or {}
             arn = spec.get("SageMakerImageArn", "")

@@ -258,6 +258,8 @@ class ClassicCuller:
         self.passes = 0
         self.last: tuple[AppVerdict, ...] = ()
         self._first_seen: dict[str, datetime] = {}
+        self._seen_pending: set[str] = set()
+        self._up_at: dict[str, datetime] = {}
         self._deleted_at: dict[str, datetime] = {}
         self._journaled: dict[str, Decision] = {}
         self._alarm = asyncio.Event()
@@ -273,13 +275,14 @@ class ClassicCuller:
         now = self.clock()
         names = {a.app_name for a in apps}
         # An app that left the list is forgotten: one re-created under the same name starts afresh.
-        for table in (self._first_seen, self._deleted_at, self._journaled):
+        for table in (self._first_seen, self._deleted_at, self._journaled, self._up_at):
             for name in [n for n in table if n not in names]:
                 del table[name]
+        self._seen_pending &= names
         placements = place(apps, kernels, terminals)
         verdicts = []
         for app in apps:
-            created = app.created_at or self._first_seen.setdefault(app.app_name, now)
+            created = self._started(app, now)
             target = app_target(self.target, app.app_name)
             memory = journal.load_memory(target)
             decision = decide_app(
@@ -302,6 +305,16 @@ class ClassicCuller:
             verdicts.append(AppVerdict(app, decision, result))
         self.last = tuple(verdicts)
         return self.last
+
+    def _started(self, app: KernelGatewayApp, now: datetime) -> datetime:
+        """The app's start for its verdict: its creation time (or first sight), or when it came up if
+        this agent saw it Pending (a long start must not use up the grace its first kernel needs)."""
+        created = app.created_at or self._first_seen.setdefault(app.app_name, now)
+        if app.status == "Pending":
+            self._seen_pending.add(app.app_name)
+        elif app.app_name in self._seen_pending:
+            created = max(created, self._up_at.setdefault(app.app_name, now))
+        return created
 
     def _journal_decision(
         self, journal: Journal, target: str, app: KernelGatewayApp, decision: Decision, now: datetime

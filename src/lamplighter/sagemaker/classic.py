@@ -64,6 +64,7 @@ class KernelGatewayApp:
     instance_type: str
     created_at: datetime | None = None
     image_name: str = ""
+    status: str = "InService"  # Pending while its instance comes up
 
     @property
     def label(self) -> str:
@@ -94,6 +95,7 @@ def parse_apps_endpoint(answer: Any) -> tuple[KernelGatewayApp, ...]:
                 environment_arn=str(item.get("environment_arn") or ""),
                 instance_type=str(item.get("instance_type") or ""),
                 image_name=str(item.get("image_name") or item.get("environment_name") or ""),
+                status=str(item.get("status") or "InService"),
             )
         )
     return tuple(apps)
@@ -277,11 +279,18 @@ def decide_app(
     """The verdict on one KernelGateway app: STOP means delete it.
 
     ``created_at`` is the app's creation time (or when it was first seen, where the source cannot
-    say): the app's "server start", from which an app that never had a kernel is measured, and
+    say, or when it came up, where it was seen Pending): the app's "server start", from which an app that never had a kernel is measured, and
     protected for ``startup_grace`` (default: the app's own idle timeout).
     """
     timeout, pattern = timeouts.for_instance(app.instance_type)
     readings: list[ActivityReading] = []
+    if app.status == "Pending":
+        # Studio starts the kernel once the app is up: an app on its way up is never idle.
+        readings.append(
+            ActivityReading(
+                "app status", Clock.WORK, now, f"{app.label} is starting (Pending)", active_now=True
+            )
+        )
     if settings.keep_terminals and placement.terminals:
         # keep_terminals: an open image terminal keeps its app, whatever its output says.
         readings.append(
@@ -332,6 +341,7 @@ def apps_from_list_apps(items: Iterable[Mapping[str, Any]]) -> tuple[KernelGatew
                 environment_arn=str(spec.get("SageMakerImageArn") or ""),
                 instance_type=str(spec.get("InstanceType") or ""),
                 created_at=created_at,
+                status=str(item.get("Status")),
             )
         )
     return tuple(apps)
