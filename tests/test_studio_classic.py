@@ -604,3 +604,13 @@ def test_an_app_on_its_way_up_is_kept_and_its_grace_starts_when_it_is_up(tmp_pat
         now[0] += timedelta(minutes=2, seconds=1)
         (due,) = asyncio.run(culler.check(journal))
         assert due.decision.action is Action.STOP and apps.deleted == ["slow"]
+
+
+def test_a_refused_create_app_leaves_nothing_behind(classic: SageMakerEmulator) -> None:
+    domain = classic.add_domain(default_user_settings={"ExecutionRole": "arn:aws:iam::123456789012:role/R"})
+    classic.add_user_profile(domain, "alice")
+    client = classic.client()
+    for _ in range(2):  # no instance type anywhere: refused, and refused again the same way
+        with pytest.raises(client.exceptions.ClientError, match="InstanceType"):
+            client.create_app(DomainId=domain, UserProfileName="alice", AppType="KernelGateway", AppName="k")
+    assert not [a for a in classic.iter_apps() if a.app_type == "KernelGateway"]

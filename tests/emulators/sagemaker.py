@@ -706,6 +706,7 @@ class SageMakerEmulator:
                     "ResourceInUse",
                     f"Space {space} already has an app ({running[0].app_type}); a space runs one app at a time",
                 )
+        spec = self._resource_spec(params, domain, user, app_type)  # refused before anything is made
         owner = space or user or ""
         arn = self._arn("app", f"{domain['DomainId']}/{owner}/{app_type.lower()}/{name}")
         app_dir = self.workdir / "apps" / f"{domain['DomainId']}-{owner}-{app_type}-{name}-{len(self._apps)}"
@@ -734,7 +735,7 @@ class SageMakerEmulator:
             deleting_s=self.deleting_s,
             fail_reason=self._fail_next,
         )
-        app.instance_type, app.image_arn = self._resource_spec(params, domain, user, app_type)
+        app.instance_type, app.image_arn = spec
         self._fail_next = None
         self._apps.append(app)
         if app.fail_reason is None and app.base_path is not None:
@@ -759,7 +760,8 @@ class SageMakerEmulator:
         if app_type == "KernelGateway" and not instance:
             raise _ApiError("ValidationException", "KernelGateway apps need ResourceSpec.InstanceType")
         if instance in (None, "system"):
-            instance = "ml.t3.medium" if app_type == "KernelGateway" else "system"
+            # JupyterServer apps run on the free 'system' instance; the rest default to ml.t3.medium.
+            instance = "system" if app_type == "JupyterServer" else "ml.t3.medium"
         return str(instance), spec.get("SageMakerImageArn")
 
     def _spawn(self, target: Callable[[EmulatedApp], None], app: EmulatedApp) -> None:
