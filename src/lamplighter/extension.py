@@ -12,6 +12,7 @@ come from :mod:`lamplighter.views`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from lamplighter.signals.keepalive import write_snooze
 from lamplighter.stoppers import DryRun, NoStop
 from lamplighter.views.metrics import Metrics
 from lamplighter.views.page import MetricsHandler, PageHandler, SnoozeHandler, Sparkline
-from lamplighter.wiring import build_signals, build_stopper
+from lamplighter.wiring import build_signals, build_stopper, companion_running, row_for
 
 __all__ = ["InServerAgent", "Lamplighter"]
 
@@ -223,6 +224,9 @@ class InServerAgent:
             settings, probe, self.stopper, self.journal, signals=signals, on_decision=self._seen
         )
         self.task: asyncio.Task[Any] | None = None
+        # Studio Classic: the KernelGateway apps' culler runs beside the agent (lamplighter.wiring).
+        self._serverapp = serverapp
+        self.culler: Any = None
         self._listen_for_kernels(serverapp)
 
     def _listen_for_kernels(self, serverapp: Any) -> None:
@@ -233,6 +237,8 @@ class InServerAgent:
 
         async def on_kernel_action(logger: Any, schema_id: str, data: Any) -> None:
             self.agent.wake()
+            if self.culler is not None:
+                self.culler.wake()
 
         events.add_listener(schema_id=_KERNEL_ACTIONS, listener=on_kernel_action)
 
@@ -278,9 +284,26 @@ class InServerAgent:
 
     async def _run(self) -> None:
         try:
-            await self.agent.run()
+            async with contextlib.AsyncExitStack() as stack:
+                await self._start_companion(stack)
+                await self.agent.run()
         except LamplighterError:
             logger.exception("lamplighter: the in-server agent stopped")
+
+    async def _start_companion(self, stack: contextlib.AsyncExitStack) -> None:
+        """The row's companion (Studio Classic's culler), reading our own managers; the Studio apps
+        endpoint is this very server, reached over loopback as the AWS extension does."""
+        row, resolved = row_for(self.settings)
+        if row.companion is None:
+            return
+        from lamplighter.platforms.studio_classic import InProcessView
+        from lamplighter.remote.connection import Connection
+
+        serverapp = self._serverapp
+        token = getattr(getattr(serverapp, "identity_provider", None), "token", None) or None
+        conn = await stack.enter_async_context(Connection(serverapp.connection_url, token=token))
+        self.culler = row.companion(resolved, conn, view=InProcessView(serverapp.web_app))
+        await stack.enter_async_context(companion_running(self.culler, self.journal))
 
     def status(self) -> dict[str, Any]:
         decision = self.last
@@ -293,6 +316,7 @@ class InServerAgent:
             "now": datetime.now(timezone.utc).isoformat(),
             "stopper": self.stopper.description,
             "settings": self.settings.redacted(),
+            **({"kernel_gateway_apps": self.culler.status()} if self.culler is not None else {}),
         }
 
 

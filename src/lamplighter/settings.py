@@ -761,6 +761,29 @@ class Settings:
         bounds=(1, 65535),
     )
 
+    # -- Studio Classic (a JupyterServer app culling its KernelGateway apps) ------------------------
+    instance_idle_timeouts: tuple[str, ...] = _opt(
+        (),
+        "Studio Classic: idle timeouts of KernelGateway apps by instance-type pattern, as "
+        "'ml.g*=20m,ml.p*=15m'; an app gets the shortest that matches, else idle_timeout.",
+        parse=_parse_list,
+        group="sagemaker",
+    )
+    classic_apps_api: str = _opt(
+        "studio",
+        "Studio Classic: list and delete KernelGateway apps through 'studio' (the JupyterServer's "
+        "sagemaker/api/apps; no IAM permission; an app's age counts from when lamplighter first saw "
+        "it) or 'sagemaker' (ListApps/DeleteApp; needs those permissions; counts from CreationTime).",
+        parse=_choice("studio", "sagemaker"),
+        group="sagemaker",
+    )
+    classic_stop_server: bool = _opt(
+        False,
+        "Studio Classic: also delete the (free) JupyterServer app once it is idle; default keep it.",
+        parse=parse_bool,
+        group="sagemaker",
+    )
+
     # -- on-start (the Lambda function of lamplighter.sagemaker.aws_lambda) ----------------------
     onstart_script: str | None = _opt(
         None,

@@ -9,11 +9,12 @@ and one row here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from lamplighter.errors import ConfigError
@@ -27,9 +28,21 @@ from lamplighter.signals.keepalive import KeepAliveFile
 from lamplighter.stoppers import CommandStopper, DryRun, NoStop, ProcessStopper
 
 if TYPE_CHECKING:
+    from lamplighter.journal import Journal
     from lamplighter.sagemaker.notebook_instance import NotebookInstanceIdentity
 
-__all__ = ["ROWS", "Row", "Target", "build_signals", "build_stopper", "local_port", "open_target", "row_for"]
+__all__ = [
+    "ROWS",
+    "Companion",
+    "Row",
+    "Target",
+    "build_signals",
+    "build_stopper",
+    "companion_running",
+    "local_port",
+    "open_target",
+    "row_for",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,41 @@ class Target:
     conn: Connection | None = None
     signals: tuple[Signal, ...] = ()
     notifier: Notifier | None = None
+    companion: Companion | None = None
+    """Runs beside the agent for as long as it watches (Studio Classic: culls the KernelGateway apps)."""
+
+
+class Companion(Protocol):
+    """A loop beside the agent that shares its journal (:class:`~lamplighter.platforms.studio_classic.ClassicCuller`)."""
+
+    def wake(self) -> None: ...
+
+    async def check(self, journal: Journal) -> object:
+        """One pass (``watch --once``)."""
+        ...
+
+    async def run(self, journal: Journal) -> None: ...
+
+
+@asynccontextmanager
+async def companion_running(
+    companion: Companion | None, journal: Journal, *, once: bool = False
+) -> AsyncIterator[None]:
+    """The companion's loop runs while the block does (once: one pass first, then no loop)."""
+    if companion is None:
+        yield
+        return
+    if once:
+        await companion.check(journal)
+        yield
+        return
+    task = asyncio.create_task(companion.run(journal), name="companion")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 # -- the platforms' parts ------------------------------------------------------------------------
@@ -57,6 +105,9 @@ def _sagemaker_settings(settings: Settings) -> Settings:
     identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
     if identity.app_type == "CodeEditor":
         return replace(settings, app_type="code-editor", editor_port=settings.editor_port or 8888)
+    if identity.app_type == "JupyterServer":
+        # Studio Classic: the free JupyterServer app culls the billed KernelGateway apps.
+        settings = replace(settings, app_type="jupyter-server")
     if settings.url:
         return settings
     return replace(settings, url=f"http://127.0.0.1:8888{jupyter_base_url(identity.app_type)}")
@@ -225,6 +276,8 @@ class Row:
     """Fills in what the platform itself knows (SageMaker: the app type and URL from its metadata)."""
     stops_in_process: bool = False
     """In-server mode stops the server it runs in directly instead (the stop *is* a server shutdown)."""
+    companion: Callable[..., Companion] | None = None
+    """Builds the loop that runs beside the agent: ``companion(settings, conn, view=None)``."""
 
 
 _JUPYTER = Row(_jupyter_api, _jupyter_shutdown, connects=True, stops_in_process=True, resolve=_behind_a_hub)
@@ -234,8 +287,54 @@ _NOTEBOOK_INSTANCE = Row(
     _notebook_instance_probe, _stop_notebook_instance, connects=True, resolve=_notebook_instance_settings
 )
 
+
+# -- Studio Classic: the JupyterServer app is free, its KernelGateway apps are billed -------------
+
+
+def _classic_server_stop(settings: Settings, conn: Connection | None) -> Stopper:
+    from lamplighter.platforms.studio_classic import KeepServer
+
+    return _delete_app(settings, conn) if settings.classic_stop_server else KeepServer()
+
+
+def _classic_culler(settings: Settings, conn: Connection | None, view: object = None) -> Companion:
+    """The KernelGateway apps' culler; ``view`` reads the server's kernels (default: through ``conn``)."""
+    from lamplighter.platforms.studio_classic import (
+        ClassicApps,
+        ClassicCuller,
+        RestView,
+        SageMakerApps,
+        ServerView,
+        StudioAppsEndpoint,
+    )
+    from lamplighter.sagemaker.identity import AppIdentity
+
+    if conn is None:
+        raise ConfigError("url: the Studio Classic culler needs the JupyterServer's URL")
+    apps: ClassicApps
+    if settings.classic_apps_api == "sagemaker":
+        from lamplighter.sagemaker.client import sagemaker_client
+
+        identity = AppIdentity.from_metadata(settings.sagemaker_metadata)
+        region = settings.region or identity.region
+        client = sagemaker_client(region=region, endpoint_url=settings.sagemaker_endpoint_url)
+        apps = SageMakerApps(identity, client)
+    else:
+        apps = StudioAppsEndpoint(conn)
+    server_view: ServerView = view if view is not None else RestView(conn)  # type: ignore[assignment]
+    return ClassicCuller(settings, server_view, apps, target=conn.display_url)
+
+
+_STUDIO_CLASSIC = Row(
+    _jupyter_api,
+    _classic_server_stop,
+    connects=True,
+    resolve=_sagemaker_settings,
+    companion=_classic_culler,
+)
+
 ROWS: dict[tuple[str, str], Row] = {
-    # (--platform, --app-type); a Studio Classic JupyterServer app is watched like JupyterLab
+    # (--platform, --app-type); off SageMaker a Studio Classic JupyterServer app is watched like JupyterLab
     ("jupyter", "jupyter"): _JUPYTER,
     ("jupyter", "jupyter-server"): _JUPYTER,
     ("jupyter", "code-editor"): Row(_code_editor, _end_process, connects=False),
@@ -244,7 +343,8 @@ ROWS: dict[tuple[str, str], Row] = {
     ("jupyterhub", "jupyter-server"): _HUB_JUPYTER,
     ("jupyterhub", "code-editor"): Row(_code_editor, _hub_delete, connects=False, resolve=_hub_settings),
     ("sagemaker", "jupyter"): _STUDIO_JUPYTER,
-    ("sagemaker", "jupyter-server"): _STUDIO_JUPYTER,
+    # Studio Classic: a JupyterServer app (its metadata says so) culls its KernelGateway apps
+    ("sagemaker", "jupyter-server"): _STUDIO_CLASSIC,
     ("sagemaker", "code-editor"): Row(_code_editor, _delete_app, connects=False, resolve=_sagemaker_settings),
     # a notebook instance: its own Jupyter server on https://localhost:8443, stopped (not deleted)
     ("sagemaker-notebook-instance", "jupyter"): _NOTEBOOK_INSTANCE,
@@ -356,6 +456,12 @@ async def open_target(settings: Settings) -> AsyncIterator[Target]:
     async with AsyncExitStack() as stack:
         conn = await stack.enter_async_context(connection_from_settings(settings)) if row.connects else None
         probe = row.probe(settings, conn)
+        companion = row.companion(settings, conn) if row.companion is not None else None
         yield Target(
-            probe, build_stopper(settings, conn, probe.target), conn, build_signals(settings), notifier
+            probe,
+            build_stopper(settings, conn, probe.target),
+            conn,
+            build_signals(settings),
+            notifier,
+            companion,
         )

@@ -63,6 +63,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from lamplighter.localserver import LocalServer, start_local_server
+from tests.emulators import shapes as _shapes
 from tests.emulators.notebook_instances import NotebookInstanceOps
 from tests.emulators.studio_proxy import Local, StudioProxy, ToApp
 from tests.waiting import wait_until
@@ -166,6 +167,8 @@ class EmulatedApp:
     deleting_s: float
     fail_reason: str | None = None
     server: LocalServer | None = None
+    instance_type: str = "ml.t3.medium"  # ResourceSpec.InstanceType (KernelGateway: the billed instance)
+    image_arn: str | None = None  # ResourceSpec.SageMakerImageArn
     delete_requested_at: float | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     gone: threading.Event = field(default_factory=threading.Event)
@@ -203,7 +206,10 @@ class EmulatedApp:
             "AppName": self.app_name,
             "Status": self.status(),
             "CreationTime": self.created_at,
-            "ResourceSpec": {"InstanceType": "ml.t3.medium"},
+            "ResourceSpec": {
+                "InstanceType": self.instance_type,
+                **({"SageMakerImageArn": self.image_arn} if self.image_arn else {}),
+            },
         }
         if self.space_name:
             out["SpaceName"] = self.space_name
@@ -293,10 +299,15 @@ class SageMakerEmulator(NotebookInstanceOps):
         deleting_s: float = 0.1,
         list_page_size: int = 10,
         login_flow: str = "redirect",
+        classic: bool = False,
     ) -> None:
         if login_flow not in LOGIN_FLOWS:
             raise ValueError(f"login_flow: one of {LOGIN_FLOWS}")
         self.login_flow = login_flow
+        # JupyterServer apps run Studio Classic's extension (tests.emulators.studio_classic), with
+        # classic_config's lines added to their jupyter_server_config.py.
+        self.classic = classic
+        self.classic_config = ""
         self.workdir = workdir
         self.region = region
         self.account_id = account_id
@@ -408,7 +419,12 @@ class SageMakerEmulator(NotebookInstanceOps):
                 {
                     "DomainName": name,
                     "AuthMode": "IAM",
-                    "DefaultUserSettings": default_user_settings or {"ExecutionRole": self._role()},
+                    # As a console-made domain: KernelGateway apps default to ml.t3.medium.
+                    "DefaultUserSettings": default_user_settings
+                    or {
+                        "ExecutionRole": self._role(),
+                        "KernelGatewayAppSettings": {"DefaultResourceSpec": {"InstanceType": "ml.t3.medium"}},
+                    },
                     "DefaultSpaceSettings": default_space_settings or {"ExecutionRole": self._role()},
                     "SubnetIds": ["subnet-0"],
                     "VpcId": "vpc-0",
@@ -482,7 +498,15 @@ class SageMakerEmulator(NotebookInstanceOps):
                 handler = getattr(self, f"_op_{operation}", None)
                 if handler is None:
                     raise _ApiError("UnknownOperationException", f"{operation} is not emulated")
-                return 200, handler(params)
+                if operation in _shapes.STRICT_OPERATIONS:
+                    problem = _shapes.check_request(operation, params)
+                    if problem:
+                        raise _ApiError("ValidationException", f"1 validation error detected: {problem}")
+                answer = handler(params)
+                if operation in _shapes.STRICT_OPERATIONS:
+                    off_model = _shapes.check_answer(operation, answer)
+                    assert off_model is None, off_model  # an emulator bug, not the caller's
+                return 200, answer
         except _ApiError as exc:
             return exc.status, {"__type": exc.code, "message": exc.message}
         except json.JSONDecodeError:
@@ -691,6 +715,7 @@ class SageMakerEmulator(NotebookInstanceOps):
                     "ResourceInUse",
                     f"Space {space} already has an app ({running[0].app_type}); a space runs one app at a time",
                 )
+        spec = self._resource_spec(params, domain, user, app_type)  # refused before anything is made
         owner = space or user or ""
         arn = self._arn("app", f"{domain['DomainId']}/{owner}/{app_type.lower()}/{name}")
         app_dir = self.workdir / "apps" / f"{domain['DomainId']}-{owner}-{app_type}-{name}-{len(self._apps)}"
@@ -719,6 +744,7 @@ class SageMakerEmulator(NotebookInstanceOps):
             deleting_s=self.deleting_s,
             fail_reason=self._fail_next,
         )
+        app.instance_type, app.image_arn = spec
         self._fail_next = None
         self._apps.append(app)
         if app.fail_reason is None and app.base_path is not None:
@@ -727,6 +753,26 @@ class SageMakerEmulator(NotebookInstanceOps):
             app.ready.set()
         return {"AppArn": arn}
 
+    def _resource_spec(
+        self, params: dict[str, Any], domain: dict[str, Any], user: str | None, app_type: str
+    ) -> tuple[str, str | None]:
+        """CreateApp's ResourceSpec, else the user's or domain's default for the app type (botocore's
+        documentation: a KernelGateway app with no instance type anywhere is refused)."""
+        spec = dict(params.get("ResourceSpec") or {})
+        key = f"{app_type}AppSettings"
+        profile = self._profiles.get((domain["DomainId"], user or "")) or {}
+        for settings in ((profile.get("UserSettings") or {}), domain["DefaultUserSettings"]):
+            default = (settings.get(key) or {}).get("DefaultResourceSpec") or {}
+            for name, value in default.items():
+                spec.setdefault(name, value)
+        instance = spec.get("InstanceType")
+        if app_type == "KernelGateway" and not instance:
+            raise _ApiError("ValidationException", "KernelGateway apps need ResourceSpec.InstanceType")
+        if instance in (None, "system"):
+            # JupyterServer apps run on the free 'system' instance; the rest default to ml.t3.medium.
+            instance = "system" if app_type == "JupyterServer" else "ml.t3.medium"
+        return str(instance), spec.get("SageMakerImageArn")
+
     def _spawn(self, target: Callable[[EmulatedApp], None], app: EmulatedApp) -> None:
         thread = threading.Thread(target=target, args=(app,), daemon=True)
         self._threads.append(thread)
@@ -734,6 +780,20 @@ class SageMakerEmulator(NotebookInstanceOps):
 
     def _start_server(self, app: EmulatedApp) -> None:
         assert app.base_path is not None
+        if self.classic and app.app_type == "JupyterServer":
+            from tests.emulators.studio_classic import server_config
+
+            config = app.home_workdir / "config"
+            config.mkdir(parents=True, exist_ok=True)
+            (config / "jupyter_server_config.py").write_text(
+                server_config(
+                    metadata_path=app.metadata_path,
+                    endpoint_url=self.endpoint_url,
+                    region=self.region,
+                    repo_root=Path(__file__).resolve().parents[2],
+                    extra=self.classic_config,
+                )
+            )
         try:
             server = start_local_server(
                 app.home_workdir,

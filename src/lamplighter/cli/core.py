@@ -94,7 +94,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 async def _watch_async(settings: Settings, *, once: bool) -> int:
     from lamplighter.agent import Agent, exit_on_signals
-    from lamplighter.wiring import open_target
+    from lamplighter.wiring import companion_running, open_target
 
     async with open_target(settings) as target, contextlib.AsyncExitStack() as views:
         with Journal(settings.journal) as journal:
@@ -124,7 +124,8 @@ async def _watch_async(settings: Settings, *, once: bool) -> int:
                 on_decision=on_decision,
             )
             with exit_on_signals(agent.request_exit):
-                result = await agent.run(once=once)
+                async with companion_running(target.companion, journal, once=once):
+                    result = await agent.run(once=once)
     if result.stop is not None and result.stop.outcome is StopOutcome.FAILED:
         return EXIT_FAILED
     if once and result.stop is None and result.decision.memory.failing_since is not None:

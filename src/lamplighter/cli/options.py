@@ -154,6 +154,18 @@ OPTIONS: dict[str, Option] = {
         {"metavar": "FILE"},
     ),
     "log_output": Option(("--log-output",), "Stream cell output to this terminal.", {"action": "store_true"}),
+    # Studio Classic: the kernel runs on a KernelGateway app of this instance type.
+    "instance_type": Option(
+        ("--instance-type",),
+        "Studio Classic: start the kernel on a KernelGateway app of this instance type (ml.t3.medium); "
+        "the app is deleted after the run unless --keep-app.",
+        {"metavar": "TYPE"},
+    ),
+    "keep_app": Option(
+        ("--keep-app",),
+        "Studio Classic: keep the kernel's KernelGateway app after the run.",
+        {"action": "store_true"},
+    ),
 }
 
 

@@ -180,6 +180,8 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
     )
     out.add_argument("--inplace", action="store_true", help="Save the executed notebook over PATH.")
     add_option(parser, "kernel")
+    add_option(parser, "instance_type")
+    add_option(parser, "keep_app")
     parser.add_argument(
         "--cwd",
         metavar="DIR",
@@ -338,6 +340,8 @@ async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str,
         runner = NotebookRunner(
             conn,
             kernel_name=args.kernel,
+            instance_type=args.instance_type,
+            keep_app=args.keep_app,
             cwd=cwd,
             session_path=session_path,
             parameters=parameters,

@@ -7,12 +7,20 @@ never starts or stops one.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from lamplighter.errors import ConfigError, MalformedAnswer, NotFound, RemoteError
 from lamplighter.remote.connection import Connection
 from lamplighter.retry import Backoff, attempts
 
-__all__ = ["check_kernelspec", "interrupt_kernel", "kernelspecs", "shutdown_kernel", "start_kernel"]
+__all__ = [
+    "check_kernelspec",
+    "interrupt_kernel",
+    "kernelspecs",
+    "shutdown_kernel",
+    "start_kernel",
+    "start_kernel_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,12 @@ async def check_kernelspec(conn: Connection, name: str | None) -> tuple[str, str
     if chosen not in languages and chosen.lower() in languages:
         chosen = chosen.lower()  # jupyter_client stores kernelspec names lowercased
     if chosen not in languages:
+        # Studio Classic publishes 'python3__SAGEMAKER_INTERNAL__{image ARN}': 'python3' names it
+        # when one image has it.
+        images = [n for n in languages if n.startswith(f"{chosen}__SAGEMAKER_INTERNAL__")]
+        if len(images) == 1:
+            chosen = images[0]
+    if chosen not in languages:
         have = ", ".join(sorted(languages)) or "none"
         raise ConfigError(f"kernelspec {chosen!r} is not on the server; it has: {have}")
     return chosen, languages[chosen]
@@ -50,16 +64,31 @@ async def check_kernelspec(conn: Connection, name: str | None) -> tuple[str, str
 
 async def start_kernel(conn: Connection, name: str | None = None, *, path: str | None = None) -> str:
     """Start a kernel (``name``, else the server's default) whose working directory is ``path``; its id."""
+    return str((await start_kernel_model(conn, name, path=path))["id"])
+
+
+async def start_kernel_model(
+    conn: Connection, name: str | None = None, *, path: str | None = None, instance_type: str | None = None
+) -> dict[str, Any]:
+    """Start a kernel and return its model. ``instance_type`` is Studio Classic's: the kernel runs on a
+    KernelGateway app of that type (created if need be; the model's ``app_name`` names it)."""
     body: dict[str, str] = {}
     if name:
         body["name"] = name
     if path is not None:
         body["path"] = path
+    if instance_type:
+        body["instance_type"] = instance_type
     model = await conn.request("POST", "api/kernels", json_body=body)
     if not isinstance(model, dict) or not isinstance(model.get("id"), str):
         raise MalformedAnswer(f"POST {conn.display_url}api/kernels: no kernel id in the answer")
+    if instance_type and not model.get("app_name"):
+        await shutdown_kernel(conn, str(model["id"]))  # started, but not where it was asked to run
+        raise ConfigError(
+            "--instance-type: the server started the kernel on no KernelGateway app (not Studio Classic?)"
+        )
     logger.info("started kernel %s (%s)", model["id"], model.get("name", "default"))
-    return str(model["id"])
+    return model
 
 
 async def shutdown_kernel(conn: Connection, kernel_id: str, *, retry_s: float = 10.0) -> bool:

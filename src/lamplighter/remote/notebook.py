@@ -53,7 +53,13 @@ from lamplighter.errors import (
     RemoteTimeout,
 )
 from lamplighter.remote.connection import Connection
-from lamplighter.remote.kernels import check_kernelspec, interrupt_kernel, shutdown_kernel, start_kernel
+from lamplighter.remote.kernels import (
+    check_kernelspec,
+    interrupt_kernel,
+    shutdown_kernel,
+    start_kernel,
+    start_kernel_model,
+)
 from lamplighter.remote.parameters import translate_parameters
 from lamplighter.remote.session import Execution, ExecutionResult, KernelSession
 from lamplighter.remote.stdin import InputAnswerer
@@ -462,6 +468,8 @@ class NotebookRunner:
     - ``report_mode``: papermill's report mode: the injected cell's source is hidden.
     - ``stdin``: answers the cells' ``input()``/``getpass()``; without it they raise
       ``StdinNotImplementedError``, as under nbclient.
+    - ``instance_type``: Studio Classic: the kernel runs on a KernelGateway app of this type, which is
+      deleted after the run (``{base}sagemaker/api/apps/{name}``) unless ``keep_app``.
     """
 
     def __init__(
@@ -483,8 +491,13 @@ class NotebookRunner:
         observer: RunObserver | None = None,
         report_mode: bool = False,
         stdin: InputAnswerer | None = None,
+        instance_type: str | None = None,
+        keep_app: bool = False,
     ) -> None:
         self.conn = conn
+        self.instance_type = instance_type
+        self.keep_app = keep_app
+        self._app_name: str | None = None  # the Studio Classic KernelGateway app this run's kernel runs on
         self.report_mode = report_mode
         self.stdin = stdin
         self.kernel_name = kernel_name
@@ -601,7 +614,7 @@ class NotebookRunner:
         return kernel_name
 
     async def _start_kernel(self, kernel_name: str | None, deadline: float | None) -> str:
-        start = start_kernel(self.conn, kernel_name, path=self.cwd)
+        start = self._start_and_place(kernel_name)
         if deadline is None:
             return await start
         try:
@@ -610,6 +623,29 @@ class NotebookRunner:
             raise RemoteTimeout(
                 f"the kernel did not start within the run's timeout ({self.timeout_s:g} s)"
             ) from None
+
+    async def _start_and_place(self, kernel_name: str | None) -> str:
+        if self.instance_type is None:
+            return await start_kernel(self.conn, kernel_name, path=self.cwd)
+        model = await start_kernel_model(
+            self.conn, kernel_name, path=self.cwd, instance_type=self.instance_type
+        )
+        self._app_name = str(model["app_name"])
+        logger.info("the kernel runs on KernelGateway app %s (%s)", self._app_name, self.instance_type)
+        return str(model["id"])
+
+    async def _delete_app(self) -> None:
+        """Studio Classic: deleting the kernel leaves its KernelGateway app running (and billed)."""
+        name, self._app_name = self._app_name, None
+        if name is None or self.keep_app:
+            return
+        try:
+            await self.conn.request("DELETE", f"sagemaker/api/apps/{quote(name, safe='')}")
+            logger.info("deleted KernelGateway app %s", name)
+        except NotFound:
+            pass
+        except RemoteError as exc:
+            logger.warning("could not delete KernelGateway app %s: %s", name, exc)
 
     async def _create_session(self, kernel_id: str) -> str | None:
         """Register a session for our kernel; never join a session someone else has on the same path."""
@@ -648,6 +684,7 @@ class NotebookRunner:
                 await shutdown_kernel(self.conn, kernel_id)
             except RemoteError as exc:
                 logger.warning("could not shut down kernel %s: %s", kernel_id, exc)
+        await self._delete_app()
 
     async def _final_save(self, saver: _Autosaver, *, raise_errors: bool) -> None:
         if self.store is None:

@@ -43,11 +43,16 @@ __all__ = [
     "render_on_start",
 ]
 
-LCC_APP_TYPES = ("JupyterLab", "CodeEditor")
+LCC_APP_TYPES = ("JupyterLab", "CodeEditor", "JupyterServer")
 #: ``RenderOptions.app_type`` of a notebook instance's on-start script (not a Studio app type).
 NOTEBOOK_INSTANCE = "NotebookInstance"
 MAX_CONTENT_CHARS = 16384  # StudioLifecycleConfigContent, base64-encoded
-_SETTINGS_KEY = {"JupyterLab": "JupyterLabAppSettings", "CodeEditor": "CodeEditorAppSettings"}
+_SETTINGS_KEY = {
+    "JupyterLab": "JupyterLabAppSettings",
+    "CodeEditor": "CodeEditorAppSettings",
+    # Studio Classic: the JupyterServer app, where the AWS auto-shutdown extension was installed.
+    "JupyterServer": "JupyterServerAppSettings",
+}
 # What SageMaker's DefaultSpaceSettings can hold (botocore's sagemaker model): no CodeEditorAppSettings.
 _SPACE_SETTINGS_KEYS = ("JupyterLabAppSettings",)
 # Values land inside "${VAR:-value}" in the script: nothing that quoting or expansion would touch.
@@ -118,13 +123,21 @@ def render_on_start(options: RenderOptions) -> str:
             "PYTHON": "/home/ec2-user/anaconda3/envs/JupyterSystemEnv/bin/python",
             "ROLE_NEEDS": "sagemaker:StopNotebookInstance and sagemaker:DescribeNotebookInstance",
         }
-    elif options.app_type == "JupyterLab":
+    elif options.app_type in ("JupyterLab", "JupyterServer"):
         jupyter = (
             'export JL_HOSTNAME="${JL_HOSTNAME:-0.0.0.0}"  # where the app\'s Jupyter server listens\n'
             'export JL_PORT="${JL_PORT:-8888}"\n'
             f'export JL_BASE_URL="${{JL_BASE_URL:-{jupyter_base_url(options.app_type)}}}"\n'
         )
-    else:
+    if options.app_type == "JupyterServer":
+        # Studio Classic: the agent in the free JupyterServer app deletes the idle, billed KernelGateway apps.
+        jupyter += (
+            'export LAMPLIGHTER_KEEP_TERMINALS="${KEEP_TERMINALS:-False}"'
+            "  # True: an open image terminal keeps its KernelGateway app (billed)\n"
+            'export LAMPLIGHTER_INSTANCE_IDLE_TIMEOUTS="${INSTANCE_IDLE_TIMEOUTS:-}"'
+            "  # e.g. ml.g*=20m,ml.p*=15m: shorter for GPU instances\n"
+        )
+    if options.app_type == "CodeEditor":
         jupyter = (
             'export LAMPLIGHTER_APP_TYPE="${LAMPLIGHTER_APP_TYPE:-code-editor}"'
             "  # no Jupyter API: watch files, the editor and processes\n"
