@@ -246,6 +246,10 @@ class _AppPolicy:
         return self.base.stuck_after
 
     @property
+    def max_age(self) -> timedelta | None:
+        return None  # a hub setting; a KernelGateway app is judged by its idle time only
+
+    @property
     def ignore_connections(self) -> bool:
         return self.base.ignore_connections
 
