@@ -158,8 +158,8 @@ def fleet(sm: SageMakerEmulator, domain: StudioDomain, side: SideServices, tmp_p
     _log_line(app_log(apps["slow-editor"]), _record(now - timedelta(minutes=10), 600))
     second = sm.add_domain("second")
     sm.add_user_profile(second, "bob")
-    sm.add_notebook_instance("nb-guarded", lifecycle_config="lamplighter-autostop")
-    sm.add_notebook_instance("nb-bare")
+    sm.add_notebook_instance("nb-guarded", lifecycle_config="lamplighter-autostop", running=False)
+    sm.add_notebook_instance("nb-bare", running=False)
     return {"second": second, "now": now}
 
 

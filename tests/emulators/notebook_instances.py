@@ -115,9 +115,10 @@ class NotebookInstanceOps:
     # -- test controls --------------------------------------------------------------------------
 
     def add_notebook_instance(
-        self, name: str, *, lifecycle_config: str | None = None
+        self, name: str, *, lifecycle_config: str | None = None, running: bool = True
     ) -> EmulatedNotebookInstance:
-        """Create an instance (as an admin's CreateNotebookInstance would); it goes Pending → InService."""
+        """Create an instance (as an admin's CreateNotebookInstance would); it goes Pending → InService,
+        or with ``running=False`` is Stopped at once, with no server (what a listing sees of one)."""
         params: dict[str, Any] = {
             "NotebookInstanceName": name,
             "InstanceType": "ml.t3.medium",
@@ -126,7 +127,12 @@ class NotebookInstanceOps:
         if lifecycle_config:
             params["LifecycleConfigName"] = lifecycle_config
         with self._lock:
-            self._op_CreateNotebookInstance(params)
+            if lifecycle_config and not running and lifecycle_config not in self._nbi.lccs:
+                content = {"Content": "IyEvYmluL2Jhc2gK"}  # "#!/bin/bash": a listing only reads the name
+                self._op_CreateNotebookInstanceLifecycleConfig(
+                    {"NotebookInstanceLifecycleConfigName": lifecycle_config, "OnStart": [content]}
+                )
+            self._op_CreateNotebookInstance(params, boot=running)
             return self._nbi.instances[name]
 
     def notebook_instance(self, name: str) -> EmulatedNotebookInstance:
@@ -143,7 +149,7 @@ class NotebookInstanceOps:
 
     # -- the operations -------------------------------------------------------------------------
 
-    def _op_CreateNotebookInstance(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _op_CreateNotebookInstance(self, params: dict[str, Any], *, boot: bool = True) -> dict[str, Any]:
         name = _name(params, "NotebookInstanceName")
         _string(params, "InstanceType")
         role = _string(params, "RoleArn")
@@ -164,7 +170,10 @@ class NotebookInstanceOps:
             name, arn, str(params["InstanceType"]), role, workdir, metadata, now, now, lcc
         )
         self._nbi.instances[name] = instance
-        self._boot(instance)
+        if boot:
+            self._boot(instance)
+        else:
+            instance.status = "Stopped"
         return {"NotebookInstanceArn": arn}
 
     def _op_DescribeNotebookInstance(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -327,7 +327,6 @@ class SageMakerEmulator(NotebookInstanceOps):
         self._faults: list[tuple[str, _ApiError]] = []
         self._fail_next: str | None = None
         self._objects: dict[tuple[str, str], bytes] = {}
-        self._fleet_notebook_instances: dict[str, dict[str, Any]] = {}
         self._threads: list[threading.Thread] = []
         self._http = _Server(("127.0.0.1", 0), _Handler)
         self._http.emulator = self
@@ -999,25 +998,6 @@ class SageMakerEmulator(NotebookInstanceOps):
 
     # -- the fleet check's listings: user profiles, spaces, notebook instances ------------------
 
-    def add_notebook_instance(
-        self, name: str, *, lifecycle_config: str | None = None, status: str = "InService"
-    ) -> None:
-        """A notebook instance as the fleet check lists it (ListNotebookInstances only)."""
-        now = time.time()
-        item: dict[str, Any] = {
-            "NotebookInstanceName": name,
-            "NotebookInstanceArn": self._arn("notebook-instance", name.lower()),
-            "NotebookInstanceStatus": status,
-            "Url": f"{name.lower()}.notebook.{self.region}.sagemaker.aws",
-            "InstanceType": "ml.t3.medium",
-            "CreationTime": now,
-            "LastModifiedTime": now,
-        }
-        if lifecycle_config:
-            item["NotebookInstanceLifecycleConfigName"] = lifecycle_config
-        with self._lock:
-            self._fleet_notebook_instances[name] = item
-
     def _op_ListUserProfiles(self, params: dict[str, Any]) -> dict[str, Any]:
         keys = ("DomainId", "UserProfileName", "Status", "CreationTime", "LastModifiedTime")
         rows = [
@@ -1050,9 +1030,15 @@ class SageMakerEmulator(NotebookInstanceOps):
         statuses = ("Pending", "InService", "Stopping", "Stopped", "Failed", "Deleting", "Updating")
         if params.get("StatusEquals") not in (None, *statuses):
             raise _ApiError("ValidationException", f"StatusEquals {params['StatusEquals']!r} is not valid")
+        summary_keys = (
+            "NotebookInstanceName", "NotebookInstanceArn", "NotebookInstanceStatus", "Url", "InstanceType",
+            "CreationTime", "LastModifiedTime", "NotebookInstanceLifecycleConfigName",
+        )  # fmt: skip
+        with self._lock:  # the notebook-instance slice's one store (tests/emulators/notebook_instances.py)
+            listed = [i.details(self.region) for i in self._nbi.instances.values()]
         rows = [
-            dict(item)
-            for item in self._fleet_notebook_instances.values()
+            {k: item[k] for k in summary_keys if k in item}
+            for item in listed
             if params.get("StatusEquals") in (None, item["NotebookInstanceStatus"])
             and str(params.get("NameContains") or "") in item["NotebookInstanceName"]
             and str(params.get("NotebookInstanceLifecycleConfigNameContains") or "")
