@@ -149,7 +149,7 @@ def _escape_values(words: Sequence[str]) -> list[str]:
 def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> None:
     description = (
         "Start a kernel on the server, run the notebook's cells in order, save the executed "
-        "notebook after every cell, and shut the kernel down. Parameters and flags are papermill's: "
+        "notebook as cells finish, and shut the kernel down. Parameters and flags are papermill's: "
         "'papermill IN OUT -p a 1' becomes 'lamplighter run notebook IN OUT -p a 1 --url ...'."
     )
     parser = commands.add_parser(
@@ -173,7 +173,7 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
         parser,
         "output",
         group=out,
-        help="Save the executed notebook here (after every cell); '-': print it to stdout at the end.",
+        help="Save the executed notebook here (as cells finish); '-': print it to stdout at the end.",
     )
     out.add_argument("--inplace", action="store_true", help="Save the executed notebook over PATH.")
     add_option(parser, "kernel")
