@@ -6,6 +6,8 @@ Notebook, 200 trivial cells (``x = i``):
     (the anchors; targets: lamplighter's median ≤ 1.0× on both)
   - a naive kernel-websocket client (no TCP_QUICKACK, one request at a time)
   - papermill CLI and ``lamplighter run notebook`` CLI, wall time of the whole command
+  - the CPU each process (Jupyter server, kernel, this client) spends per cell: the server hop is the
+    one cost nbclient does not pay, which a busy 2-core machine cannot overlap with the kernel's work
 Every figure is a median with its range over ``--repeat`` (≥ 5) interleaved runs: a best run hides
 the spread that a scheduled job actually sees.
 Shell, ``echo hi`` round trips:
@@ -58,35 +60,93 @@ def make_notebook(cells: int) -> dict[str, Any]:
     return plain
 
 
-class _CellClock(RunObserver):
-    """Times the cells only: from the first cell sent to the last one finished (kernel start excluded)."""
+_TICKS = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self) -> None:
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def child_pids(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+class _CpuMeter:
+    """CPU seconds used by each process of a run (``{"kernel": pid, ...}``; "client" is this one)."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.start = self._sample()
+        self.used: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        sample = {name: cpu_s(pid) for name, pid in self.pids.items()}
+        sample["client"] = time.process_time()
+        return sample
+
+    def stop(self) -> None:
+        end = self._sample()
+        self.used = {name: end[name] - self.start[name] for name in end}
+
+
+class _CellClock(RunObserver):
+    """Times the cells only: from the first cell sent to the last one finished (kernel start excluded),
+    and the CPU each process (server, kernel, this client) used meanwhile."""
+
+    def __init__(self, server_pid: int) -> None:
         self.first = self.last = 0.0
+        self.server_pid = server_pid
+        self.meter: _CpuMeter | None = None
 
     def notebook_started(self, nb: Mapping[str, Any], cell_indices: Sequence[int]) -> None:
+        kernels = child_pids(self.server_pid)
+        pids = {"server": self.server_pid}
+        if len(kernels) == 1:
+            pids["kernel"] = kernels[0]
+        self.meter = _CpuMeter(pids)
         self.first = time.perf_counter()
 
     def cell_finished(self, index: int, cell: Mapping[str, Any], result: Any) -> None:
         self.last = time.perf_counter()
+        if self.meter is not None:
+            self.meter.stop()
+
+
+Run = tuple[float, float, dict[str, float]]
+"""(per-cell ms, whole s, CPU ms per cell by process) of one run."""
+
+
+def _per_cell_ms(used: Mapping[str, float], cells: int) -> dict[str, float]:
+    return {name: seconds / cells * 1000 for name, seconds in used.items()}
 
 
 async def lamplighter_notebook(
     server: LocalServer, cells: int, *, pipeline: bool, save_to: Path | None = None
-) -> tuple[float, float]:
-    """(per-cell ms, whole s) for NotebookRunner; whole = kernel start to the saved notebook."""
+) -> Run:
+    """Figures for NotebookRunner; whole = kernel start to the saved notebook."""
     nb = make_notebook(cells)
-    clock = _CellClock()
+    clock = _CellClock(server.process.pid)
     began = time.perf_counter()
     async with Connection(server.url, token=server.token) as conn:
         store = LocalNotebookStore(save_to) if save_to is not None else None
         await NotebookRunner(conn, pipeline=pipeline, observer=clock, store=store).run(nb)
     total = time.perf_counter() - began
-    return (clock.last - clock.first) / cells * 1000, total
+    used = clock.meter.used if clock.meter is not None else {}
+    return (clock.last - clock.first) / cells * 1000, total, _per_cell_ms(used, cells)
 
 
-async def nbclient_notebook(cells: int, workdir: Path) -> tuple[float, float]:
-    """(per-cell ms, whole s) for nbclient with a local kernel, in this process.
+async def nbclient_notebook(cells: int, workdir: Path) -> Run:
+    """Figures for nbclient with a local kernel, in this process.
 
     Per cell: its own cell loop, kernel start excluded. Whole: what ``execute()`` does (start the
     kernel, run every cell, shut down) plus writing the notebook, as a job would.
@@ -95,20 +155,26 @@ async def nbclient_notebook(cells: int, workdir: Path) -> tuple[float, float]:
     client = NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
     first = last = 0.0
     original = client.async_execute_cell
+    meter: _CpuMeter | None = None
 
     async def timed(cell: Any, index: int, **kwargs: Any) -> Any:
-        nonlocal first, last
+        nonlocal first, last, meter
         if index == 0:
+            process = getattr(getattr(client.km, "provisioner", None), "process", None)
+            meter = _CpuMeter({"kernel": process.pid} if process is not None else {})
             first = time.perf_counter()
         result = await original(cell, index, **kwargs)
         last = time.perf_counter()
+        if meter is not None:
+            meter.stop()
         return result
 
     client.async_execute_cell = timed  # type: ignore[method-assign,assignment]
     began = time.perf_counter()
     await client.async_execute()
     nbformat.write(nb, workdir / "nbclient-out.ipynb")  # type: ignore[no-untyped-call]
-    return (last - first) / cells * 1000, time.perf_counter() - began
+    used = meter.used if meter is not None else {}
+    return (last - first) / cells * 1000, time.perf_counter() - began, _per_cell_ms(used, cells)
 
 
 async def naive_kernel_client(server: LocalServer, cells: int) -> float:
@@ -143,6 +209,39 @@ async def naive_kernel_client(server: LocalServer, cells: int) -> float:
                         )
                 return (time.perf_counter() - first) / cells * 1000
         finally:
+            await shutdown_kernel(conn, kernel_id)
+
+
+async def server_kernel_over_zmq(server: LocalServer, cells: int) -> dict[str, float]:
+    """CPU ms per cell of a kernel the server started, driven over ZMQ as nbclient drives its own (no
+    websocket, no lamplighter): what the server's kernel and the server cost without our client."""
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    async with Connection(server.url, token=server.token) as conn:
+        kernel_id = await start_kernel(conn, "python3")
+        client = AsyncKernelClient()
+        try:
+            connection_file = server.root_dir.parent / "runtime" / f"kernel-{kernel_id}.json"
+            deadline = time.monotonic() + 30
+            while not connection_file.exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            client.load_connection_file(str(connection_file))
+            client.start_channels(hb=False)  # a heartbeat not yet beating on a busy machine reads as "died"
+            await client.wait_for_ready(timeout=60)
+            kernels = child_pids(server.process.pid)
+            meter = _CpuMeter({"server": server.process.pid, "kernel": kernels[0]})
+            for i in range(cells):
+                msg_id = client.execute(f"x = {i}")
+                while True:
+                    msg = await client.get_iopub_msg(timeout=30)
+                    mine = msg["parent_header"].get("msg_id") == msg_id
+                    if mine and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                        break
+                await client.get_shell_msg(timeout=30)
+            meter.stop()
+            return _per_cell_ms(meter.used, cells)
+        finally:
+            client.stop_channels()
             await shutdown_kernel(conn, kernel_id)
 
 
@@ -241,7 +340,7 @@ async def notebook_figures(args: argparse.Namespace, server: LocalServer, workdi
         str(workdir / "pm-out.ipynb"),
     ]
     ours_argv = [str(bin_dir / "lamplighter"), "run", "notebook", "--upload", str(source), str(workdir / "ll-out.ipynb"), "--url", server.url]  # fmt: skip
-    runs: dict[str, list[tuple[float, float]]] = {"pipelined": [], "sequential": [], "nbclient": []}
+    runs: dict[str, list[Run]] = {"pipelined": [], "sequential": [], "nbclient": []}
     walls: dict[str, list[float]] = {"papermill": [], "ours": []}
     saved = workdir / "ll-runner-out.ipynb"
     for _ in range(args.repeat):
@@ -253,8 +352,8 @@ async def notebook_figures(args: argparse.Namespace, server: LocalServer, workdi
         if args.cli:
             walls["papermill"].append(cli_wall(papermill_argv))
             walls["ours"].append(cli_wall(ours_argv, env))
-    cell = {name: [c for c, _ in figures] for name, figures in runs.items()}
-    whole = {name: [t for _, t in figures] for name, figures in runs.items()}
+    cell = {name: [c for c, _, _ in figures] for name, figures in runs.items()}
+    whole = {name: [t for _, t, _ in figures] for name, figures in runs.items()}
     med_cell = {name: statistics.median(v) for name, v in cell.items()}
     med_whole = {name: statistics.median(v) for name, v in whole.items()}
     naive_cell = await naive_kernel_client(server, args.cells)
@@ -272,6 +371,25 @@ async def notebook_figures(args: argparse.Namespace, server: LocalServer, workdi
         print(f"  {label:34}{spread(cell[name], 'ms'):>24}  {spread(whole[name], 's'):>22}{ratio}")
     print(f"  {'naive websocket client':34}{naive_cell:>21.2f} ms  {'':22}  {naive_cell / med_cell['nbclient']:.2f}x nbclient")  # fmt: skip
     print("  targets: pipelined per cell <= 1.0x nbclient's median; whole <= 1.0x nbclient's execute()")
+    print(
+        "  CPU per cell during the cell loop, median ms (where the 2 cores go; the server hop is ours only):"
+    )
+    for name in ("nbclient", "pipelined", "sequential"):
+        used = [figures[2] for figures in runs[name]]
+        parts = {
+            part: statistics.median(u.get(part, 0.0) for u in used) for part in ("server", "kernel", "client")
+        }
+        shown = "  ".join(f"{part} {ms:5.2f}" for part, ms in parts.items() if any(part in u for u in used))
+        print(f"    {name:12} {shown}  total {sum(parts.values()):5.2f}")
+    try:
+        zmq = await server_kernel_over_zmq(server, args.cells)
+    except Exception as exc:  # a diagnostic only: the figures above stand without it
+        print(f"    the server's kernel over ZMQ: not measured ({type(exc).__name__}: {exc})")
+    else:
+        print(
+            f"    {'the server-started kernel, driven over ZMQ as nbclient drives its own:':72}"
+            f"\n    {'':12} server {zmq['server']:5.2f}  kernel {zmq['kernel']:5.2f}  (client not counted)"
+        )
     if args.cli:
         pm, ours = statistics.median(walls["papermill"]), statistics.median(walls["ours"])
         print(f"  {'papermill CLI (local kernel)':34}{'':24}  {spread(walls['papermill'], 's'):>22}")

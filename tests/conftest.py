@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -74,3 +75,20 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 def jupyter(server_factory: ServerFactory) -> LocalServer:
     """One real Jupyter server at base URL ``/`` with a token."""
     return server_factory()
+
+
+@pytest.fixture
+def cli_env(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """``--url`` of the requesting module's own ``server`` fixture, for in-process ``main([...])`` runs.
+
+    The token goes through the environment, no user config is read, and the logging handlers that
+    ``main`` sets up are restored afterwards.
+    """
+    monkeypatch.setenv("LAMPLIGHTER_TOKEN", server.token)
+    monkeypatch.delenv("LAMPLIGHTER_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(server.root_dir.parent / "xdg"))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield ["--url", server.url]
+    root.handlers[:] = handlers
+    root.setLevel(level)

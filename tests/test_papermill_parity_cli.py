@@ -7,9 +7,9 @@ so the translator choice is tested without installing R or Julia.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import logging
 import math
 import subprocess
 import sys
@@ -49,15 +49,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 
 
 @pytest.fixture
-def cli_env(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    monkeypatch.setenv("LAMPLIGHTER_TOKEN", server.token)
-    monkeypatch.delenv("LAMPLIGHTER_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(server.root_dir.parent / "xdg"))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield ["--url", server.url]
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def cli_env(cli_env: list[str], server: LocalServer) -> Iterator[list[str]]:
+    """conftest's ``cli_env``, and afterwards: no kernel or session left on the server."""
+    yield cli_env
     headers = {"Authorization": f"token {server.token}"}
     for what in ("kernels", "sessions"):
         assert httpx.get(f"{server.url}api/{what}", headers=headers).json() == [], what
@@ -323,3 +317,85 @@ def test_answers_running_out_fail_the_cell_and_never_hang(
     assert main([*argv, "--timeout", "60", *cli_env]) == 1
     result = json.loads(capsys.readouterr().out)
     assert result["error"]["ename"] == "KeyboardInterrupt" and result["failed_cell"] == 0
+
+
+# -- papermill's other flags -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        pytest.param(["--inject-paths"], id="both"),
+        pytest.param(["--inject-input-path"], id="input"),
+        pytest.param(["--inject-output-path", "-p", "n", "1"], id="output-with-p"),
+        pytest.param(["--inject-paths", "-p", "PAPERMILL_INPUT_PATH", "mine"], id="p-overrides-a-path"),
+    ],
+)
+def test_inject_paths_injects_what_papermill_injects(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, flags: list[str]
+) -> None:
+    source = write_notebook(tmp_path / "in.ipynb", "x = 0", "print(x)")
+    out = tmp_path / "out.ipynb"  # the same strings for both: the paths are injected as given
+    theirs = papermill_prepare(source, out, flags)
+    rc = main(["run", "notebook", "--upload", str(source), str(out), "--prepare-only", *flags, *cli_env])
+    assert rc == 0
+    ours = json.loads(out.read_text())
+    assert injected(ours) == injected(theirs)
+
+
+def test_engine_accepts_only_the_default(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_notebook(tmp_path / "in.ipynb", "x = 1")
+    assert main(["run", "notebook", "--upload", str(source), "--engine", "nbclient", *cli_env]) == 0
+    capsys.readouterr()
+    assert main(["run", "notebook", "--upload", str(source), "--engine", "papermill-dask", *cli_env]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "--engine" in line and "'papermill-dask'" in line and "'nbclient'" in line
+
+
+@pytest.mark.parametrize("value", ["-1", "soon"])
+def test_a_bad_autosave_interval_is_exit_2(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    source = write_notebook(tmp_path / "in.ipynb", "x = 1")
+    with contextlib.suppress(SystemExit):  # argparse's own refusal of a non-integer exits 2 itself
+        assert (
+            main(["run", "notebook", "--upload", str(source), "--autosave-cell-every", value, *cli_env]) == 2
+        )
+    assert "--autosave-cell-every" in capsys.readouterr().err
+
+
+def json_failure(capsys: pytest.CaptureFixture[str], argv: list[str], status: int) -> dict[str, Any]:
+    """``main(argv)`` exits with ``status``, one line on stderr, and one result object on stdout."""
+    assert main(argv) == status
+    captured = capsys.readouterr()
+    one_line(captured.err)
+    result: dict[str, Any] = json.loads(captured.out)
+    assert result["exit_status"] == status and result["error"]["message"]
+    return result
+
+
+def test_json_reports_failures_before_the_run_starts(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = json_failure(capsys, ["run", "notebook", "--upload", "nowhere.ipynb", "--json", *cli_env], 2)
+    assert missing["status"] == "not started" and "nowhere.ipynb" in missing["error"]["message"]
+    assert missing["error"]["type"] == "ConfigError" and missing["cells"] == []
+
+    source = write_notebook(tmp_path / "in.ipynb", "1", kernel="nosuchkernel")
+    kernel = json_failure(capsys, ["run", "notebook", "--upload", str(source), "--json", *cli_env], 2)
+    assert kernel["status"] == "not started" and "nosuchkernel" in kernel["error"]["message"]
+
+    argv = ["run", "notebook", "--upload", str(source), "--json", *cli_env, "--token", "not-the-token"]
+    refused = json_failure(capsys, argv, 3)
+    assert refused["status"] == "not started" and "not-the-token" not in json.dumps(refused)
+
+
+def test_json_with_the_notebook_on_stdout_is_refused(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both want stdout: refused before anything runs (exit 2); the result object says so."""
+    source = write_notebook(tmp_path / "in.ipynb", "x = 1")
+    result = json_failure(capsys, ["run", "notebook", "--upload", str(source), "-", "--json", *cli_env], 2)
+    assert result["status"] == "not started" and "stdout" in result["error"]["message"]

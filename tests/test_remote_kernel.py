@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -253,3 +254,32 @@ async def test_cookie_auth_opens_the_kernel_websocket(server: LocalServer) -> No
         async with kernel(conn) as kernel_id, KernelSession(conn, kernel_id) as ks:
             assert (await ks.execute("'via cookies'")).outputs[0]["data"] == {"text/plain": "'via cookies'"}
         await assert_nothing_left(conn)
+
+
+@pytest.mark.parametrize("v1", [True, False])
+def test_a_frame_keeps_its_binary_buffers(v1: bool) -> None:
+    """A widget's bytes travel as buffers after the JSON parts; both framings keep them, in order."""
+    import struct
+
+    header = {"msg_id": "m", "msg_type": "comm_msg", "date": "2026-01-01T00:00:00Z"}
+    parent = {"msg_id": "p"}
+    content = {"comm_id": "c", "data": {"state": {}, "buffer_paths": [["value"], ["other"]]}}
+    buffers = [b"\x89PNG\x00\xff", b"two"]
+    if v1:
+        parts = [b"iopub", *(json.dumps(p).encode() for p in (header, parent, {}, content)), *buffers]
+        offsets = [8 * (len(parts) + 2)]
+        for part in parts:
+            offsets.append(offsets[-1] + len(part))
+        frame = b"".join(
+            [len(offsets).to_bytes(8, "little"), *(o.to_bytes(8, "little") for o in offsets), *parts]
+        )
+    else:
+        body = json.dumps({"channel": "iopub", "header": header, "parent_header": parent, "content": content})
+        pieces = [body.encode(), *buffers]
+        starts = [4 * (len(pieces) + 1)]
+        for piece in pieces[:-1]:
+            starts.append(starts[-1] + len(piece))
+        frame = struct.pack("!" + "I" * (len(pieces) + 1), len(pieces), *starts) + b"".join(pieces)
+    msg = decode_frame(frame, v1)
+    assert (msg.channel, msg.msg_type, msg.parent_id, msg.content) == ("iopub", "comm_msg", "p", content)
+    assert msg.buffers == tuple(buffers)

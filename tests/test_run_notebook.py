@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
-import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,8 @@ from lamplighter.remote import (
     shutdown_kernel,
     start_kernel,
 )
-from lamplighter.remote.notebook import _GUARD_CELL, ERROR_TAG, INJECTED_TAG
-from tests.waiting import wait_until
+from lamplighter.remote.notebook import _GUARD_CELL, ERROR_TAG, INJECTED_TAG, MemoryNotebookStore
+from tests.waiting import wait_until, wait_until_async
 
 DATA = Path(__file__).parent / "data" / "remote"
 PYTHON = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -45,19 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     )
     yield started
     started.stop()
-
-
-@pytest.fixture
-def cli_env(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Token through the environment, no user config; logging handlers restored after ``main`` set them."""
-    monkeypatch.setenv("LAMPLIGHTER_TOKEN", server.token)
-    monkeypatch.delenv("LAMPLIGHTER_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(server.root_dir.parent / "xdg"))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield ["--url", server.url]
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def notebook(*sources: str, tags: dict[int, list[str]] | None = None) -> dict[str, Any]:
@@ -223,6 +212,77 @@ async def test_a_timed_out_cell_keeps_its_count_and_outputs_as_nbclient_does(
     assert expected[0] == 2 and expected[1][-1]["ename"] == "KeyboardInterrupt"
     assert ours_cell["outputs"][-1]["traceback"]
     assert "iopub.execute_input" in ours_cell["metadata"]["execution"]
+    nothing_left(server)
+
+
+# -- when the notebook is saved -------------------------------------------------------------------
+
+
+class RecordingStore(MemoryNotebookStore):
+    """Keeps every save: when it happened, and the notebook as saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves: list[tuple[float, dict[str, Any]]] = []
+
+    async def save(self, nb: Mapping[str, Any]) -> None:
+        await super().save(nb)
+        self.saves.append((time.monotonic(), json.loads(self.text or "{}")))
+
+    def outputs_saved(self, cell: int) -> list[Any]:
+        return [] if not self.saves else self.saves[-1][1]["cells"][cell]["outputs"]
+
+
+async def test_a_burst_of_fast_cells_is_saved_together(server: LocalServer) -> None:
+    """Saving after each of 60 fast cells would steal the CPU the kernel needs: saves during the run
+    come at least a second apart; the last one holds every output."""
+    store = RecordingStore()
+    nb = notebook(*(f"print({i})" for i in range(60)))
+    async with Connection(server.url, token=server.token) as conn:
+        await NotebookRunner(conn, store=store).run(nb)
+    times = [when for when, _ in store.saves]
+    assert 2 <= len(times) < 60
+    assert all(later - earlier >= 0.99 for earlier, later in itertools.pairwise(times[:-1]))
+    last = store.saves[-1][1]
+    assert [c["outputs"][0]["text"] for c in last["cells"]] == [f"{i}\n" for i in range(60)]
+    nothing_left(server)
+
+
+@pytest.mark.parametrize(
+    ("save_after_cell", "autosave_s"), [(True, 0), (False, 0.3)], ids=["after-the-cell", "autosave-mid-cell"]
+)
+async def test_a_finished_cell_is_saved_while_the_next_one_runs(
+    server: LocalServer, save_after_cell: bool, autosave_s: float
+) -> None:
+    flag = server.root_dir / f"release-{uuid.uuid4().hex[:8]}.txt"
+    nb = notebook(
+        "print('first')",
+        f"import os, time\nwhile not os.path.exists({flag.name!r}):\n    time.sleep(0.05)",
+    )
+    store = RecordingStore()
+    async with Connection(server.url, token=server.token) as conn:
+        runner = NotebookRunner(
+            conn, store=store, save_after_cell=save_after_cell, autosave_interval_s=autosave_s
+        )
+        run = asyncio.create_task(runner.run(nb))
+        try:
+            await wait_until_async(
+                lambda: store.outputs_saved(0), timeout_s=30, what="a save holding the first cell's output"
+            )
+            assert not run.done()
+        finally:
+            flag.write_text("go")
+            await asyncio.wait_for(run, 60)
+    nothing_left(server)
+
+
+async def test_without_save_after_cell_only_the_start_and_the_end_are_saved(server: LocalServer) -> None:
+    store = RecordingStore()
+    nb = notebook(*(f"print({i})" for i in range(5)))
+    async with Connection(server.url, token=server.token) as conn:
+        await NotebookRunner(conn, store=store, save_after_cell=False, autosave_interval_s=0).run(nb)
+    assert len(store.saves) == 2
+    assert store.saves[0][1]["cells"][0]["outputs"] == [] and store.outputs_saved(4)[0]["text"] == "4\n"
     nothing_left(server)
 
 

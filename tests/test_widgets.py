@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -115,3 +116,34 @@ async def test_output_widgets_and_widget_state_match_nbclient(server: LocalServe
     assert texts == ["after the clear\n"]
     slider = next(m for m in ours_state["state"].values() if m["model_name"] == "IntSliderModel")
     assert slider["state"]["value"] == 7
+
+
+IMAGE_SOURCES = (
+    "import ipywidgets as w\nimg = w.Image(value=bytes(range(256)), format='png')\ndisplay(img)",
+    "img.value = b'the second picture'",
+)
+
+
+def image_notebook() -> Any:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in IMAGE_SOURCES]
+    return nb
+
+
+async def test_image_widget_bytes_are_saved_as_nbclient_saves_them(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    ours: dict[str, Any] = json.loads(nbformat.writes(image_notebook()))
+    for cell in ours["cells"]:
+        cell["source"] = "".join(cell["source"])
+    async with Connection(server.url, token=server.token) as conn:
+        await NotebookRunner(conn).run(ours)
+    theirs = await nbclient_run(image_notebook, tmp_path)
+
+    got = normalised(ours["metadata"]["widgets"][WIDGET_STATE_MIME])
+    assert got == normalised(theirs["metadata"]["widgets"][WIDGET_STATE_MIME])
+    # The bytes live in the model's buffers (the latest value for each path), not in its state.
+    image = next(m for m in got["state"].values() if m["model_name"] == "ImageModel")
+    assert "value" not in image["state"]
+    second = base64.b64encode(b"the second picture").decode()
+    assert image["buffers"] == [{"data": second, "encoding": "base64", "path": ["value"]}]

@@ -166,6 +166,38 @@ OPTIONS: dict[str, Option] = {
         "Studio Classic: keep the kernel's KernelGateway app after the run.",
         {"action": "store_true"},
     ),
+    # run notebook: more of papermill's flags (paths as parameters, the engine, when to save).
+    "inject_paths": Option(
+        ("--inject-paths",),
+        "Add the input and output paths as the parameters PAPERMILL_INPUT_PATH and PAPERMILL_OUTPUT_PATH.",
+        {"action": "store_true"},
+    ),
+    "inject_input_path": Option(
+        ("--inject-input-path",),
+        "Add the input path as the parameter PAPERMILL_INPUT_PATH.",
+        {"action": "store_true"},
+    ),
+    "inject_output_path": Option(
+        ("--inject-output-path",),
+        "Add the output path as the parameter PAPERMILL_OUTPUT_PATH.",
+        {"action": "store_true"},
+    ),
+    "engine": Option(
+        ("--engine",),
+        "papermill's execution engine: only its default, nbclient, which this runner reproduces.",
+        {"metavar": "NAME"},
+    ),
+    "autosave_cell_every": Option(
+        ("--autosave-cell-every",),
+        "Save every SECONDS while one cell runs long; 0: only between cells [30].",
+        {"type": int, "default": 30, "metavar": "SECONDS"},
+    ),
+    "request_save_on_cell_execute": Option(
+        ("--request-save-on-cell-execute",),
+        "Save after cells finish (coalesced: at most about once a second) [on]; "
+        "--no-request-save-on-cell-execute: only at the start and the end (and --autosave-cell-every).",
+        {"action": argparse.BooleanOptionalAction, "default": True},
+    ),
 }
 
 

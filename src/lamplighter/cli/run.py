@@ -32,6 +32,7 @@ from lamplighter.cli.common import (
 )
 from lamplighter.cli.options import add_option
 from lamplighter.errors import CellFailed, ConfigError, LamplighterError, RemoteTimeout
+from lamplighter.redaction import redact
 from lamplighter.settings import SAGEMAKER_APP_TYPES, parse_setting
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def _escape_values(words: Sequence[str]) -> list[str]:
 def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> None:
     description = (
         "Start a kernel on the server, run the notebook's cells in order, save the executed "
-        "notebook after every cell, and shut the kernel down. Parameters and flags are papermill's: "
+        "notebook as cells finish, and shut the kernel down. Parameters and flags are papermill's: "
         "'papermill IN OUT -p a 1' becomes 'lamplighter run notebook IN OUT -p a 1 --url ...'."
     )
     parser = commands.add_parser(
@@ -176,7 +177,7 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
         parser,
         "output",
         group=out,
-        help="Save the executed notebook here (after every cell); '-': print it to stdout at the end.",
+        help="Save the executed notebook here (as cells finish); '-': print it to stdout at the end.",
     )
     out.add_argument("--inplace", action="store_true", help="Save the executed notebook over PATH.")
     add_option(parser, "kernel")
@@ -213,6 +214,11 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
         "--no-pipeline", dest="pipeline", action="store_false",
         help="Send each cell only after the previous one finished (slower; for kernels that misbehave).",
     )  # fmt: skip
+    papermill = parser.add_argument_group("papermill's other flags")
+    for name in ("inject_paths", "inject_input_path", "inject_output_path", "engine"):
+        add_option(parser, name, group=papermill)
+    add_option(parser, "autosave_cell_every", group=papermill)
+    add_option(parser, "request_save_on_cell_execute", group=papermill)
     display = parser.add_argument_group("display")
     add_option(parser, "log_output", group=display)
     add_option(parser, "report_mode", group=display)
@@ -230,6 +236,7 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """Every parameter flag merged; papermill's injected paths first, so a flag can override them."""
     from lamplighter.remote.parameters import merge_parameters
 
     files: list[tuple[str, str]] = []
@@ -238,7 +245,13 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
             files.append((name, Path(name).read_text(encoding="utf-8")))
         except OSError as exc:
             raise ConfigError(f"--parameters_file: cannot read {name} ({exc.strerror})") from exc
-    return merge_parameters(
+    paths: dict[str, Any] = {}
+    if args.inject_paths or args.inject_input_path:
+        paths["PAPERMILL_INPUT_PATH"] = args.path
+    if args.inject_paths or args.inject_output_path:
+        # As given on the command line, as papermill injects it; None when nothing is saved.
+        paths["PAPERMILL_OUTPUT_PATH"] = _output_path(args)
+    return paths | merge_parameters(
         base64_yaml=args.parameters_base64,
         files=files,
         yaml_texts=args.parameters_yaml,
@@ -292,10 +305,43 @@ def _log_level(args: argparse.Namespace) -> str:
     return str(parse_setting("log_level", args.log_level, "--log-level"))
 
 
+_DEFAULT_ENGINE = "nbclient"
+
+
+class _JsonReport:
+    """``--json``: the one result object, printed once, also for a failure before any cell ran."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted
+        self.printed = False
+
+    def emit(self, result: Mapping[str, Any]) -> None:
+        if self.wanted and not self.printed:
+            self.printed = True
+            print(json.dumps(result), flush=True)
+
+
 def _run_notebook(args: argparse.Namespace) -> int:
-    start_logging(args, _log_level(args))
-    parameters = _parameters(args)
-    return asyncio.run(_run_notebook_async(args, parameters))
+    report = _JsonReport(args.json)
+    started = time.monotonic()
+    try:
+        start_logging(args, _log_level(args))
+        if args.engine not in (None, _DEFAULT_ENGINE):
+            raise ConfigError(
+                f"--engine: only papermill's default engine, {_DEFAULT_ENGINE!r}, is offered "
+                f"(this runner reproduces it); got {args.engine!r}"
+            )
+        if args.autosave_cell_every < 0:
+            raise ConfigError(
+                f"--autosave-cell-every: expected 0 or more seconds, got {args.autosave_cell_every}"
+            )
+        parameters = _parameters(args)
+        return asyncio.run(_run_notebook_async(args, parameters, report))
+    except LamplighterError as exc:
+        # Bad arguments, a missing notebook or kernelspec, no connection: the run never began, and a
+        # scheduler reading --json still gets its status and exit code.
+        report.emit(_json_result({}, exc, time.monotonic() - started, None, status="not started"))
+        raise
 
 
 def _output_path(args: argparse.Namespace) -> str | None:
@@ -309,7 +355,9 @@ def _output_path(args: argparse.Namespace) -> str | None:
     return str(output) if output else (args.path if args.inplace else None)
 
 
-async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str, Any]) -> int:
+async def _run_notebook_async(
+    args: argparse.Namespace, parameters: Mapping[str, Any], report: _JsonReport
+) -> int:
     from lamplighter.remote.notebook import (
         LocalNotebookStore,
         MemoryNotebookStore,
@@ -350,6 +398,9 @@ async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str,
             timeout_s=args.timeout,
             kernel_start_timeout_s=args.start_timeout,
             store=output or memory,
+            # The notebook on stdout is printed once, at the end: saving it before is only work.
+            autosave_interval_s=args.autosave_cell_every if memory is None else 0,
+            save_after_cell=args.request_save_on_cell_execute and memory is None,
             pipeline=args.pipeline,
             observer=observer,
             report_mode=args.report_mode,
@@ -380,17 +431,11 @@ async def _run_notebook_async(args: argparse.Namespace, parameters: Mapping[str,
         finally:
             _print_memory(memory)
             _print_saved(runner.saved_to if output is not None else None)
-            if args.json:
-                print(
-                    json.dumps(
-                        _json_result(
-                            nb,
-                            failure,
-                            time.monotonic() - started,
-                            runner.saved_to if output is not None else None,
-                        )
-                    )
+            report.emit(
+                _json_result(
+                    nb, failure, time.monotonic() - started, runner.saved_to if output is not None else None
                 )
+            )
         close_observer()
         allowed = f", {len(result.allowed_errors)} allowed errors" if result.allowed_errors else ""
         print(
@@ -420,10 +465,17 @@ def _print_memory(memory: Any) -> None:
 
 
 def _json_result(
-    nb: Mapping[str, Any], failure: LamplighterError | None, duration_s: float, output: str | None
+    nb: Mapping[str, Any],
+    failure: LamplighterError | None,
+    duration_s: float,
+    output: str | None,
+    *,
+    status: str | None = None,
 ) -> dict[str, Any]:
     """``--json``: what a scheduler needs to know about the run, one object."""
     meta = (nb.get("metadata") or {}).get("lamplighter") or {}
+    if status is not None:
+        meta = {**meta, "status": status}
     cells = []
     for index, cell in enumerate(nb.get("cells") or []):
         if cell.get("cell_type") != "code":
@@ -437,7 +489,8 @@ def _json_result(
             }
         )
     return {
-        "status": meta.get("status", "failed" if failure else "completed"),
+        # No status yet: the run failed before its kernel started (a kernelspec the server lacks).
+        "status": meta.get("status", "not started" if failure else "completed"),
         "exit_status": exit_code_for(failure)
         if failure
         else (EXIT_OK if meta.get("status") == "completed" else EXIT_INTERRUPTED),
@@ -448,7 +501,7 @@ def _json_result(
             "type": type(failure).__name__,
             "ename": getattr(failure, "ename", None),
             "evalue": getattr(failure, "evalue", None),
-            "message": str(failure),
+            "message": redact(str(failure)),
         },
         "duration_s": round(duration_s, 3),
         "output": output,

@@ -32,6 +32,8 @@ class Message:
     """The ``msg_id`` of the request this message belongs to (``None``: the server's own, or a broadcast)."""
     content: dict[str, Any]
     date: str
+    buffers: tuple[bytes, ...] = ()
+    """The message's binary buffers (a widget's ``buffer_paths`` values, e.g. an Image's bytes)."""
 
 
 def new_header(msg_type: str, *, session_id: str, username: str) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def _parse_json(raw: bytes | str, what: str) -> dict[str, Any]:
 
 
 def decode_frame(frame: str | bytes, v1: bool) -> Message:
-    """One websocket frame → a message (buffers are dropped: no output we keep uses them)."""
+    """One websocket frame → a message (metadata is not kept: nothing here reads it)."""
     if v1:
         if isinstance(frame, str):
             raise MalformedAnswer("kernel websocket: a text frame on the v1 protocol")
@@ -70,13 +72,17 @@ def decode_frame(frame: str | bytes, v1: bool) -> Message:
         header = _parse_json(frame[offsets[1] : offsets[2]], "header")
         parent = _parse_json(frame[offsets[2] : offsets[3]], "parent header")
         content = _parse_json(frame[offsets[4] : offsets[5]], "content")
+        # The last offset is the frame's end; the parts between content and it are the buffers.
+        buffers = tuple(bytes(frame[offsets[i] : offsets[i + 1]]) for i in range(5, count - 1))
     else:
+        buffers = ()
         if isinstance(frame, bytes):
             # Legacy binary frame (a message with buffers): uint32 count, offsets, JSON, buffers.
             (count,) = struct.unpack("!I", frame[:4])
             starts = struct.unpack("!" + "I" * count, frame[4 : 4 * (count + 1)])
-            end = starts[1] if count > 1 else len(frame)
-            msg = _parse_json(frame[starts[0] : end], "message")
+            ends = (*starts[1:], len(frame))
+            msg = _parse_json(frame[starts[0] : ends[0]], "message")
+            buffers = tuple(bytes(frame[starts[i] : ends[i]]) for i in range(1, count))
         else:
             msg = _parse_json(frame, "message")
         channel = str(msg.get("channel", ""))
@@ -91,6 +97,7 @@ def decode_frame(frame: str | bytes, v1: bool) -> Message:
         parent_id=parent.get("msg_id"),
         content=content,
         date=str(header.get("date", "")),
+        buffers=buffers,
     )
 
 

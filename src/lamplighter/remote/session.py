@@ -140,6 +140,7 @@ class Execution(_Waiter):
         self._execution_count: int | None = None
         self._timing: dict[str, str] = {}
         self.started_at: float | None = None
+        self._wake_on_start = False
         self._drain_handle: asyncio.TimerHandle | None = None
 
     @property
@@ -235,10 +236,12 @@ class Execution(_Waiter):
             logger.warning("could not answer the cell's input request: %s", exc)
 
     def _mark_started(self) -> None:
-        # The waiter wakes only when it has something to do: a per_cell clock to start, or the end.
+        # The waiter wakes only when it has something to do: a per_cell clock to start, or the end
+        # (one event-loop round trip less per cell when there is no per-cell budget).
         if self.started_at is None:
             self.started_at = time.monotonic()
-            self._changed.set()
+            if self._wake_on_start:
+                self._changed.set()
 
     def _drain_expired(self) -> None:
         if not self._finished:
@@ -298,6 +301,7 @@ class Execution(_Waiter):
         to answer, and :class:`RemoteTimeout` is raised; whatever output arrived stays in :attr:`outputs`.
         """
         cell_deadline: float | None = None
+        self._wake_on_start = timeout_s is not None
         while not self._finished:
             if timeout_s is not None and cell_deadline is None and self.started_at is not None:
                 cell_deadline = self.started_at + timeout_s
@@ -508,7 +512,7 @@ class KernelSession:
         msg = decode_frame(frame, self._v1)
         if msg.channel == "iopub" and msg.msg_type in _COMM_TYPES:
             # Widget traffic belongs to the kernel, not to one request: a model outlives its cell.
-            self.widgets.handle(msg.msg_type, msg.content)
+            self.widgets.handle(msg.msg_type, msg.content, msg.buffers)
             return
         if msg.parent_id is not None:
             waiter = self._pending.get(msg.parent_id)

@@ -9,13 +9,16 @@ nbclient acts as a small front end (``nbclient/client.py::handle_comm_msg`` and
   go into the widget's ``outputs``, not the cell's, and ``clear_output`` clears the widget; each change is
   sent back to the kernel as a comm ``update``, as a front end does, so ``out.outputs`` reads true.
 
-Binary buffers (``buffer_paths``) are not kept: the websocket decoder drops message buffers.
+Binary values (an ``Image`` widget's bytes) travel outside the state, as message buffers named by
+``buffer_paths``; like nbclient, the registry keeps the latest buffer for each path of each model and
+saves them base64-encoded in that model's ``buffers``.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lamplighter.remote.outputs import output_from
@@ -81,9 +84,11 @@ class WidgetRegistry:
         self._send = send
         self._outputs: dict[str, OutputWidget] = {}
         self._hooks: dict[str, list[OutputWidget]] = {}
+        # comm_id → buffer path → nbclient's saved form of that buffer (the latest one wins).
+        self._buffers: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {}
 
-    def handle(self, msg_type: str, content: Mapping[str, Any]) -> None:
-        """A ``comm_open``, ``comm_msg`` or ``comm_close`` from the kernel."""
+    def handle(self, msg_type: str, content: Mapping[str, Any], buffers: Sequence[bytes] = ()) -> None:
+        """A ``comm_open``, ``comm_msg`` or ``comm_close`` from the kernel, with its binary buffers."""
         comm_id = str(content.get("comm_id", ""))
         data = content.get("data") or {}
         if not isinstance(data, dict) or data.get("method") == "echo_update":
@@ -96,6 +101,9 @@ class WidgetRegistry:
             widget = self._outputs.get(comm_id)
             if widget is not None and "outputs" in state:
                 widget.outputs = list(state["outputs"])  # the kernel's own change (append_stdout)
+            paths = data.get("buffer_paths")
+            if isinstance(paths, list) and paths:
+                self._keep_buffers(comm_id, paths, buffers)
         if msg_type == "comm_open" and content.get("target_name") == "jupyter.widget":
             model = self.state.get(comm_id, {})
             if (model.get("_model_module"), model.get("_model_name")) == _OUTPUT_MODEL:
@@ -104,6 +112,17 @@ class WidgetRegistry:
             widget = self._outputs.get(comm_id)
             if widget is not None:
                 self._capture(widget, str(state.get("msg_id") or ""))
+
+    def _keep_buffers(self, comm_id: str, paths: list[Any], buffers: Sequence[bytes]) -> None:
+        kept = self._buffers.setdefault(comm_id, {})
+        for path, buffer in zip(paths, buffers, strict=False):
+            if not isinstance(path, list):
+                continue
+            kept[tuple(str(p) for p in path)] = {
+                "data": base64.b64encode(buffer).decode("ascii"),
+                "encoding": "base64",
+                "path": path,
+            }
 
     def _capture(self, widget: OutputWidget, msg_id: str) -> None:
         if msg_id:
@@ -123,19 +142,16 @@ class WidgetRegistry:
         """``metadata.widgets`` as nbclient writes it, or None when no widget model was seen."""
         if not self.state:
             return None
-        return {
-            WIDGET_STATE_MIME: {
-                "state": {
-                    model_id: {
-                        "model_name": state.get("_model_name"),
-                        "model_module": state.get("_model_module"),
-                        "model_module_version": state.get("_model_module_version"),
-                        "state": state,
-                    }
-                    for model_id, state in self.state.items()
-                    if "_model_name" in state
-                },
-                "version_major": 2,
-                "version_minor": 0,
+        models: dict[str, Any] = {}
+        for model_id, state in self.state.items():
+            if "_model_name" not in state:
+                continue
+            models[model_id] = {
+                "model_name": state.get("_model_name"),
+                "model_module": state.get("_model_module"),
+                "model_module_version": state.get("_model_module_version"),
+                "state": state,
             }
-        }
+            if self._buffers.get(model_id):
+                models[model_id]["buffers"] = list(self._buffers[model_id].values())
+        return {WIDGET_STATE_MIME: {"state": models, "version_major": 2, "version_minor": 0}}
