@@ -111,15 +111,15 @@ c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
 c.JupyterHub.pid_file = "{workdir}/hub.pid"
 c.JupyterHub.cleanup_servers = {cleanup!r}
 c.JupyterHub.concurrent_spawn_limit = 0
-c.JupyterHub.last_activity_interval = 1
-c.JupyterHub.activity_resolution = 1
+c.JupyterHub.last_activity_interval = {activity_s}
+c.JupyterHub.activity_resolution = {activity_s}
 c.JupyterHub.log_level = "WARN"
 c.ConfigurableHTTPProxy.should_start = False
 c.ConfigurableHTTPProxy.api_url = {proxy_api!r}
 c.SimpleLocalProcessSpawner.home_dir_template = "{workdir}/home/{{username}}"
 c.Spawner.cmd = [{singleuser!r}]
 c.Spawner.args = {args!r}
-c.Spawner.environment = {{"JUPYTERHUB_ACTIVITY_INTERVAL": "1", "STANDIN_RESPONDER_URL": {responder!r}}}
+c.Spawner.environment = {{"JUPYTERHUB_ACTIVITY_INTERVAL": "{activity_s}", "STANDIN_RESPONDER_URL": {responder!r}}}
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 c.JupyterHub.services = {services!r}
@@ -169,6 +169,9 @@ def running_hub(
                 args=args,
                 responder=responder,
                 cleanup=spawner == "simple",  # stand-ins survive a hub restart (--setup restore)
+                # Lowered for the real servers; the hub's default for stand-ins, whose activity nobody
+                # reads: a 1 s sweep over 1,000 routes blocks the hub's event loop for ~40 s here.
+                activity_s=1 if spawner == "simple" else 300,
                 services=services,
                 roles=all_roles,
             )
