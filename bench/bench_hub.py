@@ -17,7 +17,10 @@ stopped, hub API requests per hour, RSS and CPU per hour (psutil). Each tool kee
 
 Scale (``--part scale``): one hub whose servers are stand-ins (bench/hub_standins.py: a spawner that
 starts no process, one local responder answering the Jupyter API for all of them), users created
-through the hub's API in bulk and their servers started through it. At each ``--sizes`` step:
+through the hub's API in bulk; their servers registered in the hub's database and restored by a hub
+restart (``--setup restore``, the default: the hub polls each spawner, checks its address, adds its
+route) or started one by one through the API (``--setup api``: 2-10 a second on 2 loaded cores).
+The stand-in hub keeps its default activity intervals. At each ``--sizes`` step:
 lamplighter's first full pass (list the hub, probe every server, decide each; in this process, at
 the default concurrency) and its re-list (what every later ``cull_every`` costs), time and requests,
 beside jupyterhub-idle-culler's own pass (``cull_idle``, in this process too) over the same hub.
