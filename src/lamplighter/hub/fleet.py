@@ -195,16 +195,20 @@ class HubFleet:
         try:
             async with self._limit:
                 listed = await self.api.list_ready()
-            async with self._limit:
-                targets = await self.api.route_targets()
+            servers = [s for s in listed if self.wanted(s)]
+            current = {(s.user, s.name, s.started): s for s in servers}
+            # The routing table only gives a new server its address; a re-list that finds none new
+            # skips it (at 10,000 servers it is as many pages again as the users: bench/bench_hub.py).
+            targets: dict[tuple[str, str], str] = {}
+            if any(key not in self.watched or self.watched[key].task.done() for key in current):
+                async with self._limit:
+                    targets = await self.api.route_targets()
         except RemoteError as exc:
             # The hub restarting or briefly away: the agents go on with their servers; list again later.
             logger.warning("cannot list the hub's servers: %s", exc)
             return
-        servers = [s for s in listed if self.wanted(s)]
         self._unwanted = {(s.user, s.name) for s in listed if not self.wanted(s)}
         await self._cull_users()
-        current = {(s.user, s.name, s.started): s for s in servers}
         for key, item in list(self.watched.items()):
             if key not in current or item.task.done():
                 self._end(key)
