@@ -18,6 +18,7 @@ from tests.waiting import wait_until, wait_until_async
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(300)  # two hub starts and three servers: ~55 s, several minutes on a loaded machine
 async def test_the_service_rides_out_a_hub_restart(tmp_path: Path) -> None:
     with running_hub(tmp_path / "hub", cleanup_servers=False) as hub:
         assert hub.restart is not None
