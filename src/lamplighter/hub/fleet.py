@@ -171,7 +171,6 @@ class HubFleet:
             # The hub restarting or briefly away: the agents go on with their servers; list again later.
             logger.warning("cannot list the hub's servers: %s", exc)
             return
-        await self._cull_users()
         current = {(s.user, s.name, s.started): s for s in servers}
         for key, item in list(self.watched.items()):
             if key not in current or item.task.done():
@@ -185,6 +184,7 @@ class HubFleet:
                 logger.debug("%s: no route in the hub's routing table yet", server.label)
                 continue
             self._start(key, server, url)
+        await self._cull_users()  # after the agents are started: a users pass never delays a server
 
     async def _cull_users(self) -> None:
         """Users with no server left (cull_users): one request at a time, like the culler's pass."""
