@@ -88,7 +88,8 @@ async def test_max_age_stops_an_old_idle_server_and_keeps_a_busy_one(
     [stop] = stops(settings)
     assert stop.target.endswith(f"/user/{old}/") and stop.verdict == "stopped"
     assert "older than its maximum age" in stop.detail["reasons"][0], stop.detail
-    assert 0 <= stop.detail["decided_after_s"] <= 1.0, stop.detail
+    # The probe taken right at the deadline is inside this figure: 1.4 s seen with the 2 cores at load 15.
+    assert 0 <= stop.detail["decided_after_s"] <= 2.0, stop.detail
 
 
 @pytest.mark.slow

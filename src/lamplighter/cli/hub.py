@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 _EPILOG = """\
 Scopes the service's role needs: list:users, read:users:activity, read:servers, delete:servers,
 access:servers (to probe the servers) and proxy (the servers' own addresses: probes never pass the
-proxy, so they never count as the user's activity in the hub). See the README's "JupyterHub" section."""
+proxy, so they never count as the user's activity in the hub); admin:users only for --cull-users. See
+the README's "JupyterHub" section."""
 
 
 def add_hub_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

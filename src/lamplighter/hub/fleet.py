@@ -208,7 +208,6 @@ class HubFleet:
             logger.warning("cannot list the hub's servers: %s", exc)
             return
         self._unwanted = {(s.user, s.name) for s in listed if not self.wanted(s)}
-        await self._cull_users()
         for key, item in list(self.watched.items()):
             if key not in current or item.task.done():
                 self._end(key)
@@ -221,6 +220,7 @@ class HubFleet:
                 logger.debug("%s: no route in the hub's routing table yet", server.label)
                 continue
             self._start(key, server, url)
+        await self._cull_users()  # after the agents are started: a users pass never delays a server
 
     async def _cull_users(self) -> None:
         """Users with no server left (cull_users): one request at a time, like the culler's pass."""
