@@ -236,7 +236,9 @@ def running_hub(workdir: Path, *, cleanup_servers: bool = True, internal_ssl: bo
                 except (httpx.HTTPError, OSError, ssl.SSLError):
                     return False
 
-            return started, wait_until(up, timeout_s=60, what="the hub to answer") is True
+            # A hub's first start (database, proxy sync, spawned-server checks) took over 60 s with three
+            # hubs starting at once on 2 busy cores; the wait ends as soon as it answers.
+            return started, wait_until(up, timeout_s=180, what="the hub to answer") is True
 
         try:
             for _ in range(5):
