@@ -177,6 +177,19 @@ c.JupyterHub.load_roles = [
 """
 
 
+def _end_servers_of(hub_api: str) -> None:
+    """Kill the servers a hub spawned (found by the hub API URL in their environment): with
+    ``cleanup_servers=False`` they outlive the hub, and a failed test would leave them running."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("JUPYTERHUB_API_URL", "").rstrip("/") == hub_api.rstrip("/"):
+                proc.kill()
+        except (psutil.Error, OSError):
+            continue
+
+
 def _end(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -215,6 +228,7 @@ def running_hub(workdir: Path, *, cleanup_servers: bool = True, internal_ssl: bo
     with running_proxy(workdir) as proxy:
         env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": proxy.token}
         process: subprocess.Popen[bytes] | None = None
+        api = ""
         log = workdir / "hub.log"
 
         def launch(api: str) -> tuple[subprocess.Popen[bytes], bool]:
@@ -294,6 +308,8 @@ def running_hub(workdir: Path, *, cleanup_servers: bool = True, internal_ssl: bo
         finally:
             if process is not None:
                 _end(process)
+            if not cleanup_servers and api:
+                _end_servers_of(api)
 
 
 @pytest.fixture(scope="session")
