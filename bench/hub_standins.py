@@ -77,7 +77,9 @@ async def serve(counts: Counter[str]) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
+                # An idle connection is closed after 15 s: one process stands in for 10,000 servers,
+                # and the hub's and the service's connections together would pass its descriptor limit.
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=15)
                 request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
                 method, _, rest = request_line.partition(" ")
                 path = rest.rpartition(" ")[0]
@@ -106,6 +108,7 @@ async def serve(counts: Counter[str]) -> asyncio.Server:
             ConnectionError,
             asyncio.LimitOverrunError,
             asyncio.CancelledError,
+            asyncio.TimeoutError,
         ):
             pass
         finally:

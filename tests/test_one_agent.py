@@ -100,3 +100,32 @@ def test_one_server_is_one_claim_however_it_is_spelled(tmp_path: Path) -> None:
                 pass
         with other.claim("http://127.0.0.1:8889/lab-base/"):
             pass
+
+
+async def test_a_hub_service_claims_its_hub_once(tmp_path: Path) -> None:
+    # A claim per server was one open lock file per server: at 10,000 servers the service ran out of
+    # file descriptors (bench/bench_hub.py). The service now claims its hub; a second one is refused.
+    import asyncio
+
+    from lamplighter.hub.fleet import HubFleet
+    from lamplighter.platforms.jupyterhub import HubApi
+    from lamplighter.remote.connection import Connection
+    from lamplighter.settings import load_settings
+
+    hub = "http://127.0.0.1:9/hub/api/"  # nothing listens there: every list fails and is tried again
+    flags = {"hub_url": hub, "hub_token": "t", "journal": str(tmp_path / "j.sqlite3"), "cull_every": "1s"}
+    settings = load_settings(flags, env={})
+    async with Connection(hub, token="t", timeout_s=1) as one, Connection(hub, token="t", timeout_s=1) as two:
+        with Journal(settings.journal) as journal, Journal(settings.journal) as other:
+            first = HubFleet(settings, HubApi(one), journal, token="t")
+            task = asyncio.create_task(first.run())
+            try:
+                await asyncio.sleep(0)  # run() takes its claim before its first await
+                with pytest.raises(ConfigError, match=f"already watched by pid {os.getpid()}"):
+                    await asyncio.wait_for(HubFleet(settings, HubApi(two), other, token="t").run(), 10)
+                assert not task.done()
+            finally:
+                first.request_exit()
+                await asyncio.wait_for(task, 10)
+            with other.claim(hub):  # released when the service ended
+                pass

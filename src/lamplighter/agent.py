@@ -279,13 +279,16 @@ class Agent:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def run(self, *, once: bool = False) -> WatchResult:
+    async def run(self, *, once: bool = False, claimed: bool = False) -> WatchResult:
         """Watch until the app is stopped (or ``once``, or :meth:`request_exit`).
 
         ``once`` decides once and acts; while a work signal cannot tell yet (its first window), it
         waits for it first, bounded by :meth:`settle_limit`. One agent per target: the journal's claim
-        on the target is held meanwhile.
+        on the target is held meanwhile, unless ``claimed`` says the caller holds a wider one (the hub
+        service claims its hub once: a claim per server is a file descriptor per server).
         """
+        if claimed:
+            return await self._watch(once)
         with self.journal.claim(self.target):
             return await self._watch(once)
 
