@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ import pytest
 from nbclient import NotebookClient
 
 from lamplighter.cli import main
-from lamplighter.errors import CellFailed, RemoteTimeout
+from lamplighter.errors import CellFailed, ConfigError, RemoteTimeout
 from lamplighter.localserver import LocalServer, start_local_server
 from lamplighter.remote import (
     Connection,
@@ -164,6 +166,46 @@ async def test_the_guard_refuses_cells_sent_after_a_failure_however_late(server:
             await shutdown_kernel(conn, kernel_id)
     assert not (server.root_dir / "late.txt").exists()
     nothing_left(server)
+
+
+def _history_rows(path: str, marker: str) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(
+            db.execute("SELECT count(*) FROM history WHERE source_raw LIKE ?", (f"%{marker}%",)).fetchone()[0]
+        )
+
+
+async def test_the_run_keeps_its_history_in_memory_as_nbclient_does(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    probe = "print(get_ipython().history_manager.hist_file)"
+    os.makedirs(os.environ["HOME"], exist_ok=True)  # nbclient's kernel looks for ~/.ipython
+    reference = nbformat.v4.new_notebook(metadata={"kernelspec": PYTHON})
+    reference.cells = [nbformat.v4.new_code_cell(probe)]
+    await NotebookClient(reference, kernel_name="python3").async_execute()
+    assert reference.cells[0].outputs[0]["text"] == ":memory:\n"
+    kept, written = (f"kept-{uuid.uuid4().hex}", f"written-{uuid.uuid4().hex}")
+    runs: dict[str, dict[str, Any]] = {}
+    async with Connection(server.url, token=server.token) as conn:
+        for history, marker in (("file", written), ("memory", kept)):
+            # Two cells, so the memory run is pipelined; In[] still answers from memory.
+            nb = notebook(probe, f"{marker!r}; print(In[1])")
+            await NotebookRunner(conn, history=history).run(nb)
+            runs[history] = nb
+    texts = {history: [c["outputs"][0]["text"] for c in nb["cells"]] for history, nb in runs.items()}
+    assert texts["memory"] == [":memory:\n", probe + "\n"]
+    history_file = texts["file"][0].strip()
+    assert history_file != ":memory:"
+    assert texts["file"][1] == probe + "\n"
+    # The file run's cells reached the server's history file; the memory run's never did.
+    assert _history_rows(history_file, written) == 1
+    assert _history_rows(history_file, kept) == 0
+    nothing_left(server)
+
+
+def test_history_mode_is_checked(server: LocalServer) -> None:
+    with pytest.raises(ConfigError, match="history: expected one of memory, file"):
+        NotebookRunner(Connection(server.url, token=server.token), history="disk")
 
 
 async def test_cell_timeout_interrupts_fails_and_saves(server: LocalServer, tmp_path: Path) -> None:

@@ -192,6 +192,12 @@ OPTIONS: dict[str, Option] = {
         "Save every SECONDS while one cell runs long; 0: only between cells [30].",
         {"type": int, "default": 30, "metavar": "SECONDS"},
     ),
+    "history": Option(
+        ("--history",),
+        "IPython kernels: keep the run's input history in memory, as nbclient and papermill do "
+        "[memory]; file: in the kernel's history.sqlite on the server.",
+        {"choices": ("memory", "file"), "default": "memory"},
+    ),
     "request_save_on_cell_execute": Option(
         ("--request-save-on-cell-execute",),
         "Save after cells finish (coalesced: at most about once a second) [on]; "

@@ -214,6 +214,7 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
         "--no-pipeline", dest="pipeline", action="store_false",
         help="Send each cell only after the previous one finished (slower; for kernels that misbehave).",
     )  # fmt: skip
+    add_option(parser, "history", group=execution)
     papermill = parser.add_argument_group("papermill's other flags")
     for name in ("inject_paths", "inject_input_path", "inject_output_path", "engine"):
         add_option(parser, name, group=papermill)
@@ -405,6 +406,7 @@ async def _run_notebook_async(
             observer=observer,
             report_mode=args.report_mode,
             stdin=_answerer(args),
+            history=args.history,
         )
         if args.prepare_only:
             await runner.prepare(nb)

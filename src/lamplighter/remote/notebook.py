@@ -117,6 +117,26 @@ _ip.events.register("post_run_cell", _after)
 '''
 _GUARD_CELL = f"exec({_GUARD_SOURCE!r}, {{'get_ipython': get_ipython, '__name__': 'lamplighter_guard'}})"
 
+# nbclient (so papermill) starts IPython kernels with --HistoryManager.hist_file=:memory:; a kernel the
+# server starts writes every cell to the shared history.sqlite instead, from a thread that costs ~1 ms
+# of kernel CPU per cell. This does at runtime what that flag does at start: the file keeps an empty,
+# ended session, and In/Out and %history work from memory. Any surprise leaves the history as it was.
+_MEMORY_HISTORY_SOURCE = """
+hm = get_ipython().history_manager
+if hm.enabled and str(hm.hist_file) != ":memory:":
+    thread, hm.save_thread = hm.save_thread, None
+    hm.using_thread = False
+    if thread is not None:
+        thread.stop()
+    hm.end_session()
+    hm.db.close()
+    hm.hist_file = ":memory:"
+    hm.init_db()
+    hm.new_session()
+"""
+_MEMORY_HISTORY_CELL = f"exec({_MEMORY_HISTORY_SOURCE!r}, {{'get_ipython': get_ipython}})"
+HISTORY_MODES = ("memory", "file")
+
 
 # -- stores ----------------------------------------------------------------------------------------
 
@@ -480,6 +500,9 @@ class NotebookRunner:
     - ``report_mode``: papermill's report mode: the injected cell's source is hidden.
     - ``stdin``: answers the cells' ``input()``/``getpass()``; without it they raise
       ``StdinNotImplementedError``, as under nbclient.
+    - ``history``: IPython kernels: ``"memory"`` keeps the run's input history in memory, as nbclient
+      and papermill do (nothing written to the server's ``history.sqlite``); ``"file"`` leaves the
+      kernel's history file in use.
     - ``instance_type``: Studio Classic: the kernel runs on a KernelGateway app of this type, which is
       deleted after the run (``{base}sagemaker/api/apps/{name}``) unless ``keep_app``.
     """
@@ -506,7 +529,11 @@ class NotebookRunner:
         stdin: InputAnswerer | None = None,
         instance_type: str | None = None,
         keep_app: bool = False,
+        history: str = "memory",
     ) -> None:
+        if history not in HISTORY_MODES:
+            raise ConfigError(f"history: expected one of {', '.join(HISTORY_MODES)}, got {history!r}")
+        self.history = history
         self.conn = conn
         self.instance_type = instance_type
         self.keep_app = keep_app
@@ -573,6 +600,8 @@ class NotebookRunner:
             ) as ks:
                 if ks.kernel_info.get("language_info"):
                     nb["metadata"]["language_info"] = ks.kernel_info["language_info"]
+                if self.history == "memory" and ks.implementation == "ipython":
+                    await self._keep_history_in_memory(ks)
                 self.observer.notebook_started(nb, indices)
                 try:
                     allowed = await self._run_cells(ks, nb, indices, deadline, saver)
@@ -711,6 +740,11 @@ class NotebookRunner:
                 raise
             return
         self.saved_to = self.store.description
+
+    async def _keep_history_in_memory(self, ks: KernelSession) -> None:
+        result = await ks.execute(_MEMORY_HISTORY_CELL, silent=True, store_history=False, timeout_s=30.0)
+        if not result.ok:
+            logger.info("the kernel keeps its history file (%s: %s)", result.ename, result.evalue)
 
     async def _arm_guard(self, ks: KernelSession) -> bool:
         result = await ks.execute(_GUARD_CELL, silent=True, store_history=False, timeout_s=30.0)
