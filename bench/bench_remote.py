@@ -1,7 +1,9 @@
 """Remote execution figures: lamplighter's runners against their anchors, in one run (prints, asserts nothing).
 
 Notebook, 200 trivial cells (``x = i``):
-  - lamplighter ``NotebookRunner`` on a local Jupyter server (pipelined, and with ``pipeline=False``)
+  - lamplighter ``NotebookRunner`` on a local Jupyter server (pipelined, with ``pipeline=False``, and
+    with ``history="file"``: the kernel's history thread writing every cell to history.sqlite, which
+    nbclient's kernels never do)
   - nbclient in this process with a local kernel: per cell, and its whole ``execute()`` plus the save
     (the anchors; targets: lamplighter's median ≤ 1.0× on both)
   - a naive kernel-websocket client (no TCP_QUICKACK, one request at a time)
@@ -131,7 +133,7 @@ def _per_cell_ms(used: Mapping[str, float], cells: int) -> dict[str, float]:
 
 
 async def lamplighter_notebook(
-    server: LocalServer, cells: int, *, pipeline: bool, save_to: Path | None = None
+    server: LocalServer, cells: int, *, pipeline: bool, save_to: Path | None = None, history: str = "memory"
 ) -> Run:
     """Figures for NotebookRunner; whole = kernel start to the saved notebook."""
     nb = make_notebook(cells)
@@ -139,7 +141,8 @@ async def lamplighter_notebook(
     began = time.perf_counter()
     async with Connection(server.url, token=server.token) as conn:
         store = LocalNotebookStore(save_to) if save_to is not None else None
-        await NotebookRunner(conn, pipeline=pipeline, observer=clock, store=store).run(nb)
+        runner = NotebookRunner(conn, pipeline=pipeline, observer=clock, store=store, history=history)
+        await runner.run(nb)
     total = time.perf_counter() - began
     used = clock.meter.used if clock.meter is not None else {}
     return (clock.last - clock.first) / cells * 1000, total, _per_cell_ms(used, cells)
@@ -209,39 +212,6 @@ async def naive_kernel_client(server: LocalServer, cells: int) -> float:
                         )
                 return (time.perf_counter() - first) / cells * 1000
         finally:
-            await shutdown_kernel(conn, kernel_id)
-
-
-async def server_kernel_over_zmq(server: LocalServer, cells: int) -> dict[str, float]:
-    """CPU ms per cell of a kernel the server started, driven over ZMQ as nbclient drives its own (no
-    websocket, no lamplighter): what the server's kernel and the server cost without our client."""
-    from jupyter_client.asynchronous import AsyncKernelClient
-
-    async with Connection(server.url, token=server.token) as conn:
-        kernel_id = await start_kernel(conn, "python3")
-        client = AsyncKernelClient()
-        try:
-            connection_file = server.root_dir.parent / "runtime" / f"kernel-{kernel_id}.json"
-            deadline = time.monotonic() + 30
-            while not connection_file.exists() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            client.load_connection_file(str(connection_file))
-            client.start_channels(hb=False)  # a heartbeat not yet beating on a busy machine reads as "died"
-            await client.wait_for_ready(timeout=60)
-            kernels = child_pids(server.process.pid)
-            meter = _CpuMeter({"server": server.process.pid, "kernel": kernels[0]})
-            for i in range(cells):
-                msg_id = client.execute(f"x = {i}")
-                while True:
-                    msg = await client.get_iopub_msg(timeout=30)
-                    mine = msg["parent_header"].get("msg_id") == msg_id
-                    if mine and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                        break
-                await client.get_shell_msg(timeout=30)
-            meter.stop()
-            return _per_cell_ms(meter.used, cells)
-        finally:
-            client.stop_channels()
             await shutdown_kernel(conn, kernel_id)
 
 
@@ -340,7 +310,7 @@ async def notebook_figures(args: argparse.Namespace, server: LocalServer, workdi
         str(workdir / "pm-out.ipynb"),
     ]
     ours_argv = [str(bin_dir / "lamplighter"), "run", "notebook", "--upload", str(source), str(workdir / "ll-out.ipynb"), "--url", server.url]  # fmt: skip
-    runs: dict[str, list[Run]] = {"pipelined": [], "sequential": [], "nbclient": []}
+    runs: dict[str, list[Run]] = {"pipelined": [], "sequential": [], "history-file": [], "nbclient": []}
     walls: dict[str, list[float]] = {"papermill": [], "ours": []}
     saved = workdir / "ll-runner-out.ipynb"
     for _ in range(args.repeat):
@@ -348,6 +318,9 @@ async def notebook_figures(args: argparse.Namespace, server: LocalServer, workdi
         runs["nbclient"].append(await nbclient_notebook(args.cells, workdir))
         runs["sequential"].append(
             await lamplighter_notebook(server, args.cells, pipeline=False, save_to=saved)
+        )
+        runs["history-file"].append(
+            await lamplighter_notebook(server, args.cells, pipeline=True, save_to=saved, history="file")
         )
         if args.cli:
             walls["papermill"].append(cli_wall(papermill_argv))
@@ -362,6 +335,7 @@ async def notebook_figures(args: argparse.Namespace, server: LocalServer, workdi
         ("nbclient", "nbclient, local kernel (anchor)"),
         ("pipelined", "lamplighter, pipelined"),
         ("sequential", "lamplighter, one cell at a time"),
+        ("history-file", "lamplighter, --history file"),
     ):
         ratio = (
             ""
@@ -374,22 +348,13 @@ async def notebook_figures(args: argparse.Namespace, server: LocalServer, workdi
     print(
         "  CPU per cell during the cell loop, median ms (where the 2 cores go; the server hop is ours only):"
     )
-    for name in ("nbclient", "pipelined", "sequential"):
+    for name in ("nbclient", "pipelined", "sequential", "history-file"):
         used = [figures[2] for figures in runs[name]]
         parts = {
             part: statistics.median(u.get(part, 0.0) for u in used) for part in ("server", "kernel", "client")
         }
         shown = "  ".join(f"{part} {ms:5.2f}" for part, ms in parts.items() if any(part in u for u in used))
         print(f"    {name:12} {shown}  total {sum(parts.values()):5.2f}")
-    try:
-        zmq = await server_kernel_over_zmq(server, args.cells)
-    except Exception as exc:  # a diagnostic only: the figures above stand without it
-        print(f"    the server's kernel over ZMQ: not measured ({type(exc).__name__}: {exc})")
-    else:
-        print(
-            f"    {'the server-started kernel, driven over ZMQ as nbclient drives its own:':72}"
-            f"\n    {'':12} server {zmq['server']:5.2f}  kernel {zmq['kernel']:5.2f}  (client not counted)"
-        )
     if args.cli:
         pm, ours = statistics.median(walls["papermill"]), statistics.median(walls["ours"])
         print(f"  {'papermill CLI (local kernel)':34}{'':24}  {spread(walls['papermill'], 's'):>22}")
