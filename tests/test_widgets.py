@@ -147,3 +147,41 @@ async def test_image_widget_bytes_are_saved_as_nbclient_saves_them(
     assert "value" not in image["state"]
     second = base64.b64encode(b"the second picture").decode()
     assert image["buffers"] == [{"data": second, "encoding": "base64", "path": ["value"]}]
+
+
+# The Output widget's outputs reach the kernel as a comm update from the front end; a cell that reads
+# them in the very next cell sees them under nbclient, which sends no cell before the last one ended.
+READBACK_SOURCES = (
+    "out = w.Output()\ndisplay(out)",
+    "with out:\n    print('captured')",
+    "print(len(out.outputs), out.outputs[0]['text'].strip() if out.outputs else None)",
+    "print('after')",
+)
+IMPORTS = {
+    "named": "import ipywidgets as w",
+    # A notebook that reaches ipywidgets through another library never names it.
+    "hidden": "import importlib\nw = importlib.import_module('ipy' + 'widgets')",
+}
+
+
+@pytest.mark.parametrize("imported", sorted(IMPORTS))
+async def test_the_next_cell_reads_what_an_output_widget_captured(
+    server: LocalServer, tmp_path: Path, imported: str
+) -> None:
+    def readback() -> Any:
+        nb = nbformat.v4.new_notebook(
+            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+        )
+        nb.cells = [nbformat.v4.new_code_cell(s) for s in (IMPORTS[imported], *READBACK_SOURCES)]
+        return nb
+
+    ours: dict[str, Any] = json.loads(nbformat.writes(readback()))
+    for cell in ours["cells"]:
+        cell["source"] = "".join(cell["source"])
+    async with Connection(server.url, token=server.token) as conn:
+        await NotebookRunner(conn).run(ours)
+    theirs = await nbclient_run(readback, tmp_path)
+    assert ["".join(o["text"]) for o in theirs.cells[3].outputs] == ["1 captured\n"]
+    assert [o["text"] for o in ours["cells"][3]["outputs"]] == ["1 captured\n"]
+    # Named: never pipelined; hidden: pipelining stops at the first Output widget.
+    assert ours["metadata"]["lamplighter"]["pipelined"] is (imported == "hidden")

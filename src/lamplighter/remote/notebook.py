@@ -22,6 +22,10 @@ have *reached* it when a cell fails, so one still in flight would run. So pipeli
 IPython kernels, only when no cell may fail (no ``allow_errors``, no ``raises-exception`` tag), and only
 after a silent setup request installs a guard in the kernel: an AST transformer that rejects every cell
 once one has failed. A cell behind a failing one can therefore never run, however late it arrives.
+Widgets end it too (see ``_WIDGETS_MODULE``): a cell sent ahead would read an Output widget a cell late.
+
+On IPython kernels another silent setup request keeps the run's history in memory, as nbclient's
+``ipython_hist_file=":memory:"`` does (``history="file"`` leaves it alone).
 """
 
 from __future__ import annotations
@@ -91,6 +95,10 @@ RAISES_TAG = "raises-exception"
 ERROR_TAG = "lamplighter-error"
 _PAPERMILL_ERROR_TAG = "papermill-error-cell-tag"
 _PIPELINE_DEPTH = 2
+# An Output widget's outputs reach the kernel as our comm update, queued behind any cell already sent:
+# a cell reading ``out.outputs`` would see them a cell late. So no pipelining for a notebook that names
+# ipywidgets, and none after the first Output widget in one that reaches it through another library.
+_WIDGETS_MODULE = "ipywidgets"
 
 # Runs in a throwaway namespace (nothing lands in the user's), with silent=True (no history, no count).
 _GUARD_SOURCE = '''
@@ -767,6 +775,7 @@ class NotebookRunner:
             and len(indices) > 1
             and ks.implementation == "ipython"
             and not any(may_fail.values())
+            and not any(_WIDGETS_MODULE in _source(cells[i]) for i in indices)
             and await self._arm_guard(ks)
         )
         depth = _PIPELINE_DEPTH if pipelined else 1
@@ -777,6 +786,8 @@ class NotebookRunner:
         ticker = asyncio.create_task(self._autosave_ticker(saver), name="notebook-autosave-ticker")
         try:
             while queue or inflight:
+                if ks.widgets.has_output_widgets:
+                    depth = 1  # see _WIDGETS_MODULE
                 while queue and len(inflight) < depth:
                     index = queue.popleft()
                     inflight.append(await self._submit(ks, index, cells[index], may_fail[index]))

@@ -133,6 +133,11 @@ class WidgetRegistry:
                 stack.remove(widget)
         widget.msg_id = msg_id
 
+    @property
+    def has_output_widgets(self) -> bool:
+        """Whether the kernel opened an Output widget, whose outputs it reads back from our updates."""
+        return bool(self._outputs)
+
     def hook_for(self, msg_id: str) -> OutputWidget | None:
         """The Output widget capturing ``msg_id``'s outputs now (the innermost), if any."""
         stack = self._hooks.get(msg_id)
