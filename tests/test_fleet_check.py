@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 from lamplighter.cli import main
+from lamplighter.errors import SageMakerCallFailed
 from lamplighter.heartbeat import LOG_MARKER, Heartbeat
+from lamplighter.sagemaker.client import call
 from lamplighter.sagemaker.fleet import AgentState
 from lamplighter.sagemaker.fleet_check import check_fleet
 from lamplighter.sagemaker.fleet_lambda import aws_client, handler
@@ -203,6 +205,9 @@ async def test_the_fleet_check_finds_what_runs_idle_unguarded(
     )
     editor_entry = next(e for e in denied.apps if e.app.identity.owner == "editor")
     assert editor_entry.agent is AgentState.UNKNOWN and "logs:FilterLogEvents" in editor_entry.detail
+    with pytest.raises(SageMakerCallFailed) as refused:  # the one call helper names the service's action
+        await call(aws_client("logs", region="us-east-1"), "FilterLogEvents", logGroupName="/any")
+    assert str(refused.value) == "FilterLogEvents: access denied; the IAM role needs logs:FilterLogEvents"
     side.deny_logs = False
 
     problems = report.problems()

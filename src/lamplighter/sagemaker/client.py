@@ -134,7 +134,7 @@ async def call(
         try:
             answer = await asyncio.to_thread(method, **params)
         except Exception as exc:
-            error = _translate(exc, operation)
+            error = _translate(exc, operation, _iam_action(client, operation))
             if error is None:
                 raise
             if isinstance(error, SageMakerCallFailed) and error.code in _RETRYABLE and not attempt.last:
@@ -145,7 +145,18 @@ async def call(
     raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
 
-def _translate(exc: Exception, operation: str) -> LamplighterError | None:
+#: IAM action prefixes that are not the service's signing name.
+_IAM_PREFIXES = {"monitoring": "cloudwatch"}
+
+
+def _iam_action(client: Any, operation: str) -> str:
+    """The IAM action a call needs (``logs:FilterLogEvents``): the same helper calls several services."""
+    model = getattr(getattr(client, "meta", None), "service_model", None)
+    name = str(getattr(model, "signing_name", None) or "sagemaker")
+    return f"{_IAM_PREFIXES.get(name, name)}:{operation}"
+
+
+def _translate(exc: Exception, operation: str, action: str) -> LamplighterError | None:
     """The one place botocore errors become lamplighter errors; ``None`` for what is not botocore's."""
     try:
         from botocore.exceptions import (
@@ -164,7 +175,7 @@ def _translate(exc: Exception, operation: str) -> LamplighterError | None:
         code = str(error.get("Code") or "Unknown")
         message = str(error.get("Message") or "").splitlines()[0][:300] if error.get("Message") else ""
         if code in ACCESS_DENIED_CODES:
-            text = f"{operation}: access denied; the IAM role needs sagemaker:{operation}"
+            text = f"{operation}: access denied; the IAM role needs {action}"
         elif code in _EXPIRED:
             text = f"{operation}: the AWS credentials were rejected ({code})"
         else:

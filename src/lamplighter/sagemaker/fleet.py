@@ -151,9 +151,8 @@ async def _check_logged_app(
     except SageMakerCallFailed as exc:
         if exc.code == "ResourceNotFoundException":
             return FleetEntry(app, AgentState.NO_AGENT, None, f"no log group {log_group}")
-        if exc.code in ACCESS_DENIED_CODES:  # the shared message names a sagemaker: action
-            detail = f"FilterLogEvents: access denied; the role needs logs:FilterLogEvents on {log_group}"
-            return FleetEntry(app, AgentState.UNKNOWN, None, detail)
+        if exc.code in ACCESS_DENIED_CODES:
+            return FleetEntry(app, AgentState.UNKNOWN, None, f"{exc} on {log_group}")
         return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
     except LamplighterError as exc:
         return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
