@@ -7,6 +7,7 @@ started. The fleet runs in the test's event loop with a journal of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import ssl
@@ -243,8 +244,9 @@ async def test_one_frozen_server_does_not_delay_the_stop_of_another(
 
 
 async def test_a_stop_the_hub_refuses_is_journaled_and_retried_with_backoff(
-    hub: Hub, hub_users: list[str], tmp_path: Path
+    hub: Hub, hub_users: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="lamplighter.agent")
     name = new_user(hub_users)
     await asyncio.to_thread(hub.start, name)
     settings = hub_settings(hub, tmp_path, idle_timeout="3s", busy_recheck="0.5s")
@@ -260,6 +262,15 @@ async def test_a_stop_the_hub_refuses_is_journaled_and_retried_with_backoff(
     assert first.verdict == "failed" and "next try in 5 s" in first.summary
     # Journaled once per refusal: the agent's rechecks while it waits out the backoff add no rows.
     assert [e.summary for e in stops(settings) if first.at < e.at < second.at] == []
+    # "stopping with" is said once: the refusals are logged (warnings), the rechecks are not news.
+    tries = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO
+        and "stopping with" in r.getMessage()
+        and f"/user/{name}/" in r.getMessage()
+    ]
+    assert len(tries) == 1, tries
     assert hub.server(name) is not None
 
 

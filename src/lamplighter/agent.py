@@ -94,6 +94,7 @@ class Agent:
         self.notifier = notifier
         self._warned_for: datetime | None = None
         self._skipped: StopResult | None = None
+        self._stop_failed = False  # the last stop failed (refused, unreachable) and said so
         self.probes = 0
         self._alarm = asyncio.Event()  # set by request_exit() and wake(): ends the current sleep
         self._exit_requested = False
@@ -248,8 +249,12 @@ class Agent:
             self.journal.record(self.target, "action", detail, at=now, verdict=outcome, detail={"cull": kind})
 
     async def _stop(self, decision: Decision, now: datetime) -> StopResult:
-        logger.info("%s: stopping with %s: %s", self.target, self.stopper.description, decision.reason)
+        # After a failure (logged, and journaled once per refusal) the tries that follow, and the
+        # rechecks while a refusal waits out its backoff, are not a new "stopping" each.
+        log = logger.debug if self._stop_failed else logger.info
+        log("%s: stopping with %s: %s", self.target, self.stopper.description, decision.reason)
         result = await self.stopper.stop(decision)
+        self._stop_failed = result.outcome is StopOutcome.FAILED
         if result.again:
             logger.debug("%s: stop %s: %s", self.target, result.outcome.value, result.detail)
             return result

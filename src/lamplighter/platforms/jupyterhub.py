@@ -301,7 +301,8 @@ class HubStopper:
     A refusal (403: the token lacks ``delete:servers``; 400: the hub will not) is FAILED, and the next
     try waits out a backoff that doubles up to ``longest_retry_s``: the hub is not asked again in a
     loop. A server still there after ``verify_timeout_s`` (the hub answered 202 and is still stopping
-    it) is STOPPING, which the agent looks at again later.
+    it) is STOPPING, which the agent looks at again later. A hub that cannot be reached (or answers
+    5xx) is asked again at every check; only the first failure of such an outage is journaled.
     """
 
     def __init__(
@@ -324,6 +325,7 @@ class HubStopper:
         self._retry = Backoff(first_retry_s, longest_retry_s)
         self._retry_delays = self._retry.delays()
         self._not_before: float | None = None
+        self._unreachable = False  # the last try could not reach the hub (journaled already)
         self._clock = clock
 
     @property
@@ -347,13 +349,18 @@ class HubStopper:
             pass  # the user or the server is gone already: verified below like any other stop
         except RemoteError as exc:
             if exc.status is None or exc.status >= 500:
-                return StopResult(StopOutcome.FAILED, str(exc))
+                # The hub away or failing (a restart): asked again at every check, so the stop is on
+                # time once it is back, but journaled once per outage, not at every busy recheck.
+                again, self._unreachable = self._unreachable, True
+                return StopResult(StopOutcome.FAILED, str(exc), again=again)
+            self._unreachable = False
             delay = next(self._retry_delays)
             self._not_before = self._clock() + delay
             logger.warning("hub refused to stop %s (next try in %.0f s): %s", self._server.label, delay, exc)
             return StopResult(StopOutcome.FAILED, f"{exc} (next try in {delay:.0f} s)")
         self._retry_delays = self._retry.delays()
         self._not_before = None
+        self._unreachable = False
         return await self._verify()
 
     async def _verify(self) -> StopResult:
