@@ -10,7 +10,7 @@ NODE_STAMP := $(VENV)/node/.installed-$(subst @,-,$(CHP))
 # Debian's chromium, for the status page test (tests/test_status_page.py drives it over DevTools).
 CHROMIUM_STAMP := $(VENV)/.chromium
 
-.PHONY: demo test lint typecheck unit dist bench clean
+.PHONY: demo test lint typecheck unit dist bench bench-hub clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_remote.py
 	$(BIN)/python bench/bench_signals.py
 	$(BIN)/python bench/bench_policy.py
+
+# The hub figures start real hubs and servers (the proxy comes from npm) and take several minutes.
+bench-hub: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python bench/bench_hub.py --part side --servers 8 --timeout 20
+	$(BIN)/python bench/bench_hub.py --part scale --sizes 100,1000
+	$(BIN)/python bench/bench_reports.py --n 300
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
