@@ -478,6 +478,8 @@ class NotebookRunner:
     - ``pipeline``: send cells ahead when that is safe (see the module docstring).
     - ``observer``: a :class:`RunObserver` for progress and live output.
     - ``report_mode``: papermill's report mode: the injected cell's source is hidden.
+    - ``language``: write the parameters in this language's syntax instead of the kernelspec's
+      (papermill's ``--language``; the kernel name's own translator still comes first, as there).
     - ``stdin``: answers the cells' ``input()``/``getpass()``; without it they raise
       ``StdinNotImplementedError``, as under nbclient.
     - ``instance_type``: Studio Classic: the kernel runs on a KernelGateway app of this type, which is
@@ -506,8 +508,10 @@ class NotebookRunner:
         stdin: InputAnswerer | None = None,
         instance_type: str | None = None,
         keep_app: bool = False,
+        language: str | None = None,
     ) -> None:
         self.conn = conn
+        self.language = language
         self.instance_type = instance_type
         self.keep_app = keep_app
         self._app_name: str | None = None  # the Studio Classic KernelGateway app this run's kernel runs on
@@ -622,7 +626,7 @@ class NotebookRunner:
                 nb,
                 self.parameters,
                 kernel_name=kernel_name,
-                language=language or None,
+                language=self.language or language or None,
                 report_mode=self.report_mode,
             )
         return kernel_name
