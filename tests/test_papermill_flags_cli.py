@@ -320,3 +320,17 @@ def test_cwd_is_described_as_a_server_path(capsys: pytest.CaptureFixture[str]) -
     assert "--cwd DIR The kernel's working directory, a path on the server" in text
     for flag in ("-l LANG, --language LANG", "--stdout-file FILE", "--stderr-file FILE", "--help-notebook"):
         assert flag in text
+
+
+def test_a_stream_file_that_fills_up_does_not_stop_the_run(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /dev/full opens, and every write to it fails (ENOSPC): a full disk in the middle of a run.
+    source = write_notebook(tmp_path / "in.ipynb", "x = 1", "print('one')", "print('two')")
+    out = tmp_path / "out.ipynb"
+    argv = ["run", "notebook", "--upload", str(source), str(out), "--stdout-file", "/dev/full", *cli_env]
+    assert main(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "--stdout-file" in line]
+    assert len(warnings) == 1 and "cannot write" in warnings[0], warnings
+    executed = json.loads(out.read_text())
+    assert ["".join(c["outputs"][0]["text"]) for c in executed["cells"][1:]] == ["one\n", "two\n"]

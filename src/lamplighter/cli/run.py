@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import posixpath
@@ -421,7 +422,9 @@ class _StreamFiles:
 
     def close(self) -> None:
         for handle in self._opened:
-            handle.close()
+            # A write that failed (a full disk) was reported then; closing flushes it again.
+            with contextlib.suppress(OSError):
+                handle.close()
         self._opened.clear()
 
     def __enter__(self) -> _StreamFiles:
