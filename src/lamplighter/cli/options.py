@@ -204,6 +204,29 @@ OPTIONS: dict[str, Option] = {
         "--no-request-save-on-cell-execute: only at the start and the end (and --autosave-cell-every).",
         {"action": argparse.BooleanOptionalAction, "default": True},
     ),
+    # run notebook: papermill's language override, stream files and notebook help.
+    "language": Option(
+        ("-l", "--language"),
+        "Write the parameters in this language's syntax (papermill's translators: python, R, julia, "
+        "scala, matlab, bash...) [default: the kernelspec's language on the server, else the notebook's].",
+        {"metavar": "LANG"},
+    ),
+    "stdout_file": Option(
+        ("--stdout-file",),
+        "Write the cells' stdout here as it arrives ('-': this stdout); with or without --log-output.",
+        {"metavar": "FILE"},
+    ),
+    "stderr_file": Option(
+        ("--stderr-file",),
+        "Write the cells' stderr here as it arrives ('-': this stdout); with or without --log-output.",
+        {"metavar": "FILE"},
+    ),
+    "help_notebook": Option(
+        ("--help-notebook",),
+        "Print the parameters the notebook's 'parameters' cell declares (name, type, default, help) and "
+        "exit; no kernel is started (exit 1 when no cell is tagged 'parameters', as in papermill).",
+        {"action": "store_true"},
+    ),
 }
 
 

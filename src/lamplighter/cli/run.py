@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import posixpath
 import sys
 import time
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_SHELL_ERROR", "EXIT_SHELL_TIMEOUT", "add_run_parser"]
 
+logger = logging.getLogger(__name__)
+
 EXIT_SHELL_ERROR = 255  # run shell: lamplighter itself failed (as ssh does), not the remote command
 EXIT_SHELL_TIMEOUT = 124  # run shell: --timeout ran out (as timeout(1) does)
 
@@ -55,6 +59,7 @@ Without --output (or --inplace) the executed notebook is not saved.
 exit status:
   0    every cell ran (with --allow-errors: failures are recorded in the notebook)
   1    a cell raised; the notebook is saved with a red note before that cell
+       (--help-notebook: no cell is tagged 'parameters', as in papermill)
   2    bad arguments, settings or notebook
   3    cannot connect to the server, or it refused the token/cookies
   4    --cell-timeout or --timeout ran out (the kernel was interrupted)
@@ -186,7 +191,8 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
     parser.add_argument(
         "--cwd",
         metavar="DIR",
-        help="Kernel working directory on the server [default: PATH's folder, or the root].",
+        help="The kernel's working directory, a path on the server (the kernel runs there; papermill's "
+        "--cwd is a local folder) [default: PATH's folder, or the root].",
     )
     params = parser.add_argument_group("parameters (papermill's flags and merge order: -b, -f, -y, -p, -r)")
     for name in ("parameters", "parameters_raw", "parameters_yaml"):
@@ -194,6 +200,8 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
     add_option(parser, "parameters_file", group=params)
     add_option(parser, "parameters_base64", group=params)
     add_option(parser, "prepare_only", group=params)
+    add_option(parser, "language", group=params)
+    add_option(parser, "help_notebook", group=params)
     execution = parser.add_argument_group("execution")
     execution.add_argument("--allow-errors", action="store_true", help="Record failing cells and keep going.")
     add_option(parser, "cell_timeout", group=execution)
@@ -222,6 +230,8 @@ def _add_notebook_parser(commands: argparse._SubParsersAction[_RunParser]) -> No
     add_option(parser, "request_save_on_cell_execute", group=papermill)
     display = parser.add_argument_group("display")
     add_option(parser, "log_output", group=display)
+    add_option(parser, "stdout_file", group=display)
+    add_option(parser, "stderr_file", group=display)
     add_option(parser, "report_mode", group=display)
     add_option(
         parser,
@@ -337,7 +347,12 @@ def _run_notebook(args: argparse.Namespace) -> int:
                 f"--autosave-cell-every: expected 0 or more seconds, got {args.autosave_cell_every}"
             )
         parameters = _parameters(args)
-        return asyncio.run(_run_notebook_async(args, parameters, report))
+        if args.help_notebook:
+            return asyncio.run(_help_notebook(args))
+        # Opened before anything else happens, so a file that cannot be written stops the run before
+        # its kernel starts (papermill finds out only at the first output).
+        with _StreamFiles(args) as streams:
+            return asyncio.run(_run_notebook_async(args, parameters, report, streams))
     except LamplighterError as exc:
         # Bad arguments, a missing notebook or kernelspec, no connection: the run never began, and a
         # scheduler reading --json still gets its status and exit code.
@@ -356,8 +371,72 @@ def _output_path(args: argparse.Namespace) -> str | None:
     return str(output) if output else (args.path if args.inplace else None)
 
 
+_HELP_USAGE = "Usage: lamplighter run notebook [OPTIONS] PATH [OUTPUT]"
+
+
+async def _help_notebook(args: argparse.Namespace) -> int:
+    """``--help-notebook``: the notebook's declared parameters, read without a kernel (a local file
+    with ``--upload``, else through the server's contents API)."""
+    from lamplighter.remote.notebook import LocalNotebookStore, ServerNotebookStore
+    from lamplighter.remote.notebook_help import notebook_help
+
+    if args.upload:
+        nb = await LocalNotebookStore(args.path).load()
+    else:
+        async with await _connect(args) as conn:
+            nb = await ServerNotebookStore(conn, args.path).load()
+    text, status = notebook_help(
+        nb, args.path, usage=_HELP_USAGE, kernel_name=args.kernel, language=args.language
+    )
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return status
+
+
+class _StreamFiles:
+    """``--stdout-file`` and ``--stderr-file``: open for the run (``-``: this stdout), closed after."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.stdout: TextIO | None = None
+        self.stderr: TextIO | None = None
+        self._opened: list[TextIO] = []
+        try:
+            self.stdout = self._open("--stdout-file", args.stdout_file, args)
+            self.stderr = self._open("--stderr-file", args.stderr_file, args)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, flag: str, name: str | None, args: argparse.Namespace) -> TextIO | None:
+        if name is None:
+            return None
+        if name == "-":
+            if args.json or (args.output or args.output_path) == "-":
+                raise ConfigError(f"{flag}: '-' (this stdout) is taken by --json or the notebook on stdout")
+            return sys.stdout
+        try:
+            handle = open(name, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise ConfigError(f"{flag}: cannot write {name} ({exc.strerror or exc})") from exc
+        self._opened.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self._opened:
+            # A write that failed (a full disk) was reported then; closing flushes it again.
+            with contextlib.suppress(OSError):
+                handle.close()
+        self._opened.clear()
+
+    def __enter__(self) -> _StreamFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 async def _run_notebook_async(
-    args: argparse.Namespace, parameters: Mapping[str, Any], report: _JsonReport
+    args: argparse.Namespace, parameters: Mapping[str, Any], report: _JsonReport, streams: _StreamFiles
 ) -> int:
     from lamplighter.remote.notebook import (
         LocalNotebookStore,
@@ -385,7 +464,9 @@ async def _run_notebook_async(
             session_path = (output_path if output is not None and output_path else args.path).strip("/")
         nb = await source.load()
         show_progress = not args.no_progress and not args.log_output and sys.stderr.isatty()
-        observer, close_observer = _console_observer(log_output=args.log_output, progress=show_progress)
+        observer, close_observer = _console_observer(
+            log_output=args.log_output, progress=show_progress, files=streams
+        )
         runner = NotebookRunner(
             conn,
             kernel_name=args.kernel,
@@ -407,6 +488,7 @@ async def _run_notebook_async(
             report_mode=args.report_mode,
             stdin=_answerer(args),
             history=args.history,
+            language=args.language,
         )
         if args.prepare_only:
             await runner.prepare(nb)
@@ -533,8 +615,11 @@ def _print_traceback(lines: Sequence[str], stream: TextIO) -> None:
         print("\n".join(lines), file=stream)
 
 
-def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver, Callable[[], None]]:
-    """The progress bar and ``--log-output`` as a run observer, and the function that closes it."""
+def _console_observer(
+    *, log_output: bool, progress: bool, files: _StreamFiles | None = None
+) -> tuple[RunObserver, Callable[[], None]]:
+    """The progress bar, ``--log-output`` and ``--stdout-file``/``--stderr-file`` as a run observer,
+    and the function that closes it."""
     from lamplighter.remote.notebook import RunObserver
     from lamplighter.remote.session import ExecutionResult
 
@@ -543,6 +628,11 @@ def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver,
 
         def __init__(self, *, log_output: bool, progress: bool) -> None:
             self._log_output = log_output
+            self._files: dict[str, TextIO] = {}
+            if files is not None and files.stdout is not None:
+                self._files["stdout"] = files.stdout
+            if files is not None and files.stderr is not None:
+                self._files["stderr"] = files.stderr
             self._progress: Any = None
             self._task: Any = None
             if progress:
@@ -573,6 +663,8 @@ def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver,
                 self._progress.update(self._task, description=f"Executing cell {index}")
 
         def cell_output(self, index: int, msg_type: str, content: Mapping[str, Any]) -> None:
+            if msg_type == "stream" and self._files:
+                self._to_file(str(content.get("name")), str(content.get("text", "")))
             if not self._log_output:
                 return
             if msg_type == "stream":
@@ -585,6 +677,20 @@ def _console_observer(*, log_output: bool, progress: bool) -> tuple[RunObserver,
                     print(text if isinstance(text, str) else "".join(text), flush=True)
             elif msg_type == "error":
                 _print_traceback(list(content.get("traceback", [])), sys.stderr)
+
+        def _to_file(self, name: str, text: str) -> None:
+            # As papermill's log_output_message: each stream message written and flushed as it
+            # arrives, so a file being followed (tail -f) shows a long cell's progress.
+            handle = self._files.get(name)
+            if handle is None:
+                return
+            try:
+                handle.write(text)
+                handle.flush()
+            except OSError as exc:
+                # A full disk must not stop the run: the notebook keeps the outputs anyway.
+                logger.warning("--%s-file: cannot write (%s); no more output goes there", name, exc)
+                del self._files[name]
 
         def cell_finished(self, index: int, cell: Mapping[str, Any], result: ExecutionResult) -> None:
             if self._progress is not None and self._task is not None:

@@ -506,6 +506,8 @@ class NotebookRunner:
     - ``pipeline``: send cells ahead when that is safe (see the module docstring).
     - ``observer``: a :class:`RunObserver` for progress and live output.
     - ``report_mode``: papermill's report mode: the injected cell's source is hidden.
+    - ``language``: write the parameters in this language's syntax instead of the kernelspec's
+      (papermill's ``--language``; the kernel name's own translator still comes first, as there).
     - ``stdin``: answers the cells' ``input()``/``getpass()``; without it they raise
       ``StdinNotImplementedError``, as under nbclient.
     - ``history``: IPython kernels: ``"memory"`` keeps the run's input history in memory, as nbclient
@@ -538,11 +540,13 @@ class NotebookRunner:
         instance_type: str | None = None,
         keep_app: bool = False,
         history: str = "memory",
+        language: str | None = None,
     ) -> None:
         if history not in HISTORY_MODES:
             raise ConfigError(f"history: expected one of {', '.join(HISTORY_MODES)}, got {history!r}")
         self.history = history
         self.conn = conn
+        self.language = language
         self.instance_type = instance_type
         self.keep_app = keep_app
         self._app_name: str | None = None  # the Studio Classic KernelGateway app this run's kernel runs on
@@ -659,7 +663,7 @@ class NotebookRunner:
                 nb,
                 self.parameters,
                 kernel_name=kernel_name,
-                language=language or None,
+                language=self.language or language or None,
                 report_mode=self.report_mode,
             )
         return kernel_name
