@@ -334,3 +334,21 @@ def test_a_stream_file_that_fills_up_does_not_stop_the_run(
     assert len(warnings) == 1 and "cannot write" in warnings[0], warnings
     executed = json.loads(out.read_text())
     assert ["".join(c["outputs"][0]["text"]) for c in executed["cells"][1:]] == ["one\n", "two\n"]
+
+
+def test_what_an_output_widget_captures_is_not_logged_as_under_papermill(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # papermill logs only what nbclient puts in the cell: an output hook (`with out:`) takes the rest.
+    pytest.importorskip("ipywidgets")
+    source = write_notebook(
+        tmp_path / "in.ipynb",
+        "import ipywidgets as w\nout = w.Output()\ndisplay(out)",
+        "with out:\n    print('in the widget')\nprint('in the cell')",
+        tagged=False,
+    )
+    out_file = tmp_path / "stdout.txt"
+    argv = ["run", "notebook", "--upload", str(source), "--stdout-file", str(out_file), "--log-output"]
+    assert main([*argv, *cli_env]) == 0
+    assert out_file.read_text() == "in the cell\n"
+    assert "in the widget" not in capsys.readouterr().out

@@ -213,9 +213,11 @@ class Execution(_Waiter):
             )
         hook = self._session.widgets.hook_for(self.msg_id) if msg_type != "update_display_data" else None
         if hook is not None:
-            hook.output(msg_type, msg.content)  # inside `with out:`: the widget's, not the cell's
-        else:
-            self._area.handle(msg_type, msg.content)
+            # Inside `with out:`: the widget's, not the cell's; and, as under papermill (which logs
+            # only what nbclient puts in the cell), not the live output's either.
+            hook.output(msg_type, msg.content)
+            return
+        self._area.handle(msg_type, msg.content)
         if self._on_output is not None:
             self._on_output(msg_type, msg.content)
 
