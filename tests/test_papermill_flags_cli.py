@@ -352,3 +352,52 @@ def test_what_an_output_widget_captures_is_not_logged_as_under_papermill(
     assert main([*argv, *cli_env]) == 0
     assert out_file.read_text() == "in the cell\n"
     assert "in the widget" not in capsys.readouterr().out
+
+
+# -- parameters in paths, unknown parameters --------------------------------------------------------
+
+
+def test_paths_are_formatted_with_the_parameters_as_papermill_formats_them(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_notebook(tmp_path / "report-in.ipynb", "region = 'x'", "print(region)")
+    out = tmp_path / "report-{region}-{pm[run_uuid]}.ipynb"
+    argv = ["run", "notebook", "--upload", str(tmp_path / "report-{kind}.ipynb"), str(out)]
+    assert main([*argv, "-p", "region", "eu", "-p", "kind", "in", *cli_env]) == 0, capsys.readouterr().err
+    [written] = tmp_path.glob("report-eu-*.ipynb")
+    run_uuid = written.stem.removeprefix("report-eu-")
+    assert len(run_uuid) == 36 and run_uuid.count("-") == 4  # papermill's pm.run_uuid
+    assert nbformat.read(written, as_version=4).cells[2].outputs[0]["text"] == "eu\n"
+    assert source.exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [("out-{missing}.ipynb", "missing parameter 'missing'"), ("out-{.ipynb", "not a format string")],
+)
+def test_a_path_whose_placeholder_cannot_be_filled_is_exit_2(
+    server: LocalServer,
+    cli_env: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+    says: str,
+) -> None:
+    source = write_notebook(tmp_path / "in.ipynb", "x = 1")
+    assert (
+        main(["run", "notebook", "--upload", str(source), str(tmp_path / output), "-p", "x", "2", *cli_env])
+        == 2
+    )
+    line = one_line(capsys.readouterr().err)
+    assert says in line and "OUTPUT" in line
+    assert not list(tmp_path.glob("out-*"))
+
+
+def test_a_parameter_the_notebook_does_not_declare_is_warned_about_as_papermill_does(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_notebook(tmp_path / "in.ipynb", "alpha = 1", "print(alpha)")
+    argv = ["run", "notebook", "--upload", str(source), str(tmp_path / "out.ipynb")]
+    assert main([*argv, "-p", "alpha", "2", "-p", "beta", "3", *cli_env]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "unknown parameter" in line]
+    assert len(warned) == 1 and warned[0].endswith("Passed unknown parameter: beta"), warned

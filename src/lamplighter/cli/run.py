@@ -349,6 +349,7 @@ def _run_notebook(args: argparse.Namespace) -> int:
         parameters = _parameters(args)
         if args.help_notebook:
             return asyncio.run(_help_notebook(args))
+        _parameterize_paths(args, parameters)
         # Opened before anything else happens, so a file that cannot be written stops the run before
         # its kernel starts (papermill finds out only at the first output).
         with _StreamFiles(args) as streams:
@@ -358,6 +359,17 @@ def _run_notebook(args: argparse.Namespace) -> int:
         # scheduler reading --json still gets its status and exit code.
         report.emit(_json_result({}, exc, time.monotonic() - started, None, status="not started"))
         raise
+
+
+def _parameterize_paths(args: argparse.Namespace, parameters: Mapping[str, Any]) -> None:
+    """``{name}`` in PATH and the output filled from the parameters, as papermill does (after the
+    paths were injected as parameters, which papermill injects as given)."""
+    from lamplighter.remote.parameters import parameterize_path
+
+    for name, flag in (("path", "PATH"), ("output_path", "OUTPUT"), ("output", "--output")):
+        value = getattr(args, name)
+        if value and value != "-":
+            setattr(args, name, parameterize_path(flag, value, parameters))
 
 
 def _output_path(args: argparse.Namespace) -> str | None:

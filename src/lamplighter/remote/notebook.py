@@ -64,6 +64,7 @@ from lamplighter.remote.kernels import (
     start_kernel,
     start_kernel_model,
 )
+from lamplighter.remote.notebook_help import infer_parameters
 from lamplighter.remote.parameters import translate_parameters
 from lamplighter.remote.session import Execution, ExecutionResult, KernelSession
 from lamplighter.remote.stdin import InputAnswerer
@@ -418,6 +419,20 @@ def inject_parameters(
     nb.setdefault("metadata", {}).setdefault("papermill", {})["parameters"] = dict(parameters)
 
 
+def _warn_unknown(
+    nb: Mapping[str, Any], parameters: Mapping[str, Any], *, kernel_name: str, language: str | None
+) -> None:
+    """papermill's warning for a parameter the ``parameters`` cell does not declare (a typo, most
+    often); unlike papermill, none where that cell's language cannot be read."""
+    declared = infer_parameters(nb, kernel_name=kernel_name or None, language=language, explain=False)
+    if declared is None:
+        return
+    names = {p.name for p in declared}
+    for name in parameters:
+        if name not in names:
+            logger.warning("Passed unknown parameter: %s", name)
+
+
 def _notebook_language(nb: Mapping[str, Any]) -> str:
     metadata = nb.get("metadata") or {}
     # papermill's order: language_info first, kernelspec for old notebooks; case kept ("R").
@@ -659,6 +674,7 @@ class NotebookRunner:
         wanted = self.kernel_name or (nb.get("metadata", {}).get("kernelspec") or {}).get("name")
         kernel_name, language = await check_kernelspec(self.conn, str(wanted) if wanted else None)
         if self.parameters:
+            _warn_unknown(nb, self.parameters, kernel_name=kernel_name, language=self.language or language)
             inject_parameters(
                 nb,
                 self.parameters,

@@ -127,13 +127,18 @@ def _metadata_field(nb: Mapping[str, object], key: str, field: str) -> str | Non
 
 
 def infer_parameters(
-    nb: Mapping[str, object], *, kernel_name: str | None = None, language: str | None = None
+    nb: Mapping[str, object],
+    *,
+    kernel_name: str | None = None,
+    language: str | None = None,
+    explain: bool = True,
 ) -> list[NotebookParameter] | None:
     """The parameters of ``nb``'s ``parameters`` cell ([] when it has none), or None when the
     notebook's language cannot be read (papermill reads Python only).
 
     The translator is chosen as papermill chooses it: ``kernel_name`` (default: the notebook's
     kernelspec name), else ``language`` (default: ``language_info.name``, then ``kernelspec.language``).
+    ``explain``: log why the parameters cannot be read, as papermill's ``--help-notebook`` does.
     """
     cell = parameters_cell(nb)
     if cell is None:
@@ -148,10 +153,12 @@ def infer_parameters(
         translator = find_translator(kernel_name, language)
     except ConfigError:
         # papermill stops with a traceback here; the notebook is fine, only its language is unknown.
-        logger.warning("No parameter translator for kernel '%s' or language '%s'.", kernel_name, language)
+        if explain:
+            logger.warning("No parameter translator for kernel '%s' or language '%s'.", kernel_name, language)
         return None
     if not issubclass(translator, PythonTranslator):
-        logger.warning("Translator for '%s' language does not support parameter introspection.", language)
+        if explain:
+            logger.warning("Translator for '%s' language does not support parameter introspection.", language)
         return None
     return inspect_python(_source(cell))
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import base64
 import math
 import shlex
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import yaml
@@ -28,6 +30,7 @@ __all__ = [
     "Translator",
     "find_translator",
     "merge_parameters",
+    "parameterize_path",
     "resolve_type",
     "translate_parameters",
 ]
@@ -457,3 +460,23 @@ def translate_parameters(
             f"parameters: {translator.__name__.removesuffix('Translator')} has no form for {exc} "
             "(neither has papermill)"
         ) from None
+
+
+def parameterize_path(flag: str, path: str, parameters: Mapping[str, Any]) -> str:
+    """papermill's ``parameterize_path``: ``path`` as a format string over the parameters and papermill's
+    built-in ``pm`` (``{pm[run_uuid]}``, ``{pm[current_datetime_utc]:%Y%m%d}``); a one-line
+    :class:`ConfigError` naming ``flag`` where papermill raises (a missing name) or gives a traceback."""
+    values = {
+        "pm": {
+            "run_uuid": str(uuid.uuid4()),
+            "current_datetime_local": datetime.now(),
+            "current_datetime_utc": datetime.now(timezone.utc),
+        },
+        **parameters,
+    }
+    try:
+        return path.format(**values)
+    except KeyError as exc:
+        raise ConfigError(f"{flag}: missing parameter {exc} for {path!r}") from None
+    except (IndexError, ValueError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"{flag}: {path!r} is not a format string over the parameters ({exc})") from None
