@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
-from lamplighter.model import Action, Decision, StopOutcome
+from lamplighter.model import StopOutcome
 from lamplighter.platforms.jupyterhub import HubApi, HubServer, HubStopper
 from lamplighter.remote import Connection
+from tests.decisions import STOP
 from tests.ports import refused_port
-
-_NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
-_DECISION = Decision(
-    action=Action.STOP,
-    reason="idle for 1h",
-    reasons=("idle for 1h",),
-    idle_since=_NOW,
-    stop_at=_NOW,
-    next_check_at=_NOW,
-)
 
 
 async def test_an_unreachable_hub_is_one_failure_then_tries_that_are_not_news() -> None:
@@ -26,7 +15,7 @@ async def test_an_unreachable_hub_is_one_failure_then_tries_that_are_not_news() 
         async with Connection(f"http://127.0.0.1:{port}/hub/api/", token="t", timeout_s=2) as conn:
             api = HubApi(conn)
             stopper = HubStopper(api, server, verify_timeout_s=1)
-            results = [await stopper.stop(_DECISION) for _ in range(3)]
+            results = [await stopper.stop(STOP) for _ in range(3)]
     # Every check asked the hub (no backoff: it must stop on time once the hub is back) ...
     assert api.requests == 3
     assert [r.outcome for r in results] == [StopOutcome.FAILED] * 3

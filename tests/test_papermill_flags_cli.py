@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nbformat
 import pytest
 from click.testing import CliRunner
@@ -24,10 +23,11 @@ from papermill.cli import papermill as papermill_cli
 from papermill.translators import PythonTranslator
 
 from lamplighter.cli import main
-from lamplighter.localserver import LocalServer, start_local_server
+from lamplighter.localserver import LocalServer
 from lamplighter.remote.notebook import INJECTED_TAG
 from lamplighter.remote.notebook_help import NO_PARAMETERS_CELL, inspect_python
 from lamplighter.remote.parameters import translate_parameters
+from tests.fake_kernels import assert_nothing_left, start_server_with_languages
 from tests.waiting import wait_until
 
 PAPERMILL = str(Path(sys.executable).with_name("papermill"))
@@ -35,16 +35,7 @@ PAPERMILL = str(Path(sys.executable).with_name("papermill"))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    workdir = tmp_path_factory.mktemp("papermill-flags-server")
-    spec_dir = workdir / "data" / "kernels" / "fake-r"
-    spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "ipykernel as R",
-        "language": "R",
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    started = start_local_server(workdir)
+    started = start_server_with_languages(tmp_path_factory.mktemp("papermill-flags-server"), {"fake-r": "R"})
     yield started
     started.stop()
 
@@ -53,9 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 def cli_env(cli_env: list[str], server: LocalServer) -> Iterator[list[str]]:
     """conftest's ``cli_env``, and afterwards: no kernel or session left on the server."""
     yield cli_env
-    headers = {"Authorization": f"token {server.token}"}
-    for what in ("kernels", "sessions"):
-        assert httpx.get(f"{server.url}api/{what}", headers=headers).json() == [], what
+    assert_nothing_left(server)
 
 
 def write_notebook(

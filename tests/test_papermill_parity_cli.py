@@ -17,14 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nbformat
 import pytest
 from papermill.translators import RTranslator
 
 from lamplighter.cli import main
-from lamplighter.localserver import LocalServer, start_local_server
+from lamplighter.localserver import LocalServer
 from lamplighter.remote.notebook import INJECTED_TAG
+from tests.fake_kernels import assert_nothing_left, start_server_with_languages
 
 PAPERMILL = str(Path(sys.executable).with_name("papermill"))
 # ipykernel dressed as other languages: the server lists them with these languages.
@@ -33,17 +33,7 @@ FAKE_SPECS = {"fakejulia": "julia", "bash": "bash", "fake-r": "R", "fakematlab":
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    workdir = tmp_path_factory.mktemp("papermill-server")
-    for name, language in FAKE_SPECS.items():
-        spec_dir = workdir / "data" / "kernels" / name
-        spec_dir.mkdir(parents=True)
-        spec = {
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"ipykernel as {language}",
-            "language": language,
-        }
-        (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    started = start_local_server(workdir)
+    started = start_server_with_languages(tmp_path_factory.mktemp("papermill-server"), FAKE_SPECS)
     yield started
     started.stop()
 
@@ -52,9 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 def cli_env(cli_env: list[str], server: LocalServer) -> Iterator[list[str]]:
     """conftest's ``cli_env``, and afterwards: no kernel or session left on the server."""
     yield cli_env
-    headers = {"Authorization": f"token {server.token}"}
-    for what in ("kernels", "sessions"):
-        assert httpx.get(f"{server.url}api/{what}", headers=headers).json() == [], what
+    assert_nothing_left(server)
 
 
 def write_notebook(

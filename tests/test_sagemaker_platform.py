@@ -5,31 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from lamplighter.errors import ConfigError, PlatformError, RemoteError, RemoteTimeout, Unsupported
-from lamplighter.model import Action, Decision, StopOutcome
+from lamplighter.model import StopOutcome
 from lamplighter.platforms.sagemaker import SageMakerStopper
 from lamplighter.retry import Backoff
 from lamplighter.sagemaker.client import RetryPolicy, call, sagemaker_client, wait_until_in_service
 from lamplighter.sagemaker.identity import AppIdentity, jupyter_base_url
 from lamplighter.sagemaker.login import presigned_connection
+from tests.decisions import STOP
 from tests.emulators.sagemaker import SageMakerEmulator, StudioDomain
 
 pytest_plugins = ["tests.emulators.conftest_sagemaker"]
 
-_NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
-_DECISION = Decision(
-    action=Action.STOP,
-    reason="idle for 1h",
-    reasons=("idle for 1h",),
-    idle_since=_NOW,
-    stop_at=_NOW,
-    next_check_at=_NOW,
-)
 _FAST = RetryPolicy(attempts=4, backoff=Backoff(first_s=0.01, longest_s=0.02, jitter=0.5))
 
 
@@ -122,7 +113,7 @@ def test_missing_boto3_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> Non
 async def test_stopper_retries_throttling(sm: SageMakerEmulator, domain: StudioDomain) -> None:
     identity = _create(sm, domain, "CodeEditor", space=domain.space)
     sm.inject_error("DeleteApp", "ThrottlingException", "Rate exceeded", times=2)
-    result = await _stopper(identity, sm).stop(_DECISION)
+    result = await _stopper(identity, sm).stop(STOP)
     assert result.outcome is StopOutcome.STOPPED, result.detail
     assert sm.operations().count("DeleteApp") == 3
 
@@ -130,7 +121,7 @@ async def test_stopper_retries_throttling(sm: SageMakerEmulator, domain: StudioD
 async def test_stopper_gives_up_after_the_retries(sm: SageMakerEmulator, domain: StudioDomain) -> None:
     identity = _create(sm, domain, "CodeEditor", space=domain.space)
     sm.inject_error("DeleteApp", "ThrottlingException", "Rate exceeded", times=4)
-    result = await _stopper(identity, sm).stop(_DECISION)
+    result = await _stopper(identity, sm).stop(STOP)
     assert result.outcome is StopOutcome.FAILED
     assert result.detail == "DeleteApp: ThrottlingException: Rate exceeded"
     assert sm.app(domain.id, "CodeEditor", space=domain.space).status() == "InService"
@@ -141,7 +132,7 @@ async def test_stopper_access_denied_names_the_permission(
 ) -> None:
     identity = _create(sm, domain, "CodeEditor", space=domain.space)
     sm.inject_error("DeleteApp", "AccessDeniedException", "User: arn:... is not authorized")
-    result = await _stopper(identity, sm).stop(_DECISION)
+    result = await _stopper(identity, sm).stop(STOP)
     assert result.outcome is StopOutcome.FAILED
     assert "sagemaker:DeleteApp" in result.detail
     assert "\n" not in result.detail
@@ -149,7 +140,7 @@ async def test_stopper_access_denied_names_the_permission(
 
 async def test_stopper_for_an_app_that_never_existed(sm: SageMakerEmulator, domain: StudioDomain) -> None:
     identity = AppIdentity(domain.id, "JupyterLab", space_name=domain.shared_space)
-    result = await _stopper(identity, sm).stop(_DECISION)
+    result = await _stopper(identity, sm).stop(STOP)
     assert result.outcome is StopOutcome.STOPPED
     assert "does not exist" in result.detail
 
@@ -158,15 +149,15 @@ async def test_slow_delete_is_stopping_until_deleted(sm: SageMakerEmulator, doma
     sm.deleting_s = 1.0
     identity = _create(sm, domain, "CodeEditor", space=domain.space)
     stopper = _stopper(identity, sm, verify_timeout_s=0.2)
-    first = await stopper.stop(_DECISION)
+    first = await stopper.stop(STOP)
     assert first.outcome is StopOutcome.STOPPING
     assert "still Deleting" in first.detail
     # A second stop while it is deleting: the conflict is recognised by asking, not by parsing messages.
-    second = await stopper.stop(_DECISION)
+    second = await stopper.stop(STOP)
     assert second.outcome is StopOutcome.STOPPING
     app = sm.app(domain.id, "CodeEditor", space=domain.space)
     sm.wait_for(lambda: app.status() == "Deleted", timeout_s=5)
-    third = await stopper.stop(_DECISION)
+    third = await stopper.stop(STOP)
     assert third.outcome is StopOutcome.STOPPED
 
 
@@ -176,7 +167,7 @@ async def test_no_credentials_is_failed_not_raised(
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name)
     identity = AppIdentity(domain.id, "JupyterLab", space_name=domain.space)
-    result = await _stopper(identity, sm).stop(_DECISION)
+    result = await _stopper(identity, sm).stop(STOP)
     assert result.outcome is StopOutcome.FAILED
     assert "no AWS credentials" in result.detail
 
@@ -232,13 +223,13 @@ async def test_presigned_login_then_delete_app_stops_the_server(
 
     stopper = _stopper(identity, sm)
     assert stopper.description == f"DeleteApp {domain.id}/space:{domain.space}/JupyterLab/default"
-    result = await stopper.stop(_DECISION)
+    result = await stopper.stop(STOP)
     assert result.outcome is StopOutcome.STOPPED, result.detail
     assert app.status() == "Deleted"
     assert not server.running
     assert sm.operations().count("DeleteApp") == 1
     # Stopping again is idempotent: the app is already gone.
-    again = await stopper.stop(_DECISION)
+    again = await stopper.stop(STOP)
     assert again.outcome is StopOutcome.STOPPED
     assert "already deleted" in again.detail
 
