@@ -14,6 +14,7 @@ every second (``JUPYTERHUB_ACTIVITY_INTERVAL``), and updates are kept at 1 s res
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -22,8 +23,9 @@ import ssl
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,16 @@ from typing import Any
 import httpx
 import pytest
 
+from lamplighter.hub.fleet import HubFleet
+from lamplighter.journal import Journal
+from lamplighter.model import Decision
+from lamplighter.platforms.jupyterhub import HubApi, HubServer
+from lamplighter.remote import Connection
+from lamplighter.settings import Settings, load_settings
 from tests.chp import running_proxy
 from tests.waiting import wait_until
 
-__all__ = ["Hub", "hub", "hub_users", "running_hub"]
+__all__ = ["Hub", "hub", "hub_settings", "hub_users", "new_user", "running_fleet", "running_hub"]
 
 #: What the lamplighter service's role gets in the tests: the README's list.
 SERVICE_SCOPES = [
@@ -329,3 +337,52 @@ def hub_users(hub: Hub) -> Iterator[list[str]]:
             continue  # deleted by the test (cull_users)
         for server_name in list(hub.user(name).get("servers", {})):
             hub.stop(name, server_name)
+
+
+def new_user(users: list[str], prefix: str = "u") -> str:
+    """A fresh user name, added to ``users`` (the :func:`hub_users` list) so that its servers are stopped after."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    users.append(name)
+    return name
+
+
+def hub_settings(hub: Hub, tmp_path: Path, **overrides: Any) -> Settings:
+    """``lamplighter hub``'s settings for this hub: its service token, a journal in ``tmp_path``, 1 s passes."""
+    flags = {
+        "hub_url": hub.api,
+        "hub_token": hub.service_token,
+        "journal": str(tmp_path / "journal.sqlite3"),
+        "cull_every": "1s",
+        **overrides,
+    }
+    return load_settings(flags, env={})
+
+
+@asynccontextmanager
+async def running_fleet(
+    hub: Hub,
+    settings: Settings,
+    decisions: list[tuple[HubServer, Decision]] | None = None,
+    *,
+    token: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> AsyncIterator[HubFleet]:
+    """The fleet loop on this hub in the running event loop; ``decisions`` collects what it decided."""
+    token = token or hub.service_token
+    conn = Connection(hub.api, token=token, tls=tls)
+    async with conn:
+        with Journal(settings.journal) as journal:
+            fleet = HubFleet(
+                settings,
+                HubApi(conn, page_size=settings.api_page_size),
+                journal,
+                token=token,
+                on_decision=(lambda s, d: decisions.append((s, d))) if decisions is not None else None,
+                tls=tls,
+            )
+            task = asyncio.create_task(fleet.run())
+            try:
+                yield fleet
+            finally:
+                fleet.request_exit()
+                await asyncio.wait_for(task, timeout=30)

@@ -10,8 +10,6 @@ import asyncio
 import logging
 import os
 import signal
-import ssl
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timezone
@@ -21,62 +19,15 @@ from typing import Any
 import httpx
 import pytest
 
-from lamplighter.hub.fleet import HubFleet
 from lamplighter.journal import Journal
 from lamplighter.model import Action, Decision
 from lamplighter.platforms.jupyterhub import HubApi, HubServer, parse_users
 from lamplighter.remote import Connection, KernelSession, start_kernel
-from lamplighter.settings import Settings, load_settings
-from tests.hub import Hub
+from lamplighter.settings import Settings
+from tests.hub import Hub, hub_settings, new_user, running_fleet
 from tests.waiting import wait_until_async
 
 pytestmark = pytest.mark.slow
-
-
-def new_user(users: list[str]) -> str:
-    name = f"u{uuid.uuid4().hex[:8]}"
-    users.append(name)
-    return name
-
-
-def hub_settings(hub: Hub, tmp_path: Path, **overrides: Any) -> Settings:
-    flags = {
-        "hub_url": hub.api,
-        "hub_token": hub.service_token,
-        "journal": str(tmp_path / "journal.sqlite3"),
-        "cull_every": "1s",
-        **overrides,
-    }
-    return load_settings(flags, env={})
-
-
-@asynccontextmanager
-async def running_fleet(
-    hub: Hub,
-    settings: Settings,
-    decisions: list[tuple[HubServer, Decision]] | None = None,
-    *,
-    token: str | None = None,
-    tls: ssl.SSLContext | None = None,
-) -> AsyncIterator[HubFleet]:
-    token = token or hub.service_token
-    conn = Connection(hub.api, token=token, tls=tls)
-    async with conn:
-        with Journal(settings.journal) as journal:
-            fleet = HubFleet(
-                settings,
-                HubApi(conn, page_size=settings.api_page_size),
-                journal,
-                token=token,
-                on_decision=(lambda s, d: decisions.append((s, d))) if decisions is not None else None,
-                tls=tls,
-            )
-            task = asyncio.create_task(fleet.run())
-            try:
-                yield fleet
-            finally:
-                fleet.request_exit()
-                await asyncio.wait_for(task, timeout=30)
 
 
 def stops(settings: Settings) -> list[Any]:

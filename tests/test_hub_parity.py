@@ -14,8 +14,8 @@ from lamplighter.hub.users import HubUser, judge_user
 from lamplighter.journal import Journal
 from lamplighter.model import Action, Decision, parse_timestamp
 from lamplighter.platforms.jupyterhub import HubServer
-from tests.hub import Hub
-from tests.test_hub_fleet import busy_cell, gone, hub_settings, new_user, running_fleet, stops
+from tests.hub import Hub, hub_settings, new_user, running_fleet
+from tests.test_hub_fleet import busy_cell, gone, stops
 from tests.waiting import wait_until_async
 
 NOW = datetime(2026, 11, 22, 14, 0, tzinfo=timezone.utc)

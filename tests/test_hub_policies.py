@@ -13,8 +13,8 @@ from lamplighter.errors import ConfigError
 from lamplighter.hub.policies import load_veto_hook, parse_timeouts
 from lamplighter.model import Action, Decision
 from lamplighter.settings import load_settings
-from tests.hub import Hub
-from tests.test_hub_fleet import gone, hub_settings, new_user, running_fleet, stops
+from tests.hub import Hub, hub_settings, new_user, running_fleet
+from tests.test_hub_fleet import gone, stops
 from tests.waiting import wait_until_async
 
 #: Users the veto hook below keeps, and what it was asked.

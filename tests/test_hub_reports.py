@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -31,32 +30,20 @@ from lamplighter.hub.service import HubService, serving
 from lamplighter.journal import Journal
 from lamplighter.platforms.jupyterhub import HubApi
 from lamplighter.remote import Connection
-from lamplighter.settings import Settings, load_settings
+from lamplighter.settings import Settings
 from tests.conftest import cli
-from tests.hub import Hub
+from tests.hub import Hub, hub_settings, new_user
 from tests.test_hub_fleet import busy_cell
 from tests.waiting import wait_until_async
 
 pytestmark = pytest.mark.slow
 
 
-def new_user(users: list[str], prefix: str = "r") -> str:
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    users.append(name)
-    return name
-
-
 def service_settings(hub: Hub, tmp_path: Path, **overrides: Any) -> Settings:
-    flags = {
-        "hub_url": hub.api,
-        "hub_token": hub.service_token,
-        "journal": str(tmp_path / "journal.sqlite3"),
-        "cull_every": "1s",
-        "service_url": "http://127.0.0.1:0",
-        "request_timeout": "2s",
-        **overrides,
-    }
-    return load_settings(flags, env={})
+    """:func:`hub_settings` with the service's endpoint (port 0) and a 2 s request timeout."""
+    return hub_settings(
+        hub, tmp_path, **{"service_url": "http://127.0.0.1:0", "request_timeout": "2s", **overrides}
+    )
 
 
 @asynccontextmanager
@@ -164,7 +151,7 @@ async def test_a_reporting_server_is_not_probed_until_its_reports_go_stale(
 async def test_a_report_is_accepted_only_with_that_servers_own_users_token(
     hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
-    alice, bob = new_user(hub_users), new_user(hub_users)
+    alice, bob = new_user(hub_users, prefix="r"), new_user(hub_users, prefix="r")
     for name in (alice, bob):
         assert hub.call("POST", f"users/{name}").status_code in (201, 409)
     bob_token = user_token(hub, bob)
@@ -195,7 +182,7 @@ async def test_a_report_is_accepted_only_with_that_servers_own_users_token(
 async def test_a_report_saying_idle_never_stops_a_server_whose_kernel_is_busy(
     hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
-    name = new_user(hub_users)
+    name = new_user(hub_users, prefix="r")
     await asyncio.to_thread(hub.start, name)
     started = str(hub.server(name)["started"])  # type: ignore[index]
     token = user_token(hub, name)
@@ -249,7 +236,7 @@ async def test_the_service_stops_a_reporting_server_through_the_hub_on_time(
 async def test_the_status_page_and_metrics_list_every_server_for_admins_only(
     hub: Hub, hub_users: list[str], tmp_path: Path
 ) -> None:
-    reporting, probed = new_user(hub_users, prefix="ext"), new_user(hub_users)
+    reporting, probed = new_user(hub_users, prefix="ext"), new_user(hub_users, prefix="r")
     # The tests' own service may read every server (admin:servers): what the page shows, it may see.
     assert hub.call("POST", f"users/{probed}").status_code == 201
     admin_token, user_token_ = hub.admin_token, user_token(hub, probed)

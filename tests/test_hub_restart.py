@@ -12,8 +12,8 @@ import pytest
 
 from lamplighter.model import Decision, parse_timestamp
 from lamplighter.platforms.jupyterhub import HubServer
-from tests.hub import running_hub
-from tests.test_hub_fleet import busy_cell, gone, hub_settings, running_fleet, stops
+from tests.hub import hub_settings, running_fleet, running_hub
+from tests.test_hub_fleet import busy_cell, gone, stops
 from tests.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.slow

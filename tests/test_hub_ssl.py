@@ -20,8 +20,8 @@ from lamplighter.platforms.jupyterhub import HubApi, HubServer
 from lamplighter.remote.connection import Connection
 from lamplighter.settings import load_settings
 from tests.conftest import cli
-from tests.hub import running_hub
-from tests.test_hub_fleet import gone, hub_settings, running_fleet, stops
+from tests.hub import hub_settings, running_fleet, running_hub
+from tests.test_hub_fleet import gone, stops
 
 
 def test_missing_certificates_are_one_config_error_naming_the_file(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from lamplighter.journal import Journal
 from tests.conftest import cli
-from tests.hub import Hub
-from tests.test_hub_fleet import gone, hub_settings, new_user, running_fleet, stops
+from tests.hub import Hub, hub_settings, new_user, running_fleet
+from tests.test_hub_fleet import gone, stops
 
 pytestmark = pytest.mark.slow
 

@@ -274,6 +274,47 @@ def test_ignored_processes_and_the_agent_do_not_count(
     assert {lsp_pid, marked_pid} == seeing_all.tree_pids()
 
 
+@pytest.mark.parametrize("use_procfs", [True, False], ids=["procfs", "psutil"])
+def test_a_command_line_read_during_exec_is_read_again(
+    fake_server: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch, use_procfs: bool
+) -> None:
+    # Popen returns once exec() has begun, but the kernel sets up the new command line a moment later:
+    # until then /proc/<pid>/cmdline is empty (right after Popen it was, 271 times in 300 here). Under
+    # load the first sample can land in that moment. The first read of the marked job's command line
+    # is made to answer that empty line, as the kernel does; nothing else is stood in for.
+    server = fake_server(py(BUSY.format(seconds=30) + "# ignore-me"))
+    (marked_pid,) = server.children
+    real_cmdline = psutil.Process.cmdline
+    reads: list[int] = []
+
+    def cmdline(self: psutil.Process) -> list[str]:
+        if self.pid == marked_pid:
+            reads.append(self.pid)
+            if len(reads) == 1:
+                return []
+        return real_cmdline(self)
+
+    monkeypatch.setattr(psutil.Process, "cmdline", cmdline)
+    ignoring = ProcessSignal(
+        server.pid, replace(FAST, ignore=("*ignore-me*",), scope="tree"), use_procfs=use_procfs
+    )
+    seeing_all = ProcessSignal(server.pid, replace(FAST, ignore=(), scope="tree"), use_procfs=use_procfs)
+    ignored_readings: list[ActivityReading] = []
+
+    def seen_by_all() -> bool:
+        for sig in (ignoring, seeing_all):
+            sig.sample()
+        ignored_readings.append(ignoring.reading(now()))
+        return seeing_all.reading(now()).active_now
+
+    wait_until(seen_by_all, timeout_s=10, poll_s=0.1, what="the unfiltered signal to see the busy job")
+    assert reads, "the signal should have read the job's command line"
+    assert not any(r.active_now or r.at for r in ignored_readings), [
+        r.detail for r in ignored_readings if r.at
+    ]
+    assert ignoring.tree_pids() == frozenset() and seeing_all.tree_pids() == {marked_pid}
+
+
 def test_short_lived_children_count_through_their_parent(fake_server: Callable[..., FakeServer]) -> None:
     # A shell loop of short busy commands: most of them start and exit between two samples.
     loop = (

@@ -17,7 +17,14 @@ from typing import Any
 from lamplighter.errors import ConfigError, Unsupported
 from lamplighter.model import parse_timestamp
 
-__all__ = ["DEFAULT_METADATA_PATH", "JUPYTER_APP_TYPES", "AppIdentity", "StudioApp", "jupyter_base_url"]
+__all__ = [
+    "DEFAULT_METADATA_PATH",
+    "JUPYTER_APP_TYPES",
+    "AppIdentity",
+    "StudioApp",
+    "jupyter_base_url",
+    "read_metadata_file",
+]
 
 DEFAULT_METADATA_PATH = Path("/opt/ml/metadata/resource-metadata.json")
 JUPYTER_APP_TYPES = ("JupyterLab", "JupyterServer")
@@ -32,6 +39,24 @@ def jupyter_base_url(app_type: str) -> str:
         raise Unsupported(
             f"SageMaker {app_type} apps have no Jupyter server (only {', '.join(JUPYTER_APP_TYPES)})"
         ) from None
+
+
+def read_metadata_file(path: Path, *, missing: str) -> dict[str, Any]:
+    """The JSON object in a resource-metadata file; ``ConfigError`` if it cannot be read or is not one.
+
+    ``missing`` is the hint after "not found; " (which platform expects the file, and the flag to use).
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; {missing}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
 
 
 @dataclass(frozen=True)
@@ -60,18 +85,7 @@ class AppIdentity:
     def from_metadata(cls, path: Path | None = None) -> AppIdentity:
         """Read the app's own identity from its resource-metadata file; raises ``ConfigError``."""
         path = path or DEFAULT_METADATA_PATH
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{path}: not found; is this a SageMaker Studio app? (--sagemaker-metadata)"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ConfigError(f"{path}: not valid JSON") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
+        data = read_metadata_file(path, missing="is this a SageMaker Studio app? (--sagemaker-metadata)")
         return cls.from_metadata_dict(data, source=str(path))
 
     @classmethod

@@ -140,15 +140,10 @@ async def presigned_connection(
     if session_expiration_s is not None:
         params["SessionExpirationDurationInSeconds"] = session_expiration_s
     answer = await call(client, "CreatePresignedDomainUrl", **params)
-    authorized = str(answer.get("AuthorizedUrl") or "")
     where = f"{domain_id}/{space or user_profile}/{app_type}"
-    if not authorized:
-        raise RemoteError(f"CreatePresignedDomainUrl for {where} returned no URL")
-    final_url, status, cookies, page = await _follow_login(
-        authorized, verify_tls=verify_tls, timeout_s=timeout_s, where=where
+    authorized, final_url, cookies, page = await _presigned_login(
+        answer, "CreatePresignedDomainUrl", where=where, verify_tls=verify_tls, timeout_s=timeout_s
     )
-    if status in (401, 403):
-        raise AuthRejected(f"the presigned login to {where} was refused (HTTP {status})", status=status)
     base_url = _app_base_url(final_url, page, base_path)
     if base_url is None:
         # The AWS samples' flow: the session cookies are set; the app lives at the presigned URL's host
@@ -166,23 +161,14 @@ async def presigned_connection(
             raise RemoteError(
                 f"the presigned login to {where}: Studio says the app is {ready}; is the app InService?"
             )
-    conn = Connection(
-        base_url, cookies=_cookies_for(cookies, base_url), verify_tls=verify_tls, timeout_s=timeout_s
+    return await _checked_connection(
+        base_url,
+        cookies,
+        where=where,
+        unreached=f"the {app_type} app at {final_url.host}{base_path} (HTTP 404); is the app InService?",
+        verify_tls=verify_tls,
+        timeout_s=timeout_s,
     )
-    try:
-        await conn.get("api/status")
-    except NotFound:
-        await conn.aclose()
-        raise RemoteError(
-            f"the presigned login to {where} did not reach the {app_type} app at {final_url.host}"
-            f"{base_path} (HTTP 404); is the app InService?",
-            status=404,
-        ) from None
-    except BaseException:
-        await conn.aclose()
-        raise
-    logger.debug("logged in to %s at %s", where, conn.display_url)
-    return conn
 
 
 _STATUSES = ("Pending", "InService", "Deleting", "Deleted", "Failed", "NotFound", "Terminated")
@@ -225,6 +211,46 @@ async def _app_status(
     except httpx.HTTPError:
         return None
     return body if response.status_code == 200 and body in _STATUSES else None
+
+
+async def _presigned_login(
+    answer: dict[str, Any], operation: str, *, where: str, verify_tls: bool, timeout_s: float
+) -> tuple[str, httpx.URL, httpx.Cookies, str]:
+    """Follow the ``AuthorizedUrl`` that ``operation`` answered: (that URL, final URL, cookie jar, page).
+
+    Raises ``RemoteError`` when there is no URL, ``AuthRejected`` when the login is refused.
+    """
+    authorized = str(answer.get("AuthorizedUrl") or "")
+    if not authorized:
+        raise RemoteError(f"{operation} for {where} returned no URL")
+    final_url, status, cookies, page = await _follow_login(
+        authorized, verify_tls=verify_tls, timeout_s=timeout_s, where=where
+    )
+    if status in (401, 403):
+        raise AuthRejected(f"the presigned login to {where} was refused (HTTP {status})", status=status)
+    return authorized, final_url, cookies, page
+
+
+async def _checked_connection(
+    base_url: str, cookies: httpx.Cookies, *, where: str, unreached: str, verify_tls: bool, timeout_s: float
+) -> Connection:
+    """A connection to ``base_url`` with the login's cookies, once ``api/status`` answers through it.
+
+    A 404 there is ``RemoteError`` "... did not reach {unreached}": the login landed, but not on Jupyter.
+    """
+    conn = Connection(
+        base_url, cookies=_cookies_for(cookies, base_url), verify_tls=verify_tls, timeout_s=timeout_s
+    )
+    try:
+        await conn.get("api/status")
+    except NotFound:
+        await conn.aclose()
+        raise RemoteError(f"the presigned login to {where} did not reach {unreached}", status=404) from None
+    except BaseException:
+        await conn.aclose()
+        raise
+    logger.debug("logged in to %s at %s", where, conn.display_url)
+    return conn
 
 
 async def _follow_login(
@@ -315,29 +341,16 @@ async def presigned_notebook_instance_connection(
         NotebookInstanceName=name,
         SessionExpirationDurationInSeconds=session_expiration_s,
     )
-    authorized = str(answer.get("AuthorizedUrl") or "")
     where = f"notebook instance {name}"
-    if not authorized:
-        raise RemoteError(f"CreatePresignedNotebookInstanceUrl for {where} returned no URL")
-    final_url, status, cookies, _page = await _follow_login(
-        authorized, verify_tls=verify_tls, timeout_s=timeout_s, where=where
+    _authorized, final_url, cookies, _page = await _presigned_login(
+        answer, "CreatePresignedNotebookInstanceUrl", where=where, verify_tls=verify_tls, timeout_s=timeout_s
     )
-    if status in (401, 403):
-        raise AuthRejected(f"the presigned login to {where} was refused (HTTP {status})", status=status)
     base_url = str(final_url.copy_with(path="/", query=None, fragment=None))
-    conn = Connection(
-        base_url, cookies=_cookies_for(cookies, base_url), verify_tls=verify_tls, timeout_s=timeout_s
+    return await _checked_connection(
+        base_url,
+        cookies,
+        where=where,
+        unreached="its Jupyter server (HTTP 404); is it InService?",
+        verify_tls=verify_tls,
+        timeout_s=timeout_s,
     )
-    try:
-        await conn.get("api/status")
-    except NotFound:
-        await conn.aclose()
-        raise RemoteError(
-            f"the presigned login to {where} did not reach its Jupyter server (HTTP 404); is it InService?",
-            status=404,
-        ) from None
-    except BaseException:
-        await conn.aclose()
-        raise
-    logger.debug("logged in to %s at %s", where, conn.display_url)
-    return conn

@@ -16,7 +16,6 @@ instance is Stopped.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 from lamplighter.errors import ConfigError, SageMakerCallFailed
 from lamplighter.model import parse_timestamp
 from lamplighter.sagemaker.client import call, sagemaker_client
-from lamplighter.sagemaker.identity import DEFAULT_METADATA_PATH
+from lamplighter.sagemaker.identity import DEFAULT_METADATA_PATH, read_metadata_file
 from lamplighter.sagemaker.lcc import MAX_CONTENT_CHARS, ApiCall
 
 __all__ = [
@@ -75,19 +74,11 @@ class NotebookInstanceIdentity:
     def from_metadata(cls, path: Path | None = None) -> NotebookInstanceIdentity:
         """Read the instance's name (``ResourceName``) and region (from ``ResourceArn``); raises ``ConfigError``."""
         path = path or DEFAULT_METADATA_PATH
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{path}: not found; is this a SageMaker notebook instance? (--sagemaker-metadata, or "
-                "name it with --notebook-instance)"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ConfigError(f"{path}: not valid JSON") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
+        data = read_metadata_file(
+            path,
+            missing="is this a SageMaker notebook instance? (--sagemaker-metadata, or name it with "
+            "--notebook-instance)",
+        )
         return cls.from_metadata_dict(data, source=str(path))
 
     @classmethod

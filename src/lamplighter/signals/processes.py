@@ -133,6 +133,7 @@ class _Known:
     label: str
     uid: int | None = None
     ignored: bool = False
+    unread: bool = False  # the command line read empty: read it again next time (see _Scanner._known)
 
 
 def _scan_procfs(clock_ticks: float) -> dict[int, _Stat]:
@@ -273,16 +274,22 @@ class _Scanner:
         # Keyed by name too: exec() keeps the pid and start time but changes the command line.
         key = (pid, stat.ident, stat.name)
         known = self.known.get(key)
-        if known is None:
+        if known is None or known.unread:
+            unread = False
             try:
                 argv = psutil.Process(pid).cmdline()
+                # A live process shows an empty command line while exec() is still setting up the new
+                # one (Popen has returned by then): judged by that, an ignored job would count for good.
+                unread = not argv
             except psutil.Error:
                 argv = []  # a zombie, or gone already: its name will do
             known = _Known(
                 name=stat.name,
                 argv=argv,
                 label=describe_process(argv, stat.name),
+                uid=None if known is None else known.uid,
                 ignored=_ignored(self.options.ignore, stat.name, argv),
+                unread=unread,
             )
             self.known[key] = known
         return known
