@@ -20,11 +20,12 @@ import pytest
 from lamplighter.cli import main
 from lamplighter.errors import ConfigError
 from lamplighter.journal import Journal
-from lamplighter.model import Action, Clock, Decision, ServerSnapshot, StopOutcome
+from lamplighter.model import Action, Clock, ServerSnapshot, StopOutcome
 from lamplighter.platforms.notebook_instance import NotebookInstanceProbe, NotebookInstanceStopper
 from lamplighter.remote.connection import Connection
 from lamplighter.sagemaker.notebook_instance import NotebookInstanceIdentity
 from tests.conftest import cli
+from tests.decisions import STOP
 from tests.emulators.notebook_instances import EmulatedNotebookInstance
 from tests.emulators.sagemaker import SageMakerEmulator
 
@@ -253,12 +254,6 @@ def test_a_recent_start_holds_off_a_stop_the_server_alone_would_allow(
     assert "LastModifiedTime" in " ".join(decision.reasons), decision.reasons
 
 
-_NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
-_DECISION = Decision(
-    action=Action.STOP, reason="idle", reasons=("idle",), idle_since=_NOW, stop_at=_NOW, next_check_at=_NOW
-)
-
-
 def _stop(
     client: Any, name: str = "nb1", *, verify_timeout_s: float = 5.0, poll_interval_s: float = 0.05
 ) -> tuple[StopOutcome, str]:
@@ -268,7 +263,7 @@ def _stop(
         verify_timeout_s=verify_timeout_s,
         poll_interval_s=poll_interval_s,
     )
-    result = asyncio.run(stopper.stop(_DECISION))
+    result = asyncio.run(stopper.stop(STOP))
     return result.outcome, result.detail
 
 
