@@ -315,6 +315,39 @@ def test_a_command_line_read_during_exec_is_read_again(
     assert ignoring.tree_pids() == frozenset() and seeing_all.tree_pids() == {marked_pid}
 
 
+def test_an_ignored_process_that_execs_into_real_work_counts(
+    fake_server: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    # exec() keeps the pid, the start time and (here) the name `python`, and changes the command line:
+    # judged by the one it had before, a job that a wrapper exec()s into would be ignored for good.
+    go = tmp_path / "go"
+    waiter = (
+        "import os, sys, time\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        f"os.execv(sys.executable, [sys.executable, '-c', {BUSY.format(seconds=30)!r}])\n"
+    )
+    server = fake_server(py(waiter, "ignore-me"))
+    (pid,) = server.children
+    sig = ProcessSignal(server.pid, replace(FAST, ignore=("*ignore-me*",), scope="tree"), use_procfs=True)
+    wait_until(
+        lambda: "ignore-me" in psutil.Process(pid).cmdline(), timeout_s=10, what="the waiter's command line"
+    )
+    for _ in range(3):
+        sig.sample()  # the signal knows the waiter, and ignores it
+    assert sig.tree_pids() == frozenset()
+    go.touch()
+    wait_until(
+        lambda: "ignore-me" not in psutil.Process(pid).cmdline(), timeout_s=10, what="the exec() into the job"
+    )
+
+    def counted() -> bool:
+        sig.sample()
+        return sig.reading(now()).active_now
+
+    wait_until(counted, timeout_s=15, poll_s=0.1, what="the job the waiter became to count")
+    assert sig.tree_pids() == {pid}
+
+
 def test_short_lived_children_count_through_their_parent(fake_server: Callable[..., FakeServer]) -> None:
     # A shell loop of short busy commands: most of them start and exit between two samples.
     loop = (

@@ -122,6 +122,9 @@ class _Stat:
     self_s: float  # user + system CPU seconds of the process itself
     children_s: float  # CPU seconds of its children that exited and were waited for
     name: str
+    # Where the command line lies in memory (procfs' arg_start, arg_end): exec() builds a new one, also
+    # when the name stays (python exec()ing python). 0s where hidden from us (another user's, psutil).
+    args_at: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -155,13 +158,15 @@ def _scan_procfs(clock_ticks: float) -> dict[int, _Stat]:
         fields = data[close + 2 :].split()
         if close < 0 or len(fields) < 20:
             continue
-        # Field numbers after the ")": 1 ppid, 11 utime, 12 stime, 13 cutime, 14 cstime, 19 starttime.
+        # Field numbers after the ")": 1 ppid, 11 utime, 12 stime, 13 cutime, 14 cstime, 19 starttime,
+        # 45 arg_start, 46 arg_end (older kernels stop before them).
         table[int(entry)] = _Stat(
             ppid=int(fields[1]),
             ident=float(fields[19]),
             self_s=(int(fields[11]) + int(fields[12])) / clock_ticks,
             children_s=(int(fields[13]) + int(fields[14])) / clock_ticks,
             name=data[data.find(b"(") + 1 : close].decode("utf-8", "replace"),
+            args_at=(int(fields[45]), int(fields[46])) if len(fields) > 46 else (0, 0),
         )
     return table
 
@@ -211,7 +216,7 @@ class _Scanner:
     root_ident: float | None = None
     prev: dict[int, _Stat] = field(default_factory=dict)
     prev_mono: float | None = None
-    known: dict[tuple[int, float, str], _Known] = field(default_factory=dict)
+    known: dict[tuple[int, float, str, tuple[int, int]], _Known] = field(default_factory=dict)
     warned_root_uid: bool = False
     clock_ticks: float = 100.0
 
@@ -271,8 +276,9 @@ class _Scanner:
         return None
 
     def _known(self, pid: int, stat: _Stat) -> _Known:
-        # Keyed by name too: exec() keeps the pid and start time but changes the command line.
-        key = (pid, stat.ident, stat.name)
+        # Keyed by name and argument address too: exec() keeps the pid and start time but changes the
+        # command line (an ignored wrapper exec()ing real work must not stay ignored).
+        key = (pid, stat.ident, stat.name, stat.args_at)
         known = self.known.get(key)
         if known is None or known.unread:
             unread = False
@@ -418,7 +424,7 @@ class _Scanner:
 
     def _forget(self, table: Mapping[int, _Stat]) -> None:
         if len(self.known) > 2 * len(table) + 64:
-            alive = {(pid, stat.ident, stat.name) for pid, stat in table.items()}
+            alive = {(pid, stat.ident, stat.name, stat.args_at) for pid, stat in table.items()}
             self.known = {key: value for key, value in self.known.items() if key in alive}
 
 
