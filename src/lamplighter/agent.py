@@ -258,27 +258,16 @@ class Agent:
         if result.again:
             logger.debug("%s: stop %s: %s", self.target, result.outcome.value, result.detail)
             return result
-        done = self.clock()
-        # Two figures: when we acted (decided) and when the app was verified gone (overshoot).
-        decided = (now - decision.stop_at).total_seconds() if decision.stop_at else None
-        overshoot = (done - decision.stop_at).total_seconds() if decision.stop_at else None
         log = logger.error if result.outcome is StopOutcome.FAILED else logger.info
         log("%s: stop %s: %s", self.target, result.outcome.value, result.detail)
-        self.journal.record(
+        self.journal.record_stop(
             self.target,
-            "action",
-            f"stop {result.outcome.value}: {result.detail}",
-            at=done,
-            verdict=result.outcome.value,
-            idle_since=decision.idle_since,
-            stop_at=decision.stop_at,
-            detail={
-                "stopper": self.stopper.description,
-                "reasons": list(decision.reasons),
-                "decided_at": now.isoformat(),
-                "decided_after_s": decided,
-                "overshoot_s": overshoot,
-            },
+            decision,
+            summary=f"stop {result.outcome.value}: {result.detail}",
+            outcome=result.outcome.value,
+            stopper=self.stopper.description,
+            decided_at=now,
+            done_at=self.clock(),
         )
         return result
 

@@ -243,20 +243,14 @@ class InServerAgent:
         events.add_listener(schema_id=_KERNEL_ACTIONS, listener=on_kernel_action)
 
     def _journal_request(self, decision: Decision) -> None:
-        at = datetime.now(timezone.utc)
-        self.journal.record(
+        self.journal.record_stop(
             self.probe.target,
-            "action",
-            f"stop requested: {self.stopper.description} (the hub ends this server while it answers)",
-            at=at,
-            verdict="requested",
-            idle_since=decision.idle_since,
-            stop_at=decision.stop_at,
-            detail={
-                "stopper": self.stopper.description,
-                "reasons": list(decision.reasons),
-                "decided_after_s": (at - decision.stop_at).total_seconds() if decision.stop_at else None,
-            },
+            decision,
+            summary=f"stop requested: {self.stopper.description} (the hub ends this server while it answers)",
+            outcome="requested",
+            stopper=self.stopper.description,
+            decided_at=datetime.now(timezone.utc),
+            done_at=None,
         )
 
     def _seen(self, decision: Decision) -> None:

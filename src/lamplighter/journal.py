@@ -225,6 +225,45 @@ class Journal:
             },
         )
 
+    def record_stop(
+        self,
+        target: str,
+        decision: Decision,
+        *,
+        summary: str,
+        outcome: str,
+        stopper: str,
+        decided_at: datetime,
+        done_at: datetime | None,
+    ) -> None:
+        """A stop (or delete) acted on: by what, why, and two figures against the deadline: when it was
+        decided (``decided_after_s``) and, once known, when the target was verified gone (``overshoot_s``;
+        ``done_at`` None for a stop only requested)."""
+
+        def after(moment: datetime | None) -> float | None:
+            if moment is None or decision.stop_at is None:
+                return None
+            return (moment - decision.stop_at).total_seconds()
+
+        detail: dict[str, Any] = {
+            "stopper": stopper,
+            "reasons": list(decision.reasons),
+            "decided_at": decided_at.isoformat(),
+            "decided_after_s": after(decided_at),
+        }
+        if done_at is not None:
+            detail["overshoot_s"] = after(done_at)
+        self.record(
+            target,
+            "action",
+            summary,
+            at=done_at or decided_at,
+            verdict=outcome,
+            idle_since=decision.idle_since,
+            stop_at=decision.stop_at,
+            detail=detail,
+        )
+
     def save_memory(self, target: str, memory: Memory, *, at: datetime) -> None:
         with self._sql("save the agent's memory") as db:
             db.execute(

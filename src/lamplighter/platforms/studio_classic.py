@@ -339,23 +339,16 @@ class ClassicCuller:
             except LamplighterError as exc:
                 result = StopResult(StopOutcome.FAILED, f"cannot delete {app.label}: {exc}")
         self._deleted_at[app.app_name] = now
-        done = self.clock()
-        overshoot = (done - decision.stop_at).total_seconds() if decision.stop_at else None
         log = logger.error if result.outcome is StopOutcome.FAILED else logger.info
         log("%s: %s", app.label, result.detail)
-        journal.record(
+        journal.record_stop(
             target,
-            "action",
-            f"delete {result.outcome.value}: {result.detail}",
-            at=done,
-            verdict=result.outcome.value,
-            idle_since=decision.idle_since,
-            stop_at=decision.stop_at,
-            detail={
-                "stopper": self.apps.description,
-                "reasons": list(decision.reasons),
-                "overshoot_s": overshoot,
-            },
+            decision,
+            summary=f"delete {result.outcome.value}: {result.detail}",
+            outcome=result.outcome.value,
+            stopper=self.apps.description,
+            decided_at=now,
+            done_at=self.clock(),
         )
         return result
 
