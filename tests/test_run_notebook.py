@@ -34,7 +34,13 @@ from lamplighter.remote import (
     shutdown_kernel,
     start_kernel,
 )
-from lamplighter.remote.notebook import _GUARD_CELL, ERROR_TAG, INJECTED_TAG, MemoryNotebookStore
+from lamplighter.remote.notebook import (
+    _GUARD_CELL,
+    ERROR_TAG,
+    INJECTED_TAG,
+    MemoryNotebookStore,
+    ServerNotebookStore,
+)
 from tests.waiting import wait_until, wait_until_async
 
 DATA = Path(__file__).parent / "data" / "remote"
@@ -315,6 +321,48 @@ async def test_a_finished_cell_is_saved_while_the_next_one_runs(
         finally:
             flag.write_text("go")
             await asyncio.wait_for(run, 60)
+    nothing_left(server)
+
+
+async def test_a_notebook_someone_saved_meanwhile_is_not_saved_over(
+    server: LocalServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Someone opens the output in JupyterLab while the run goes on, edits it and saves: the run's next
+    # save would lose their edit. It goes to a sibling path instead, and nothing of either is lost.
+    flag = server.root_dir / f"release-{uuid.uuid4().hex[:8]}.txt"
+    name = f"edited-{uuid.uuid4().hex[:8]}.ipynb"
+    nb = notebook(
+        f"import os, time\nwhile not os.path.exists({flag.name!r}):\n    time.sleep(0.05)", "print('done')"
+    )
+    headers = {"Authorization": f"token {server.token}"}
+    async with Connection(server.url, token=server.token) as conn:
+        runner = NotebookRunner(conn, store=ServerNotebookStore(conn, name))
+        run = asyncio.create_task(runner.run(nb))
+        try:
+            url = f"{server.url}api/contents/{name}"
+
+            def first_save() -> dict[str, Any] | None:
+                answer = httpx.get(url, headers=headers)
+                return answer.json()["content"] if answer.status_code == 200 else None
+
+            # What JupyterLab does: read the notebook, add a cell, save it through the contents API.
+            theirs = await wait_until_async(first_save, timeout_s=30, what="the run's first save")
+            theirs["cells"].insert(0, nbformat.v4.new_markdown_cell("a note of the user's"))
+            body = {"type": "notebook", "format": "json", "content": theirs}
+            async with httpx.AsyncClient() as client:
+                assert (await client.put(url, json=body, headers=headers)).status_code == 200
+        finally:
+            flag.write_text("go")
+        await asyncio.wait_for(run, 60)
+    kept = nbformat.read(server.root_dir / name, as_version=4)
+    assert kept.cells[0].source == "a note of the user's"
+    [sibling] = server.root_dir.glob(name.replace(".ipynb", ".lamplighter-*.ipynb"))
+    executed = nbformat.read(sibling, as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "done\n"
+    assert runner.saved_to == f"server:{sibling.name}"
+    assert any("changed on the server since" in r.getMessage() for r in caplog.records)
+    for path in (server.root_dir / name, sibling):
+        path.unlink()
     nothing_left(server)
 
 

@@ -164,13 +164,23 @@ class NotebookStore(Protocol):
 
 
 class ServerNotebookStore:
-    """A notebook on the server, read and written through the contents API (``path`` is relative to its root)."""
+    """A notebook on the server, read and written through the contents API (``path`` is relative to its root).
+
+    Someone may open the notebook in JupyterLab while a run saves it, edit it and save. Before each
+    save after its first, the store checks the file's ``last_modified`` against its own last save, as
+    JupyterLab checks before it saves; when someone else wrote it meanwhile, this save and every later
+    one go to a sibling path (``name.lamplighter-XXXXXXXX.ipynb``), so neither version is lost.
+    """
 
     def __init__(self, conn: Connection, path: str) -> None:
         self.conn = conn
         self.path = path.strip("/")
         if not self.path:
             raise ConfigError("notebook path: empty")
+        self._saved_mtime: str | None = None  # last_modified of the file as our last save left it
+        # Once on a path of its own nobody else writes there (and a contents manager whose times do
+        # not round-trip cannot move it twice).
+        self._moved = False
 
     @property
     def description(self) -> str:
@@ -193,11 +203,33 @@ class ServerNotebookStore:
         # Python's json (the server's too) writes and reads NaN and Infinity, as papermill's saved
         # parameters need; httpx's encoder refuses them.
         content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if self._saved_mtime is not None and not self._moved:
+            await self._step_aside_from_other_writers()
         try:
-            await self.conn.request("PUT", f"api/contents/{quote(self.path)}", content=content)
+            model = await self.conn.request("PUT", f"api/contents/{quote(self.path)}", content=content)
         except RemoteError as exc:
             await self._explain_failed_save(exc)
             raise
+        mtime = model.get("last_modified") if isinstance(model, dict) else None
+        self._saved_mtime = str(mtime) if mtime else None
+
+    async def _step_aside_from_other_writers(self) -> None:
+        try:
+            model = await self.conn.get(f"api/contents/{quote(self.path)}", params={"content": "0"})
+        except NotFound:
+            return  # removed meanwhile: nobody's version to keep, so the run's is written again
+        mtime = model.get("last_modified") if isinstance(model, dict) else None
+        if mtime is None or str(mtime) == self._saved_mtime:
+            return
+        moved = _unique_path(self.path)
+        logger.warning(
+            "%s changed on the server since the run last saved it (someone saved it at %s); the run "
+            "saves to server:%s from now on, and leaves theirs as it is",
+            self.description,
+            mtime,
+            moved,
+        )
+        self.path, self._moved = moved, True
 
     async def _explain_failed_save(self, exc: RemoteError) -> None:
         """Turn "the folder is not there" (which the server reports as 404 or 500) into a ConfigError."""
