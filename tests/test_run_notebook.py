@@ -366,6 +366,31 @@ async def test_a_notebook_someone_saved_meanwhile_is_not_saved_over(
     nothing_left(server)
 
 
+async def test_a_local_output_someone_saved_meanwhile_is_not_saved_over(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    flag = server.root_dir / f"release-{uuid.uuid4().hex[:8]}.txt"
+    nb = notebook(
+        f"import os, time\nwhile not os.path.exists({flag.name!r}):\n    time.sleep(0.05)", "print('done')"
+    )
+    output = tmp_path / "out.ipynb"
+    async with Connection(server.url, token=server.token) as conn:
+        runner = NotebookRunner(conn, store=LocalNotebookStore(output))
+        run = asyncio.create_task(runner.run(nb))
+        try:
+            await wait_until_async(output.exists, timeout_s=30, what="the run's first save")
+            theirs = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("the user's own")])
+            await asyncio.to_thread(nbformat.write, theirs, output)  # an editor saving in place
+        finally:
+            flag.write_text("go")
+        await asyncio.wait_for(run, 60)
+    assert nbformat.read(output, as_version=4).cells[0].source == "the user's own"
+    [sibling] = await asyncio.to_thread(lambda: list(tmp_path.glob("out.lamplighter-*.ipynb")))
+    assert nbformat.read(sibling, as_version=4).cells[1].outputs[0]["text"] == "done\n"
+    assert runner.saved_to == str(sibling)
+    nothing_left(server)
+
+
 async def test_without_save_after_cell_only_the_start_and_the_end_are_saved(server: LocalServer) -> None:
     store = RecordingStore()
     nb = notebook(*(f"print({i})" for i in range(5)))

@@ -247,10 +247,16 @@ class ServerNotebookStore:
 
 
 class LocalNotebookStore:
-    """A notebook file on this machine; saves are atomic (write a temporary file, then rename)."""
+    """A notebook file on this machine; saves are atomic (write a temporary file, then rename).
+
+    As :class:`ServerNotebookStore` does, a file someone else wrote since this store's last save (an
+    editor that has it open) is left alone: this save and every later one go to a sibling path.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._saved: tuple[int, int] | None = None  # (inode, mtime in ns) as our last save left the file
+        self._moved = False
 
     @property
     def description(self) -> str:
@@ -281,16 +287,36 @@ class LocalNotebookStore:
             raise ConfigError(f"{self.path}: cannot save the notebook ({exc.strerror or exc})") from exc
 
     def _write(self, text: str) -> None:
+        if self._saved is not None and not self._moved:
+            self._step_aside_from_other_writers()
         directory = self.path.parent
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
+            written = os.stat(tmp)  # the rename keeps its inode and time
             os.replace(tmp, self.path)
+            self._saved = (written.st_ino, written.st_mtime_ns)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _step_aside_from_other_writers(self) -> None:
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return  # removed meanwhile: nobody's version to keep
+        if (now.st_ino, now.st_mtime_ns) == self._saved:
+            return
+        moved = Path(_unique_path(str(self.path)))
+        logger.warning(
+            "%s changed since the run last saved it (someone else wrote it); the run saves to %s from "
+            "now on, and leaves theirs as it is",
+            self.path,
+            moved,
+        )
+        self.path, self._moved = moved, True
 
 
 class MemoryNotebookStore:
