@@ -80,6 +80,11 @@ async def test_dry_run_culls_and_stops_nothing(tmp_path: Path) -> None:
     assert decision.cull_kernels == ("k1",)
     assert server.culled_kernels == []
     assert "would shut down kernel k1" in journal.events(kind="action")[-1].summary
+    # Said once while it stays cullable: the checks after it add no rows.
+    for minutes in (7, 8, 9):
+        clock.now = T0 + timedelta(minutes=minutes)
+        await agent.check()
+    assert [e.summary for e in journal.events(kind="action")] == ["would shut down kernel k1"]
 
 
 async def test_still_stopping_is_not_stopped(tmp_path: Path) -> None:

@@ -95,6 +95,7 @@ class Agent:
         self._warned_for: datetime | None = None
         self._skipped: StopResult | None = None
         self._stop_failed = False  # the last stop failed (refused, unreachable) and said so
+        self._dry_culls: set[tuple[str, str]] = set()  # (kind, name) whose dry cull was journaled
         self.probes = 0
         self._alarm = asyncio.Event()  # set by request_exit() and wake(): ends the current sleep
         self._exit_requested = False
@@ -235,8 +236,12 @@ class Agent:
             ("kernel", k, self.probe.cull_kernel) for k in decision.cull_kernels
         ]
         parts += [("terminal", t, self.probe.cull_terminal) for t in decision.cull_terminals]
+        # A dry cull is said once per kernel or terminal while it stays cullable, not at every check.
+        said, self._dry_culls = self._dry_culls, {(kind, name) for kind, name, _ in parts}
         for kind, name, cull in parts:
             if self.settings.dry_run or self.settings.action == "none":
+                if (kind, name) in said:
+                    continue
                 outcome, detail = "skipped", f"would shut down {kind} {name}"
             else:
                 try:
