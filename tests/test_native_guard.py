@@ -220,7 +220,11 @@ def test_a_nohup_job_keeps_the_native_clock_fresh_until_it_ends(
     before = _idle(server)  # the first request: nothing ran yet
     marker = f"native-guard-job-{secrets.token_hex(4)}"  # other tests on the machine run the same loop
     busy = f"import time\n# {marker}\nend=time.time()+7\nwhile time.time()<end: pass"
-    terminal = terminal_running(server, f"nohup {sys.executable} -c '{busy}' >/dev/null 2>&1 & sleep 600")
+    # `exec`: the shell's last command is the session leader, so the terminal's shutdown reaches it also
+    # where SIGHUP is ignored from the start (a server, or this test run, under nohup).
+    terminal = terminal_running(
+        server, f"nohup {sys.executable} -c '{busy}' >/dev/null 2>&1 & exec sleep 600"
+    )
     watcher = _guarded_watch(
         server, tmp_path, stamp, "--process-window", "1.5s", "--process-sample-interval", "0.2s"
     )
@@ -248,8 +252,8 @@ def test_a_nohup_job_keeps_the_native_clock_fresh_until_it_ends(
         # The terminal, idle and no longer running work, is closed.
         wait_until(lambda: _culled(tmp_path, "terminal"), timeout_s=30, what="the idle terminal to close")
 
-        # Shut down; the server lists it until its pty reads EOF, which took over 10 s once in a loaded
-        # `make test` (not reproduced alone); the processes still on a tty are in the failure message.
+        # Shut down; the server lists it until its pty reads EOF (never, while a process that ignores
+        # SIGHUP holds it); the processes still on a tty are in the failure message.
         def listed_no_more() -> bool:
             return terminal not in {t["name"] for t in _get(server, "api/terminals")}
 
