@@ -56,6 +56,7 @@ from lamplighter.errors import (
     RemoteError,
     RemoteTimeout,
 )
+from lamplighter.remote.cells import PARAMETERS_TAG, cell_source, cell_tags
 from lamplighter.remote.connection import Connection
 from lamplighter.remote.kernels import (
     check_kernelspec,
@@ -90,7 +91,6 @@ logger = logging.getLogger(__name__)
 
 
 SKIP_TAG = "skip-execution"
-PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
 RAISES_TAG = "raises-exception"
 ERROR_TAG = "lamplighter-error"
@@ -465,8 +465,8 @@ def inject_parameters(
     if report_mode:
         cell["metadata"]["jupyter"] = {"source_hidden": True}
     cells: list[dict[str, Any]] = nb["cells"]
-    injected = [i for i, c in enumerate(cells) if INJECTED_TAG in _tags(c)]
-    marked = [i for i, c in enumerate(cells) if PARAMETERS_TAG in _tags(c)]
+    injected = [i for i, c in enumerate(cells) if INJECTED_TAG in cell_tags(c)]
+    marked = [i for i, c in enumerate(cells) if PARAMETERS_TAG in cell_tags(c)]
     if injected:
         cells[injected[0]] = cell
     elif marked:
@@ -498,16 +498,6 @@ def _notebook_language(nb: Mapping[str, Any]) -> str:
         "language"
     )
     return str(language or "")
-
-
-def _tags(cell: Mapping[str, Any]) -> list[str]:
-    tags = (cell.get("metadata") or {}).get("tags") or []
-    return [str(t) for t in tags]
-
-
-def _source(cell: Mapping[str, Any]) -> str:
-    source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else str(source)
 
 
 def _new_cell(nb: Mapping[str, Any], cell_type: str, source: str, *, tags: list[str]) -> dict[str, Any]:
@@ -647,7 +637,9 @@ class NotebookRunner:
         return [
             i
             for i, cell in enumerate(nb["cells"])
-            if cell.get("cell_type") == "code" and _source(cell).strip() and SKIP_TAG not in _tags(cell)
+            if cell.get("cell_type") == "code"
+            and cell_source(cell).strip()
+            and SKIP_TAG not in cell_tags(cell)
         ]
 
     async def run(self, nb: dict[str, Any]) -> NotebookResult:
@@ -847,13 +839,13 @@ class NotebookRunner:
         saver: _Autosaver,
     ) -> list[CellFailed]:
         cells: list[dict[str, Any]] = nb["cells"]
-        may_fail = {i: self.allow_errors or RAISES_TAG in _tags(cells[i]) for i in indices}
+        may_fail = {i: self.allow_errors or RAISES_TAG in cell_tags(cells[i]) for i in indices}
         pipelined = (
             self.pipeline
             and len(indices) > 1
             and ks.implementation == "ipython"
             and not any(may_fail.values())
-            and not any(_WIDGETS_MODULE in _source(cells[i]) for i in indices)
+            and not any(_WIDGETS_MODULE in cell_source(cells[i]) for i in indices)
             and await self._arm_guard(ks)
         )
         depth = _PIPELINE_DEPTH if pipelined else 1
@@ -902,7 +894,7 @@ class NotebookRunner:
 
         # The cell's own list collects the outputs, so display updates and autosaves see them live.
         execution = await ks.submit(
-            _source(cell),
+            cell_source(cell),
             stop_on_error=not may_fail,
             outputs=cell["outputs"],
             on_output=on_output,
@@ -943,7 +935,7 @@ def _keep_what_ran(step: _Step) -> None:
 
 
 def _cell_failed(step: _Step, result: ExecutionResult) -> CellFailed:
-    source = _source(step.cell)
+    source = cell_source(step.cell)
     first_line = source.strip().splitlines()[0] if source.strip() else ""
     return CellFailed(
         f"cell {step.index} (In [{result.execution_count}]: {first_line[:60]!r}) raised {result.ename}: {result.evalue}",
@@ -958,7 +950,7 @@ def _mark(nb: dict[str, Any], cell: dict[str, Any], message: str) -> None:
     """Put a red markdown cell before ``cell`` saying why the run stopped there (once)."""
     cells: list[dict[str, Any]] = nb["cells"]
     position = next((i for i, c in enumerate(cells) if c is cell), None)
-    if position is None or (position > 0 and ERROR_TAG in _tags(cells[position - 1])):
+    if position is None or (position > 0 and ERROR_TAG in cell_tags(cells[position - 1])):
         return
     text = message.replace("<", "&lt;").replace(">", "&gt;")
     source = f'<span style="color:red; font-size:1.4em;">lamplighter: {text}</span>'

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lamplighter.errors import ConfigError
+from lamplighter.remote.cells import PARAMETERS_TAG, cell_source, cell_tags
 from lamplighter.remote.parameters import PythonTranslator, find_translator
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PARAMETERS_TAG = "parameters"
 
 #: papermill's exit status when the notebook has no ``parameters`` cell (``display_notebook_help``
 #: returns 1 then, 0 otherwise).
@@ -99,22 +98,11 @@ def inspect_python(source: str) -> list[NotebookParameter]:
     return found
 
 
-def _tags(cell: Mapping[str, object]) -> list[str]:
-    metadata = cell.get("metadata")
-    tags = metadata.get("tags") if isinstance(metadata, Mapping) else None
-    return [str(t) for t in tags] if isinstance(tags, list) else []
-
-
-def _source(cell: Mapping[str, object]) -> str:
-    source = cell.get("source", "")
-    return "".join(str(s) for s in source) if isinstance(source, list) else str(source)
-
-
 def parameters_cell(nb: Mapping[str, object]) -> Mapping[str, object] | None:
     """The first cell tagged ``parameters``, or None."""
     cells = nb.get("cells")
     for cell in cells if isinstance(cells, list) else []:
-        if isinstance(cell, Mapping) and PARAMETERS_TAG in _tags(cell):
+        if isinstance(cell, Mapping) and PARAMETERS_TAG in cell_tags(cell):
             return cell
     return None
 
@@ -160,7 +148,7 @@ def infer_parameters(
         if explain:
             logger.warning("Translator for '%s' language does not support parameter introspection.", language)
         return None
-    return inspect_python(_source(cell))
+    return inspect_python(cell_source(cell))
 
 
 def _describe(parameter: NotebookParameter) -> str:
