@@ -22,7 +22,7 @@ import httpx
 import nbformat
 from websockets.sync.client import connect
 
-from lamplighter.journal import Journal
+from lamplighter.journal import Journal, JournalEvent
 from lamplighter.localserver import LocalServer
 from lamplighter.model import parse_timestamp
 from tests.conftest import ServerFactory, cli, watch
@@ -83,9 +83,13 @@ def background_watch(server: LocalServer, *args: str) -> subprocess.Popen[bytes]
     )
 
 
-def decisions(journal: Path) -> list[str]:
+def decision_events(journal: Path) -> list[JournalEvent]:
     with Journal(journal) as j:
-        return [e.summary for e in j.events(kind="decision")]
+        return j.events(kind="decision")
+
+
+def decisions(journal: Path) -> list[str]:
+    return [e.summary for e in decision_events(journal)]
 
 
 def test_a_silent_job_with_old_interaction_survives_once_restart_and_watch(
@@ -151,23 +155,57 @@ def test_a_kernel_used_and_shut_down_between_probes_moves_the_stop(
     watcher = background_watch(
         jupyter, "--idle-timeout", "8s", "--startup-grace", "0", "--journal", str(journal)
     )
+    release = tmp_path / "release"
+    run: subprocess.Popen[str] | None = None
     try:
         wait_until(lambda: journal.exists() and decisions(journal), timeout_s=20, what="the first decision")
-        # Three cells in a kernel that is started and shut down while the agent waits for the deadline.
-        nb = write_notebook(tmp_path / "work.ipynb", "x = 1", "import time; time.sleep(0.3)", "print(x)")
-        ran = cli("run", "notebook", str(nb), "--upload", "--url", jupyter.url, "--token", jupyter.token)
-        assert ran.returncode == 0, ran.stderr
-        worked_until = datetime.now(timezone.utc)
+        # A kernel started after the first probe, busy until the agent has seen it busy (a kernel
+        # that lives within one probe interval goes unseen, as the README says), then shut down
+        # well before the deadline probe, which finds no kernel at all.
+        wait_cell = (
+            "import os, time\nend = time.time() + 60\n"
+            f"while not os.path.exists({str(release)!r}) and time.time() < end: time.sleep(0.02)"
+        )
+        nb = write_notebook(tmp_path / "work.ipynb", "x = 1", wait_cell, "print(x)")
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lamplighter",
+                "run",
+                "notebook",
+                str(nb),
+                "--upload",
+                "--url",
+                jupyter.url,
+            ],
+            env={**os.environ, "LAMPLIGHTER_TOKEN": jupyter.token},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        (seen_busy,) = wait_until(
+            lambda: [e for e in decision_events(journal) if " busy since " in e.summary][:1],
+            timeout_s=60,
+            what="the agent to see the kernel busy",
+        )
+        release.touch()
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 0, stderr
         assert get(jupyter, "api/kernels") == []
         assert watcher.wait(40) == 0
     finally:
-        watcher.kill()
-        watcher.wait(10)
+        for process in (run, watcher):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+    first = decision_events(journal)[0]
     with Journal(journal) as j:
         (stop,) = [e for e in j.events(kind="action") if e.summary.startswith("stop")]
-    assert stop.idle_since is not None
-    # Stopped 8 s after the kernel's last activity, not 8 s after the server started.
-    assert stop.idle_since.timestamp() >= worked_until.timestamp() - 2.0, (stop.idle_since, worked_until)
+    assert stop.idle_since is not None and first.idle_since is not None
+    # Stopped 8 s after the kernel's work, not 8 s after the server started: the deadline moved to
+    # when the agent last saw the kernel at work at the earliest, though it was gone by the deadline.
+    assert stop.idle_since >= seen_busy.at, (stop.idle_since, seen_busy)
+    assert stop.idle_since > first.idle_since, (stop.idle_since, first)
 
 
 def kernel_until_idle(server: LocalServer) -> datetime:
