@@ -87,6 +87,27 @@ async def test_dry_run_culls_and_stops_nothing(tmp_path: Path) -> None:
     assert [e.summary for e in journal.events(kind="action")] == ["would shut down kernel k1"]
 
 
+async def test_a_kernel_still_listed_after_its_cull_is_said_once_and_culled_afresh_after_use(
+    tmp_path: Path,
+) -> None:
+    # The fake server answers every cull and keeps listing the kernel, as a server that cannot end it.
+    kernels = [KernelInfo("k1", "python3", "idle", T0, 0)]
+    agent, server, clock, journal = make(tmp_path, kernels, idle_timeout="1h", kernel_timeout="5m")
+    for seconds in (360, 362, 364, 366, 368, 380):
+        clock.now = T0 + timedelta(seconds=seconds)
+        await agent.check()
+    assert server.culled_kernels == ["k1"]
+    rows = journal.events(kind="action")
+    assert [r.verdict for r in rows] == ["done", "failed"], [r.summary for r in rows]
+    assert rows[1].summary.startswith("kernel k1 is still open 6s after the server answered its shutdown")
+    # Used again, then idle past its timeout: a new cull, not a survivor of the old one.
+    kernels[0] = KernelInfo("k1", "python3", "idle", T0 + timedelta(seconds=390), 0)
+    for seconds in (391, 700):
+        clock.now = T0 + timedelta(seconds=seconds)
+        await agent.check()
+    assert server.culled_kernels == ["k1", "k1"]
+
+
 async def test_still_stopping_is_not_stopped(tmp_path: Path) -> None:
     agent, server, clock, journal = make(tmp_path, [], idle_timeout="10m")
     server.stop_outcome = StopOutcome.STOPPING

@@ -341,3 +341,34 @@ def test_kernel_and_terminal_culling(jupyter: LocalServer, tmp_path: Path) -> No
     assert any(s.startswith(f"shut down kernel {kernel['id']}") for s in summaries)
     assert any(s.startswith("shut down terminal 1") for s in summaries)
     assert summaries[-1].startswith("stop stopped")
+
+
+def test_a_terminal_the_server_cannot_close_is_culled_once_and_reported(
+    jupyter: LocalServer, tmp_path: Path
+) -> None:
+    # As under `nohup jupyter lab &`: the shell's child ignores SIGHUP, so the server's shutdown ends
+    # the shell, answers 204, and the child keeps the terminal open and listed.
+    api(
+        jupyter,
+        "POST",
+        "api/terminals",
+        json={"shell_command": ["bash", "-c", "trap '' HUP; sleep 600; true"]},
+    )
+    journal = tmp_path / "j"
+    code = watch(
+        jupyter,
+        "--idle-timeout",
+        "9s",
+        "--terminal-timeout",
+        "1s",
+        "--no-process-signal",
+        "--journal",
+        str(journal),
+    )
+    assert code == 0
+    with Journal(journal) as j:
+        culls = [e for e in j.events(kind="action") if e.detail.get("cull") == "terminal"]
+    assert [e.verdict for e in culls] == ["done", "failed"], [e.summary for e in culls]
+    assert culls[0].summary == "shut down terminal 1"
+    assert culls[1].summary.startswith("terminal 1 is still open"), culls[1].summary
+    assert "ignore SIGHUP" in culls[1].summary

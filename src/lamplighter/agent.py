@@ -31,6 +31,7 @@ from lamplighter.model import (
     ProbeFailure,
     StopOutcome,
     StopResult,
+    format_duration,
     format_time,
 )
 from lamplighter.notices import Notifier
@@ -47,6 +48,8 @@ _heartbeat_logger = logging.getLogger("lamplighter.heartbeat")
 _MIN_SLEEP_S = 0.001
 # A proxy or hub in front of the server answers these when the server behind it is not running.
 _PROXY_SAYS_DOWN = frozenset({424, 502, 503})
+#: How long after a shutdown was answered the server may still list what it closed.
+_CULL_SETTLE = timedelta(seconds=5)
 
 
 def utcnow() -> datetime:
@@ -96,6 +99,8 @@ class Agent:
         self._skipped: StopResult | None = None
         self._stop_failed = False  # the last stop failed (refused, unreachable) and said so
         self._dry_culls: set[tuple[str, str]] = set()  # (kind, name) whose dry cull was journaled
+        self._culled: dict[tuple[str, str], datetime] = {}  # (kind, name) -> when its shutdown was answered
+        self._survivors: set[tuple[str, str]] = set()  # culled, still listed, and said so
         self.probes = 0
         self._alarm = asyncio.Event()  # set by request_exit() and wake(): ends the current sleep
         self._exit_requested = False
@@ -236,22 +241,52 @@ class Agent:
             ("kernel", k, self.probe.cull_kernel) for k in decision.cull_kernels
         ]
         parts += [("terminal", t, self.probe.cull_terminal) for t in decision.cull_terminals]
+        wanted = {(kind, name) for kind, name, _ in parts}
         # A dry cull is said once per kernel or terminal while it stays cullable, not at every check.
-        said, self._dry_culls = self._dry_culls, {(kind, name) for kind, name, _ in parts}
+        said, self._dry_culls = self._dry_culls, wanted
+        # What is no longer cullable (gone, or active again) is forgotten: culled afresh when idle again.
+        self._culled = {key: at for key, at in self._culled.items() if key in wanted}
+        self._survivors &= wanted
         for kind, name, cull in parts:
             if self.settings.dry_run or self.settings.action == "none":
                 if (kind, name) in said:
                     continue
                 outcome, detail = "skipped", f"would shut down {kind} {name}"
+            elif (kind, name) in self._culled:
+                found = self._survivor(kind, name, now)
+                if found is None:
+                    continue
+                outcome, detail = "failed", found
             else:
                 try:
                     await cull(name)
                     outcome, detail = "done", f"shut down {kind} {name}"
+                    self._culled[(kind, name)] = now
                 except LamplighterError as exc:
                     logger.exception("%s: cannot shut down %s %s", self.target, kind, name)
                     outcome, detail = "failed", f"cannot shut down {kind} {name}: {exc}"
-            logger.info("%s: %s", self.target, detail)
+            (logger.warning if (kind, name) in self._survivors else logger.info)(
+                "%s: %s", self.target, detail
+            )
             self.journal.record(self.target, "action", detail, at=now, verdict=outcome, detail={"cull": kind})
+
+    def _survivor(self, kind: str, name: str, now: datetime) -> str | None:
+        """A kernel or terminal the server answered a shutdown for and still lists: said once, not culled
+        again at every check (its row would claim a shutdown each time). None: nothing to say yet."""
+        culled_at = self._culled[(kind, name)]
+        # A server drops a closed terminal from its list a moment after answering: not a survivor yet.
+        if (kind, name) in self._survivors or now - culled_at < _CULL_SETTLE:
+            return None
+        self._survivors.add((kind, name))
+        why = (
+            " (a process on it may ignore SIGHUP, as under nohup, and keep it open)"
+            if kind == "terminal"
+            else ""
+        )
+        return (
+            f"{kind} {name} is still open {format_duration(now - culled_at)} after the server answered "
+            f"its shutdown at {format_time(culled_at)}; left as it is{why}"
+        )
 
     async def _stop(self, decision: Decision, now: datetime) -> StopResult:
         # After a failure (logged, and journaled once per refusal) the tries that follow, and the
