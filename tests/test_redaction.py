@@ -126,6 +126,52 @@ def test_error_lines_and_tracebacks_hide_secrets(tmp_path: Path) -> None:
     assert "usage-secret-77" not in usage.stderr
 
 
+@pytest.mark.parametrize(
+    ("how", "args", "extra_env"),
+    [
+        ("variable", ["--tokn", "given-secret-31"], {"LAMPLIGHTER_TOKEN": "given-secret-31"}),
+        ("flag", ["--token", "given-secret-31", "--log-level", "given-secret-31"], {}),
+        ("abbreviated flag", ["--cook", "c=given-secret-31", "--nope", "given-secret-31"], {}),
+        ("token file", ["--token-file", "{file}", "--tokn", "given-secret-31"], {}),
+        ("url", ["--url", "http://127.0.0.1:1/?token=given-secret-31", "--app-type", "given-secret-31"], {}),
+        ("config file", ["--tokn", "given-secret-31"], {"LAMPLIGHTER_CONFIG": "{config}"}),
+    ],
+)
+def test_usage_errors_hide_the_secrets_given(
+    tmp_path: Path, how: str, args: list[str], extra_env: dict[str, str]
+) -> None:
+    # A usage error is printed before any setting is read: a mistyped flag followed by the token
+    # (or the token repeated where another value belongs) must not echo it.
+    token_file = tmp_path / "token"
+    token_file.write_text("given-secret-31\n")
+    config = tmp_path / "config.toml"
+    config.write_text('token = "given-secret-31"\n')
+    fill = {"file": str(token_file), "config": str(config)}
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    env.update({k: v.format(**fill) for k, v in extra_env.items()})
+    url = [] if how == "url" else ["--url", "http://127.0.0.1:1/"]
+    result = cli("status", *url, *(a.format(**fill) for a in args), env=env)
+    assert result.returncode == 2, result.stderr
+    assert "given-secret-31" not in result.stderr, (how, result.stderr)
+    assert "***" in result.stderr, result.stderr
+
+
+def test_a_url_username_is_not_masked_in_the_error_text(tmp_path: Path) -> None:
+    bad = cli("status", "--url", "http://user:pw-secret-9@127.0.0.1:1/", env=dict(os.environ))
+    assert bad.returncode == 2
+    assert "pw-secret-9" not in bad.stderr
+    assert "user info (user:password@) is not supported" in bad.stderr, bad.stderr
+
+
+def test_a_token_given_twice_in_the_url_is_named_as_such(tmp_path: Path) -> None:
+    bad = cli(
+        "status", "--url", "http://127.0.0.1:1/?token=tok-secret-7&token=tok-secret-7", env=dict(os.environ)
+    )
+    assert bad.returncode == 2
+    assert "tok-secret-7" not in bad.stderr
+    assert "token" in bad.stderr and "more than once" in bad.stderr, bad.stderr
+
+
 # -- the property: random secrets never leave a byte behind ----------------------------------------------
 
 _ALPHABET = string.ascii_letters + string.digits + "-_."

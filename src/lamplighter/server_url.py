@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from lamplighter.errors import ConfigError
 from lamplighter.redaction import CREDENTIAL_PARAMS, MASK, hide, redact
 
-__all__ = ["LOOPBACK_HOSTS", "server_key", "split_server_url"]
+__all__ = ["LOOPBACK_HOSTS", "server_key", "split_server_url", "url_credentials"]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 """Host names that mean this machine (0.0.0.0: where a server listens on every address)."""
@@ -31,6 +31,7 @@ def split_server_url(url: str) -> tuple[str, str | None]:
     show the URL through :func:`~lamplighter.redaction.redact`. The fragment is never sent, and dropped.
     """
     text = url.strip()
+    hide(*url_credentials(text))
     try:
         parts = urlsplit(text)
         hostname = parts.hostname
@@ -45,7 +46,6 @@ def split_server_url(url: str) -> tuple[str, str | None]:
     if port == 0:
         raise ConfigError(f"url: the port must be a number from 1 to 65535, got {_shown(text)!r}")
     if "@" in parts.netloc:
-        hide(parts.password, parts.username)
         raise ConfigError(
             "url: user info (user:password@) is not supported; give the token with LAMPLIGHTER_TOKEN "
             f"or --token-file, or login cookies with LAMPLIGHTER_COOKIES: {_shown(text)!r}"
@@ -54,9 +54,9 @@ def split_server_url(url: str) -> tuple[str, str | None]:
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name == "token" and token is None:
             token = value or None
-            hide(token)
             continue
-        hide(value)
+        if name == "token":
+            raise ConfigError("url: the query parameter 'token' is given more than once; give it once")
         if name.lower() in CREDENTIAL_PARAMS:
             raise ConfigError(
                 f"url: the query parameter {name!r} carries a credential lamplighter does not use; pass "
@@ -73,6 +73,19 @@ def split_server_url(url: str) -> tuple[str, str | None]:
         path = page.group(1) if page else path
     path = path if path.endswith("/") else path + "/"
     return urlunsplit((parts.scheme, parts.netloc, path, "", "")), token
+
+
+def url_credentials(text: str) -> tuple[str, ...]:
+    """What a URL may carry as a credential: its user info's password (or a lone user name, which is a
+    token in ``https://TOKEN@host/``) and every query value (a token, a signature). Never raises: it
+    serves to hide them before the URL is checked, or when it is not one."""
+    try:
+        parts = urlsplit(text.strip())
+        secret = parts.password if parts.password is not None else parts.username
+    except ValueError:
+        return ()
+    values = [value for _, value in parse_qsl(parts.query, keep_blank_values=True) if value]
+    return (secret, *values) if secret else tuple(values)
 
 
 def _shown(text: str) -> str:

@@ -9,11 +9,12 @@ generated from the declarations below. Derived defaults are computed in :func:`_
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 from lamplighter.errors import ConfigError
 from lamplighter.redaction import hide, redact
-from lamplighter.server_url import split_server_url
+from lamplighter.server_url import split_server_url, url_credentials
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -938,6 +939,52 @@ def secret_variables() -> frozenset[str]:
     return frozenset(
         name for spec in fields(Settings) if spec.metadata["secret"] for name in _env_names(spec)
     )
+
+
+def hide_given_secrets(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Register every credential the command line, the environment and the config file carry, before
+    anything is parsed: a usage error (a mistyped flag followed by the token) is printed before the
+    settings are read, and must not show it either. Best effort: nothing here fails."""
+    secret = [spec for spec in fields(Settings) if spec.metadata["secret"]]
+    values: list[str | None] = [env.get(name) for spec in secret for name in _env_names(spec)]
+    files = {"token_file": [env.get("LAMPLIGHTER_TOKEN_FILE")], "config": [env.get("LAMPLIGHTER_CONFIG")]}
+    for i, arg in enumerate(argv):
+        name, eq, inline = arg.partition("=")
+        value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if "://" in arg:
+            values.extend(url_credentials(inline if arg.startswith("--") and eq else arg))
+        if not name.startswith("--") or len(name) < 4:
+            continue
+        # argparse takes an unambiguous prefix (--tok for --token): so does this, erring towards hiding.
+        if any(_flag_name(spec.name).startswith(name) for spec in secret):
+            values.append(value)
+        for key in files:
+            if _flag_name(key).startswith(name) and not _flag_name("token").startswith(name):
+                files[key].append(value)
+    # Regular files only: a pipe (--token-file /dev/stdin) read here would be empty for the settings.
+    for path in files["token_file"]:
+        with contextlib.suppress(OSError, IndexError, UnicodeDecodeError, ValueError):
+            if path is not None and _regular_file(path):
+                values.append(Path(path).read_text().strip().splitlines()[0].strip())
+    configs = [*files["config"], os.path.expanduser("~/.config/lamplighter/config.toml")]
+    for path in configs:
+        with contextlib.suppress(ConfigError, ValueError):
+            if path is None or not _regular_file(path):
+                continue
+            table = _read_toml(Path(path))
+            for spec in secret:
+                values.append(table[spec.name] if isinstance(table.get(spec.name), str) else None)
+            for text in table.values():
+                values.extend(url_credentials(text) if isinstance(text, str) and "://" in text else ())
+    for value in filter(None, values):
+        hide(value, *(part.partition("=")[2].strip() for part in value.split(";")))
+
+
+def _regular_file(path: str | None) -> bool:
+    try:
+        return path is not None and Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _env_names(spec: Any) -> tuple[str, ...]:

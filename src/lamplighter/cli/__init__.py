@@ -28,6 +28,7 @@ from lamplighter.cli.report import add_report_parsers
 from lamplighter.cli.run import add_run_parser
 from lamplighter.cli.sagemaker import add_sagemaker_parsers
 from lamplighter.errors import LamplighterError
+from lamplighter.settings import hide_given_secrets
 
 __all__ = ["build_parser", "main"]
 
@@ -113,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     _complete(parser)
     verbosity = 0
+    hide_given_secrets(sys.argv[1:] if argv is None else argv, os.environ)
     try:
         # Inside the try: a flag's type raises ConfigError (one line) for a bad duration.
         args = parser.parse_args(argv)
