@@ -251,6 +251,21 @@ def test_watch_once_exits_3_on_a_proxy_login_page(
     assert "not JSON" in verdict_line(result)
 
 
+@pytest.mark.parametrize("once", [True, False])
+def test_a_refused_first_probe_exits_3_and_is_journaled_as_skip(
+    jupyter: LocalServer, tmp_path: Path, once: bool
+) -> None:
+    journal = tmp_path / "j.sqlite3"
+    result = cli("watch", *(["--once"] if once else []), "--url", jupyter.url, "--token", "wrong-token-4",
+                 "--journal", str(journal))  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "403" in result.stderr, result.stderr
+    with Journal(journal) as j:
+        (refused,) = j.events(kind="decision")
+    assert refused.verdict == "skip" and "403" in refused.summary, refused
+    assert "wrong-token-4" not in json.dumps(refused.to_dict())
+
+
 def test_watch_once_exits_0_when_the_probe_worked(jupyter: LocalServer, tmp_path: Path) -> None:
     result = cli("watch", "--once", "--action", "none", "--url", jupyter.url, "--token", jupyter.token,
                  "--journal", str(tmp_path / "j"))  # fmt: skip

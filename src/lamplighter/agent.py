@@ -196,7 +196,15 @@ class Agent:
 
     async def check(self) -> tuple[Decision, StopResult | None]:
         """Probe, decide, journal and act once."""
-        decision, now = await self.assess()
+        try:
+            decision, now = await self.assess()
+        except (AuthRejected, NotFound) as exc:
+            # A first probe refused (wrong token, wrong base URL) ends the watch as a configuration
+            # error; the journal still says that this check decided nothing, and why.
+            now = self.clock()
+            refused = decide(ProbeFailure(self.target, str(exc)), self._memory, self.settings, now)
+            self.journal.record_decision(self.target, refused, at=now)
+            raise
         self._remember(decision, now)
         if decision.warn and self.notifier is not None and self._warned_for != decision.stop_at:
             await self._warn(self.notifier, decision, now)
