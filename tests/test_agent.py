@@ -108,6 +108,19 @@ async def test_a_kernel_still_listed_after_its_cull_is_said_once_and_culled_afre
     assert server.culled_kernels == ["k1", "k1"]
 
 
+async def test_an_outage_past_unreachable_timeout_is_reported_once(tmp_path: Path) -> None:
+    agent, server, clock, journal = make(tmp_path, [], idle_timeout="1h", unreachable_timeout="15m")
+    server.up = False
+    for minutes in (1, 10, 16, 20, 30):
+        clock.now = T0 + timedelta(minutes=minutes)
+        decision, stop = await agent.check()
+        assert decision.action is Action.SKIP and stop is None
+    rows = [e.summary for e in journal.events(kind="decision")]
+    assert len(rows) == 2, rows
+    assert rows[0].startswith("cannot tell: ")
+    assert "past unreachable_timeout 15m" in rows[1] and "unreachable_action=report" in rows[1], rows
+
+
 async def test_still_stopping_is_not_stopped(tmp_path: Path) -> None:
     agent, server, clock, journal = make(tmp_path, [], idle_timeout="10m")
     server.stop_outcome = StopOutcome.STOPPING

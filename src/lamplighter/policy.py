@@ -119,10 +119,13 @@ def _decide_unreachable(
             memory=remembered,
         )
     reported = (
-        f"unreachable for {format_duration(down_for)}, past unreachable_timeout "
+        f"unreachable since {format_time(failing_since)}, past unreachable_timeout "
         f"{format_duration(limit)}: reported only (unreachable_action=report)"
     )
-    return _cannot_tell(failure, (*reasons, reported), retry_at, remembered)
+    # The verdict's own line changes once, when the outage passes the limit: journaled (and logged as
+    # a warning) then, not at every check after it.
+    told = _cannot_tell(failure, (*reasons, reported), retry_at, remembered)
+    return replace(told, reason=f"{told.reason}; {reported}")
 
 
 def _cannot_tell(
