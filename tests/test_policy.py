@@ -89,9 +89,21 @@ def test_max_busy_caps_a_busy_kernel() -> None:
 
 
 def test_busy_since_is_remembered_across_probes() -> None:
-    first = decide(snap(kernels=(kernel("busy"),)), Memory(), settings(), NOW)
-    later = decide(snap(kernels=(kernel("busy"),)), first.memory, settings(), NOW + timedelta(minutes=5))
-    assert later.memory.busy_since["3f2a0000-k"] == NOW
+    first = decide(snap(kernels=(kernel("busy", ago(minutes=2)),)), Memory(), settings(), NOW)
+    output = kernel("busy", NOW + timedelta(minutes=4))  # its output moved last_activity on
+    later = decide(snap(kernels=(output,)), first.memory, settings(), NOW + timedelta(minutes=5))
+    assert later.memory.busy_since["3f2a0000-k"] == ago(minutes=2)
+
+
+def test_a_kernel_first_seen_busy_is_busy_since_its_last_message_not_since_the_probe() -> None:
+    # Its busy status message set last_activity: a fresh look (status, a restart) tells the same start.
+    d = decide(snap(kernels=(kernel("busy", ago(minutes=3)),)), Memory(), settings(), NOW)
+    assert d.memory.busy_since["3f2a0000-k"] == ago(minutes=3)
+    assert ago(minutes=3).strftime("%H:%M:%S") == "13:57:00"
+    assert any("busy since 13:57:00 UTC" in r for r in d.reasons), d.reasons
+    # A clock ahead of ours never puts the start after now.
+    ahead = decide(snap(kernels=(kernel("busy", NOW + timedelta(seconds=5)),)), Memory(), settings(), NOW)
+    assert ahead.memory.busy_since["3f2a0000-k"] == NOW
 
 
 @pytest.mark.parametrize("state", ["starting", "restarting", "unknown", "autorestarting"])

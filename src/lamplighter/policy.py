@@ -279,7 +279,13 @@ def _with_max_age(
 
 def _work_clock(snap: ServerSnapshot, memory: Memory, settings: PolicySettings, now: datetime) -> _Work:
     """Busy kernels, kernels still starting, and the work signals' readings."""
-    busy_since = {k.id: memory.busy_since.get(k.id, now) for k in snap.kernels if k.execution_state == _BUSY}
+    # First seen busy: it went busy no later than its last message (the busy status is one), so that
+    # time is a start that never overstates the spell; `now` would restart it at every fresh look.
+    busy_since = {
+        k.id: memory.busy_since.get(k.id, min(now, k.last_activity))
+        for k in snap.kernels
+        if k.execution_state == _BUSY
+    }
     pending_since = {
         k.id: memory.pending_since.get(k.id, now)
         for k in snap.kernels
