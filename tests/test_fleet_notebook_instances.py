@@ -292,7 +292,7 @@ def test_the_emulator_answers_these_calls_as_sagemaker_does(sm: SageMakerEmulato
         client.describe_notebook_instance_lifecycle_config(NotebookInstanceLifecycleConfigName="-bad_name")
     assert "does not match" in bad_name.value.response["Error"]["Message"]
     with pytest.raises(ClientError, match="SortBy"):
-        client.list_notebook_instances(SortBy="Size")  # type: ignore[arg-type]
+        client.list_notebook_instances(SortBy="Size")
     with pytest.raises(ClientError, match="maximum"):
         client.list_notebook_instances(MaxResults=101)
     client.close()
