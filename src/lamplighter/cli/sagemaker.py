@@ -75,8 +75,8 @@ read from CloudWatch Logs (logs:FilterLogEvents on --fleetcheck-log-group); --al
 sagemaker:ListDomains.
 
 With --notebook-instances, every notebook instance of the region too (after the apps; in --json, rows
-with "kind": "notebook instance"), listed with sagemaker:ListNotebookInstances; their agents' heartbeats are read from their CloudWatch log
-(logs:FilterLogEvents on --fleetcheck-notebook-instance-log-group)."""
+with "kind": "notebook instance"), listed with sagemaker:ListNotebookInstances; their agents' heartbeats
+are read from their CloudWatch log (logs:FilterLogEvents on --fleetcheck-notebook-instance-log-group)."""
 
 
 _FLEET_CHECK_EPILOG = """\
