@@ -9,9 +9,11 @@ hostile.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,9 +25,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from lamplighter.cli import main
-from lamplighter.heartbeat import LOG_MARKER
+from lamplighter.errors import MalformedAnswer
+from lamplighter.heartbeat import LOG_MARKER, Heartbeat, heartbeat_from_log_line
 from lamplighter.sagemaker.fleet import AgentState
-from lamplighter.sagemaker.fleet_check import check_fleet, is_lamplighter_script
+from lamplighter.sagemaker.fleet_check import FleetReport, check_fleet, is_lamplighter_script
 from lamplighter.sagemaker.fleet_lambda import aws_client
 from lamplighter.sagemaker.fleet_notebooks import NotebookInstanceEntry, notebook_instance_status
 from lamplighter.sagemaker.lcc import NOTEBOOK_INSTANCE, RenderOptions, render_on_start
@@ -157,10 +160,13 @@ async def _status(sm: SageMakerEmulator) -> dict[str, NotebookInstanceEntry]:
     return {entry.name: entry for entry in entries}
 
 
-async def test_each_instance_gets_its_agents_state_by_the_agents_own_interval(
-    sm: SageMakerEmulator, side: SideServices, instances: dict[str, EmulatedNotebookInstance]
+def test_each_instance_gets_its_agents_state_by_the_agents_own_interval(
+    sm: SageMakerEmulator,
+    side: SideServices,
+    instances: dict[str, EmulatedNotebookInstance],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    found = await _status(sm)
+    found = asyncio.run(_status(sm))
     assert list(found) == sorted(instances)  # every instance of the region, by name
     live = found["nb-live"]
     assert live.agent is AgentState.RUNNING, live.detail
@@ -181,12 +187,31 @@ async def test_each_instance_gets_its_agents_state_by_the_agents_own_interval(
         "instance is Stopped",
         "Stopped",
     )
-    # Only the notebook instances' log group is read, and only the running instances' streams.
-    assert side.calls.count("logs:FilterLogEvents") >= len(_IN_SERVICE)
+
+    # The command: the same rows in --json, and a table (after the apps of --all-domains: none here).
+    assert main(["fleet", "status", "--notebook-instances", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(instances) and {r["kind"] for r in rows.values()} == {"notebook instance"}
+    assert rows["nb-live"]["agent"] == "running" and rows["nb-live"]["stop_at"]
+    assert isinstance(rows["nb-live"]["idle_seconds"], int) and rows["nb-live"]["verdict"] == "keep"
+    assert rows["nb-stale"]["agent"] == "stale" and rows["nb-silent"]["agent"] == "no agent"
+    assert rows["nb-off"]["agent"] == "n/a" and rows["nb-bare"]["lifecycle_config"] is None
+    assert main(["fleet", "status", "--all-domains", "--notebook-instances"]) == 0
+    table = capsys.readouterr().out
+    assert "0 apps" in table and "7 notebook instances" in table
+    row = next(line for line in table.splitlines() if "nb-live" in line)
+    assert "lamplighter-nb" in row and "running" in row and "keep" in row
+    # The log group is a setting: elsewhere nothing is found.
+    assert main(["fleet", "status", "--notebook-instances", "--json",
+                 "--fleetcheck-notebook-instance-log-group", "/elsewhere"]) == 0  # fmt: skip
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["nb-live"]["agent"] == "no agent" and "/elsewhere" in rows["nb-live"]["detail"]
+    assert main(["fleet", "status", "--all-domains", "--sagemaker-domain", "d-x"]) == 2
+    assert "--notebook-instances" in capsys.readouterr().err
 
     # A role that may not read the logs: the running instances are unknown, and the line says why.
     side.deny_logs = True
-    denied = await _status(sm)
+    denied = asyncio.run(_status(sm))
     assert denied["nb-live"].agent is AgentState.UNKNOWN
     assert (
         "logs:FilterLogEvents" in denied["nb-live"].detail and "NotebookInstances" in denied["nb-live"].detail
@@ -202,12 +227,18 @@ async def test_no_log_group_yet_is_no_agent(sm: SageMakerEmulator, side: SideSer
     assert found["nb-new"].detail == "no log group /aws/sagemaker/NotebookInstances"
 
 
-async def test_the_fleet_check_lists_each_instances_problems(
-    sm: SageMakerEmulator, side: SideServices, instances: dict[str, EmulatedNotebookInstance]
+def _check(sm: SageMakerEmulator) -> FleetReport:
+    logs = aws_client("logs", region="us-east-1")
+    return asyncio.run(check_fleet(client=sm.client(), now=datetime.now(timezone.utc), logs_client=logs))
+
+
+def test_the_fleet_check_lists_each_instances_problems(
+    sm: SageMakerEmulator,
+    side: SideServices,
+    instances: dict[str, EmulatedNotebookInstance],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    report = await check_fleet(
-        client=sm.client(), now=datetime.now(timezone.utc), logs_client=aws_client("logs", region="us-east-1")
-    )
+    report = _check(sm)
     checks = {n.name: n for n in report.notebook_instances}
     problems = {name: list(check.problems) for name, check in checks.items()}
     assert problems["nb-live"] == [] and checks["nb-live"].lamplighter is True
@@ -229,6 +260,13 @@ async def test_the_fleet_check_lists_each_instances_problems(
     live = next(row for row in as_json if row["name"] == "nb-live")
     assert live["agent"] == "running" and live["lamplighter"] is True and live["verdict"] == "keep"
     assert isinstance(live["idle_seconds"], int) and live["problems"] == []
+    assert main(["fleet", "check", "--json"]) == 1  # the command prints the same report
+    printed = json.loads(capsys.readouterr().out)
+
+    def ours(problems: list[str]) -> list[str]:  # the heartbeat's age moves on between the two checks
+        return [re.sub(r"\d+m\d+s ago", "ago", p) for p in problems if p.startswith("notebook instance ")]
+
+    assert ours(printed["problems"]) == ours(lines) and len(ours(lines)) == 4
 
     # Refused reads are problems that say what was refused.
     side.deny_logs = True
@@ -237,9 +275,7 @@ async def test_the_fleet_check_lists_each_instances_problems(
         "AccessDeniedException",
         "User is not authorized to perform: sagemaker:DescribeNotebookInstanceLifecycleConfig",
     )
-    denied = await check_fleet(
-        client=sm.client(), now=datetime.now(timezone.utc), logs_client=aws_client("logs", region="us-east-1")
-    )
+    denied = _check(sm)
     by_name = {n.name: list(n.problems) for n in denied.notebook_instances}
     unreadable = [
         p for p in by_name["nb-foreign"] + by_name["nb-live"] if p.startswith("cannot read lifecycle")
@@ -249,38 +285,6 @@ async def test_the_fleet_check_lists_each_instances_problems(
         p.startswith("cannot read its agent: ") and "logs:FilterLogEvents" in p for p in by_name["nb-live"]
     )
     assert by_name["nb-off"] == []
-
-
-def test_fleet_status_and_check_commands_list_notebook_instances(
-    sm: SageMakerEmulator,
-    side: SideServices,
-    instances: dict[str, EmulatedNotebookInstance],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert main(["fleet", "status", "--notebook-instances", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == set(instances) and {r["kind"] for r in rows.values()} == {"notebook instance"}
-    assert rows["nb-live"]["agent"] == "running" and rows["nb-live"]["stop_at"]
-    assert rows["nb-stale"]["agent"] == "stale" and rows["nb-silent"]["agent"] == "no agent"
-    assert rows["nb-off"]["agent"] == "n/a" and rows["nb-bare"]["lifecycle_config"] is None
-
-    # With --all-domains: the apps of every domain (none here), then the region's instances.
-    assert main(["fleet", "status", "--all-domains", "--notebook-instances"]) == 0
-    table = capsys.readouterr().out
-    assert "0 apps" in table and "7 notebook instances" in table
-    live = next(line for line in table.splitlines() if "nb-live" in line)
-    assert "lamplighter-nb" in live and "running" in live and "keep" in live
-
-    assert main(["fleet", "check", "--json"]) == 1
-    report = json.loads(capsys.readouterr().out)
-    assert "notebook instance nb-stale: agent stale" in " ".join(report["problems"])
-    # A different log group is a setting: there nothing is found.
-    assert main(["fleet", "status", "--notebook-instances", "--json",
-                 "--fleetcheck-notebook-instance-log-group", "/elsewhere"]) == 0  # fmt: skip
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["nb-live"]["agent"] == "no agent" and "/elsewhere" in rows["nb-live"]["detail"]
-    assert main(["fleet", "status", "--all-domains", "--sagemaker-domain", "d-x"]) == 2
-    assert "--notebook-instances" in capsys.readouterr().err
 
 
 def test_the_emulator_answers_these_calls_as_sagemaker_does(sm: SageMakerEmulator) -> None:
@@ -296,6 +300,13 @@ def test_the_emulator_answers_these_calls_as_sagemaker_does(sm: SageMakerEmulato
     with pytest.raises(ClientError, match="maximum"):
         client.list_notebook_instances(MaxResults=101)
     client.close()
+
+
+def test_a_heartbeat_nested_past_the_decoders_limit_is_malformed_not_a_crash() -> None:
+    deep = "[" * 200_000
+    assert heartbeat_from_log_line(f"{LOG_MARKER} {deep}") is None
+    with pytest.raises(MalformedAnswer):  # the same reader serves the heartbeat file
+        Heartbeat.parse_text(deep)
 
 
 def test_the_notebook_instance_script_is_recognised_as_lamplighters() -> None:
