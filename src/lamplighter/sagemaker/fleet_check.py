@@ -23,7 +23,8 @@ space's own ``SpaceSettings``, then (a private space) its owner's ``UserSettings
 default configuration is lamplighter's or the native idle shutdown is on; a problem is an owner with
 neither, an app whose expected agent is missing or stale, a notebook instance with no configuration or
 one that is not lamplighter's, an InService instance with lamplighter's configuration whose agent is
-missing or stale, and anything that could not be read. :meth:`FleetReport.summary` is what the Lambda publishes to SNS.
+missing or stale, and anything that could not be read. :meth:`FleetReport.summary` is what the Lambda
+publishes to SNS.
 """
 
 from __future__ import annotations
