@@ -82,6 +82,9 @@ are read from their CloudWatch log (logs:FilterLogEvents on --fleetcheck-noteboo
 _FLEET_CHECK_EPILOG = """\
 The same check the SAM template's scheduled function runs (lamplighter.sagemaker.fleet_lambda.handler),
 printed instead of published. Domains: LAMPLIGHTER_FLEETCHECK_DOMAINS, else every domain of the region.
+Notebook instances: every one of the region (sagemaker:ListNotebookInstances), whether its configuration
+runs lamplighter (sagemaker:DescribeNotebookInstanceLifecycleConfig), and an InService one's agent
+(logs:FilterLogEvents on --fleetcheck-notebook-instance-log-group).
 exit status: 0 no problem found; 1 problems found, or an AWS call failed; 2 bad settings."""
 
 
