@@ -4,7 +4,8 @@ the SageMaker emulator, with SNS and CloudWatch Logs emulated (:mod:`tests.emula
 Two domains: one with lamplighter's lifecycle configuration as the JupyterLab default, SageMaker's own
 idle shutdown for alice's Code Editor apps, running apps with fresh, stale and missing agents (Code
 Editor agents read from their CloudWatch log, one written by a real ``lamplighter watch``); one with
-nothing set. Two notebook instances, one without a lifecycle configuration.
+nothing set. Two Stopped notebook instances, one with lamplighter's lifecycle configuration, one without
+(their agents: tests/test_fleet_notebook_instances.py).
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def fleet(sm: SageMakerEmulator, domain: StudioDomain, side: SideServices, tmp_p
     _log_line(app_log(apps["slow-editor"]), _record(now - timedelta(minutes=10), 600))
     second = sm.add_domain("second")
     sm.add_user_profile(second, "bob")
+    client.create_notebook_instance_lifecycle_config(
+        NotebookInstanceLifecycleConfigName="lamplighter-autostop", OnStart=[{"Content": script}]
+    )
     sm.add_notebook_instance("nb-guarded", lifecycle_config="lamplighter-autostop", running=False)
     sm.add_notebook_instance("nb-bare", running=False)
     return {"second": second, "now": now}

@@ -424,7 +424,9 @@ class Agent:
             logger.warning("cannot write the heartbeat %s: %s", path, exc.strerror)
         # On SageMaker the log is shipped to CloudWatch: the fleet check reads Code Editor agents there.
         logged = self._heartbeat_logged_at
-        if self.settings.platform == "sagemaker" and (logged is None or now - logged >= interval):
+        if self.settings.platform in ("sagemaker", "sagemaker-notebook-instance") and (
+            logged is None or now - logged >= interval
+        ):
             self._heartbeat_logged_at = now
             _heartbeat_logger.info("%s", heartbeat_log_line(self.target, decision, now, interval=interval))
 

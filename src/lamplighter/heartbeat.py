@@ -133,7 +133,7 @@ class Heartbeat:
     def parse_text(cls, text: str) -> Heartbeat:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # nested past the decoder's limit: a hostile line
             raise MalformedAnswer("the heartbeat file is not JSON") from None
         return cls.parse(data)
 

@@ -876,6 +876,14 @@ class Settings:
         group="fleetcheck",
         flag=False,
     )
+    # Notebook instances in the fleet status and check (their agents log their heartbeat to CloudWatch).
+    fleetcheck_notebook_instance_log_group: str = _opt(
+        "/aws/sagemaker/NotebookInstances",
+        "CloudWatch log group where SageMaker ships notebook instances' logs; their agents' heartbeats are "
+        "read there.",
+        parse=_parse_str,
+        group="fleetcheck",
+    )
 
     # -- derived ------------------------------------------------------------------------------
     @property

@@ -9,10 +9,14 @@ Target: Logs_20140328.FilterLogEvents``, millisecond timestamps, ``nextToken`` p
 
 Log shipping is SageMaker's: every app of the :class:`~tests.emulators.sagemaker.SageMakerEmulator` has
 a container log, ``app_container.log`` beside its metadata file (:func:`app_log`), which SageMaker ships
-to the log group ``/aws/sagemaker/studio``, stream ``{domain}/{space or user}/{AppType}/{AppName}``. Lines
+to the log group ``/aws/sagemaker/studio``, stream ``{domain}/{space or user}/{AppType}/{AppName}``; every
+notebook instance has ``/var/log/jupyter.log`` (:func:`notebook_instance_log`, outside its Jupyter root),
+shipped to ``/aws/sagemaker/NotebookInstances``, stream ``{NotebookInstanceName}/jupyter.log``. Lines
 are ingested when a query comes (each new line is stamped with the log file's modification time, about
-when it was written), so a test needs no shipping thread. ``filterPattern`` takes what the fleet check sends: terms and quoted phrases that must
-all occur (an empty pattern matches every event); anything else is refused, not guessed at.
+when it was written), so a test needs no shipping thread. A log group exists once a stream of it has
+lines; before that ``FilterLogEvents`` answers ``ResourceNotFoundException``. ``filterPattern`` takes what
+the fleet check sends: terms and quoted phrases that must all occur (an empty pattern matches every
+event); anything else is refused, not guessed at.
 """
 
 from __future__ import annotations
@@ -31,17 +35,31 @@ from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
+from tests.emulators.notebook_instances import EmulatedNotebookInstance
 from tests.emulators.sagemaker import EmulatedApp, SageMakerEmulator
 
-__all__ = ["STUDIO_LOG_GROUP", "Published", "SideServices", "app_log"]
+__all__ = [
+    "NOTEBOOK_INSTANCE_LOG_GROUP",
+    "STUDIO_LOG_GROUP",
+    "Published",
+    "SideServices",
+    "app_log",
+    "notebook_instance_log",
+]
 
 STUDIO_LOG_GROUP = "/aws/sagemaker/studio"
+NOTEBOOK_INSTANCE_LOG_GROUP = "/aws/sagemaker/NotebookInstances"
 _TERMS = re.compile(r'"([^"]*)"|(\S+)')
 
 
 def app_log(app: EmulatedApp) -> Path:
     """The app's container log (``/var/log/apps/app_container.log`` in a real app)."""
     return app.metadata_path.parent / "app_container.log"
+
+
+def notebook_instance_log(instance: EmulatedNotebookInstance) -> Path:
+    """The instance's ``/var/log/jupyter.log``: beside its Jupyter root (no instance name has a dot)."""
+    return instance.workdir.parent / f"{instance.name}.var-log" / "jupyter.log"
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,7 @@ class SideServices:
         self.calls: list[str] = []
         self.deny_logs = False  # FilterLogEvents answers AccessDeniedException (a role without logs:)
         self._topics: set[str] = set()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[tuple[str, str], _Stream] = {}  # (log group, stream name)
         self._lock = threading.Lock()
         self._http = _Server(("127.0.0.1", 0), _Handler)
         self._http.side = self
@@ -193,15 +211,21 @@ class SideServices:
             return exc.status, json.dumps({"__type": exc.code, "message": exc.message}).encode(), kind
 
     def _ship(self) -> None:
-        """Ingest the new lines of every app's container log (SageMaker's shipping, done lazily)."""
+        """Ingest the new lines of every app's and instance's log (SageMaker's shipping, done lazily)."""
         now_ms = int(time.time() * 1000)
-        for app in self.sm.iter_apps():
-            path = app_log(app)
+        logs = [
+            (STUDIO_LOG_GROUP, f"{app.domain_id}/{app.owner}/{app.app_type}/{app.app_name}", app_log(app))
+            for app in self.sm.iter_apps()
+        ]
+        logs += [
+            (NOTEBOOK_INSTANCE_LOG_GROUP, f"{instance.name}/jupyter.log", notebook_instance_log(instance))
+            for instance in self.sm.iter_notebook_instances()
+        ]
+        for group, name, path in logs:
             if not path.exists():
                 continue
             written_ms = min(now_ms, int(path.stat().st_mtime * 1000))
-            name = f"{app.domain_id}/{app.owner}/{app.app_type}/{app.app_name}"
-            stream = self._streams.setdefault(name, _Stream())
+            stream = self._streams.setdefault((group, name), _Stream())
             with path.open("rb") as handle:
                 handle.seek(stream.offset)
                 data = handle.read()
@@ -233,7 +257,8 @@ class SideServices:
         terms = _parse_pattern(str(params.get("filterPattern") or ""))
         with self._lock:
             self._ship()
-            if group != STUDIO_LOG_GROUP or not self._streams:
+            streams = {name: stream for (of, name), stream in self._streams.items() if of == group}
+            if not any(stream.events for stream in streams.values()):
                 raise _Error("ResourceNotFoundException", "The specified log group does not exist.")
             names = params.get("logStreamNames")
             prefix = str(params.get("logStreamNamePrefix") or "")
@@ -242,7 +267,7 @@ class SideServices:
             events = sorted(
                 (
                     event
-                    for name, stream in self._streams.items()
+                    for name, stream in streams.items()
                     if (name in names if names else name.startswith(prefix))
                     for event in stream.events
                     if start <= event["timestamp"] <= end and all(t in event["message"] for t in terms)

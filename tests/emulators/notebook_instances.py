@@ -143,6 +143,11 @@ class NotebookInstanceOps:
         with self._lock:
             return dict(self._nbi.lccs[name])
 
+    def iter_notebook_instances(self) -> list[EmulatedNotebookInstance]:
+        """Every instance, in creation order (what the CloudWatch Logs emulation ships logs for)."""
+        with self._lock:
+            return list(self._nbi.instances.values())
+
     @property
     def notebook_front_url(self) -> str:
         return self._nbi_front().url

@@ -17,7 +17,17 @@ from typing import Any
 __all__ = ["STRICT_OPERATIONS", "check_answer", "check_request"]
 
 #: The operations whose requests and answers are held against the model.
-STRICT_OPERATIONS = frozenset({"CreateApp", "DeleteApp", "DescribeApp", "ListApps"})
+STRICT_OPERATIONS = frozenset(
+    {
+        "CreateApp",
+        "DeleteApp",
+        "DescribeApp",
+        "ListApps",
+        # The fleet check's notebook-instance calls.
+        "ListNotebookInstances",
+        "DescribeNotebookInstanceLifecycleConfig",
+    }
+)
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""The SageMaker Studio commands: ``lcc render|install``, ``on-start`` and ``fleet status``.
+"""The SageMaker Studio commands: ``lcc render|install``, ``on-start`` and ``fleet status|check``.
 
 Only parsing and printing live here; the work is in :mod:`lamplighter.sagemaker.lcc`,
 :mod:`lamplighter.sagemaker.onstart` and :mod:`lamplighter.sagemaker.fleet`. The AWS options
@@ -33,6 +33,7 @@ from lamplighter.settings import SAGEMAKER_APP_TYPES, Settings, parse_setting
 __all__ = ["add_sagemaker_parsers"]
 
 _AWS_OPTIONS = ("region", "sagemaker_endpoint_url", "verify_tls", "log_level")
+_FLEET_LOG_GROUPS = ("fleetcheck_log_group", "fleetcheck_notebook_instance_log_group")
 # The agent settings a rendered script carries: the command's defaults are the settings' own, and the
 # values come from the flags only (the machine that renders is not the app that runs the script).
 _SCRIPT_SETTINGS = {"idle_timeout": "3600s", "ignore_connections": "true", "skip_terminals": "false"}
@@ -66,17 +67,24 @@ exit status: 0 the script exited 0; 1 it exited non-zero, the app failed, or an 
 2 bad arguments or settings; 3 the login or the Jupyter API failed; 4 a timeout ran out."""
 
 _FLEET_EPILOG = """\
-Agent states: running (heartbeat younger than 3 heartbeat intervals), stale (older: the agent stopped),
-no agent (no heartbeat file), unknown (the app could not be read), n/a (not a Jupyter app, or not
+Agent states: running (heartbeat younger than 3 of the intervals the agent recorded), stale (older: the
+agent stopped), no agent (no heartbeat), unknown (it could not be read), n/a (not a Jupyter app, or not
 InService). Reading a heartbeat logs in with a presigned URL and never counts as activity. Needs
 sagemaker:ListApps, sagemaker:CreatePresignedDomainUrl and sagemaker:DescribeSpace; Code Editor agents are
 read from CloudWatch Logs (logs:FilterLogEvents on --fleetcheck-log-group); --all-domains needs
-sagemaker:ListDomains."""
+sagemaker:ListDomains.
+
+With --notebook-instances, every notebook instance of the region too (after the apps; in --json, rows
+with "kind": "notebook instance"), listed with sagemaker:ListNotebookInstances; their agents' heartbeats
+are read from their CloudWatch log (logs:FilterLogEvents on --fleetcheck-notebook-instance-log-group)."""
 
 
 _FLEET_CHECK_EPILOG = """\
 The same check the SAM template's scheduled function runs (lamplighter.sagemaker.fleet_lambda.handler),
 printed instead of published. Domains: LAMPLIGHTER_FLEETCHECK_DOMAINS, else every domain of the region.
+Notebook instances: every one of the region (sagemaker:ListNotebookInstances), whether its configuration
+runs lamplighter (sagemaker:DescribeNotebookInstanceLifecycleConfig), and an InService one's agent
+(logs:FilterLogEvents on --fleetcheck-notebook-instance-log-group).
 exit status: 0 no problem found; 1 problems found, or an AWS call failed; 2 bad settings."""
 
 
@@ -173,13 +181,20 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
     )
     add_option(status, "domain")
     status.add_argument(
-        "--all-domains", action="store_true", help="Every domain of the region (ListDomains), not one."
+        "--all-domains",
+        action="store_true",
+        help="Every domain of the region (ListDomains), not one.",
+    )
+    status.add_argument(
+        "--notebook-instances",
+        action="store_true",
+        help="Also the region's notebook instances (alone, or with a domain or --all-domains).",
     )
     add_option(status, "json")
     status.add_argument("--all", action="store_true", help="Include Deleted apps.")
     add_option(status, "login_as")
     status.add_argument("--concurrency", type=int, default=4, metavar="N", help="Apps read at once [4].")
-    add_settings_options(status, names=(*_AWS_OPTIONS, "heartbeat_interval", "fleetcheck_log_group"))
+    add_settings_options(status, names=(*_AWS_OPTIONS, "heartbeat_interval", *_FLEET_LOG_GROUPS))
     status.set_defaults(handler=_fleet_status)
 
     check = add_command(
@@ -190,7 +205,7 @@ def add_sagemaker_parsers(subparsers: argparse._SubParsersAction[argparse.Argume
         epilog=_FLEET_CHECK_EPILOG,
     )
     add_option(check, "json")
-    add_settings_options(check, names=(*_AWS_OPTIONS, "heartbeat_interval", "fleetcheck_log_group"))
+    add_settings_options(check, names=(*_AWS_OPTIONS, "heartbeat_interval", *_FLEET_LOG_GROUPS))
     check.set_defaults(handler=_fleet_check)
 
 
@@ -282,7 +297,7 @@ def _read_script(path: Path) -> str:
 def _setup(args: argparse.Namespace) -> Settings:
     # Only the settings flags these commands add: their own options (--app-type, --skip-terminals,
     # --dry-run...) share names with settings but mean something else here.
-    ours = {*_AWS_OPTIONS, "journal", "heartbeat_interval", "config", "fleetcheck_log_group"}
+    ours = {*_AWS_OPTIONS, "journal", "heartbeat_interval", "config", *_FLEET_LOG_GROUPS}
     settings = settings_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k in ours}))
     start_logging(args, settings.log_level)
     return settings
@@ -464,18 +479,21 @@ def _on_start(args: argparse.Namespace) -> int:
 def _fleet_status(args: argparse.Namespace) -> int:
     from lamplighter.sagemaker.fleet import fleet_status
     from lamplighter.sagemaker.fleet_lambda import aws_client
+    from lamplighter.sagemaker.fleet_notebooks import notebook_instance_status
 
     settings = _setup(args)
-    if bool(args.domain) == bool(args.all_domains):
-        raise ConfigError("fleet status: name one --sagemaker-domain, or --all-domains")
+    if (args.domain and args.all_domains) or not (args.domain or args.all_domains or args.notebook_instances):
+        raise ConfigError(
+            "fleet status: name one --sagemaker-domain, or --all-domains, or --notebook-instances"
+        )
     now = datetime.now(timezone.utc)
 
-    async def every_domain() -> list[Any]:
+    async def every_domain() -> tuple[list[Any], list[Any] | None]:
         from lamplighter.sagemaker.client import sagemaker_client
         from lamplighter.sagemaker.fleet_check import list_domain_ids
 
         client = sagemaker_client(region=settings.region, endpoint_url=settings.sagemaker_endpoint_url)
-        domains = [args.domain] if args.domain else await list_domain_ids(client)
+        domains = [args.domain] if args.domain else await list_domain_ids(client) if args.all_domains else []
         logs = aws_client("logs", region=settings.region)
         entries: list[Any] = []
         for domain_id in domains:
@@ -492,13 +510,27 @@ def _fleet_status(args: argparse.Namespace) -> int:
                 logs_client=logs,
                 log_group=settings.fleetcheck_log_group,
             )
-        return entries
+        if not args.notebook_instances:
+            return entries, None
+        instances = await notebook_instance_status(
+            client,
+            now=now,
+            logs_client=logs,
+            log_group=settings.fleetcheck_notebook_instance_log_group,
+            heartbeat_interval=settings.heartbeat_interval,
+            concurrency=args.concurrency,
+        )
+        return entries, instances
 
-    entries = asyncio.run(every_domain())
+    entries, instances = asyncio.run(every_domain())
     if args.json:
-        print(json.dumps([entry.to_json(now) for entry in entries], indent=2))
+        rows = [entry.to_json(now) for entry in [*entries, *(instances or [])]]
+        print(json.dumps(rows, indent=2))
         return EXIT_OK
-    _print_fleet(entries, now)
+    if args.domain or args.all_domains:
+        _print_fleet(entries, now)
+    if instances is not None:
+        _print_notebook_instances(instances, now)
     return EXIT_OK
 
 
@@ -529,6 +561,42 @@ def _print_fleet(entries: list[Any], now: datetime) -> None:
             ("space " if identity.space_name else "user ") + identity.owner,
             f"{identity.app_type}/{identity.app_name}",
             entry.app.status,
+            entry.agent.value,
+            beat.verdict if beat else "",
+            format_duration(idle) if idle is not None else "",
+            format_time(beat.stop_at) if beat and beat.stop_at else "",
+            entry.detail,
+        )
+    out = console()
+    if not out.is_terminal:  # piped: no terminal width to fit, keep rows on one line each
+        out = console(width=200)
+    out.print(table)
+
+
+def _print_notebook_instances(instances: list[Any], now: datetime) -> None:
+    from rich.table import Table
+
+    from lamplighter.model import format_duration, format_time
+
+    table = Table(title=f"{len(instances)} notebook instances", title_justify="left")
+    for column in (
+        "instance",
+        "status",
+        "lifecycle config",
+        "agent",
+        "verdict",
+        "idle for",
+        "stop at",
+        "detail",
+    ):
+        table.add_column(column, overflow="fold")
+    for entry in instances:
+        beat = entry.heartbeat
+        idle = entry.idle_for(now)
+        table.add_row(
+            entry.name,
+            entry.status,
+            entry.lifecycle_config or "",
             entry.agent.value,
             beat.verdict if beat else "",
             format_duration(idle) if idle is not None else "",

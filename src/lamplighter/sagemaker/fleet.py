@@ -13,6 +13,7 @@ line (:data:`lamplighter.heartbeat.LOG_MARKER` + JSON) into the app's log, which
 CloudWatch log group ``/aws/sagemaker/studio``, stream ``{domain}/{space}/{AppType}/{AppName}`` (and
 ``…/LifecycleConfigOnStart``); given a CloudWatch Logs client, the check finds the newest such line
 with ``FilterLogEvents`` (:func:`read_logged_heartbeat`). Without one, and for other apps, the status only.
+Notebook instances' agents are read the same way (:mod:`lamplighter.sagemaker.fleet_notebooks`).
 
 Agent states: ``running``; ``stale`` (a heartbeat, but too old: the agent stopped); ``no agent`` (no
 heartbeat file); ``unknown`` (the app could not be read: not reachable, login refused, a shared space
@@ -42,8 +43,12 @@ __all__ = [
     "AgentState",
     "FleetEntry",
     "Heartbeat",
+    "app_log_prefix",
     "fleet_status",
+    "idle_for",
+    "judge",
     "judge_heartbeat",
+    "logged_agent",
     "read_heartbeat",
     "read_logged_heartbeat",
 ]
@@ -71,9 +76,7 @@ class FleetEntry:
     detail: str  # why the state is unknown or stale, or the agent's reason
 
     def idle_for(self, now: datetime) -> timedelta | None:
-        if self.heartbeat is None or self.heartbeat.idle_since is None:
-            return None
-        return max(timedelta(0), now - self.heartbeat.idle_since)
+        return idle_for(self.heartbeat, now)
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         identity = self.app.identity
@@ -84,6 +87,7 @@ class FleetEntry:
             return moment.isoformat() if moment else None
 
         return {
+            "kind": "app",
             "domain_id": identity.domain_id,
             "space": identity.space_name,
             "user_profile": identity.user_profile_name,
@@ -115,12 +119,24 @@ async def read_heartbeat(conn: Connection, path: str = DEFAULT_HEARTBEAT_PATH) -
     return Heartbeat.parse_text(text)
 
 
-async def read_logged_heartbeat(
-    logs: Any, app: StudioApp, *, log_group: str, now: datetime, lookback: timedelta = timedelta(days=1)
-) -> Heartbeat | None:
-    """The newest heartbeat line in the app's CloudWatch log streams since ``now - lookback``, or ``None``."""
+def idle_for(beat: Heartbeat | None, now: datetime) -> timedelta | None:
+    """How long the agent has seen its server idle, by its heartbeat (``None``: no heartbeat, or busy)."""
+    if beat is None or beat.idle_since is None:
+        return None
+    return max(timedelta(0), now - beat.idle_since)
+
+
+def app_log_prefix(app: StudioApp) -> str:
+    """The app's CloudWatch log stream, ``{domain}/{space or user}/{AppType}/{AppName}``."""
     identity = app.identity
-    prefix = f"{identity.domain_id}/{identity.owner}/{identity.app_type}/{identity.app_name}"
+    return f"{identity.domain_id}/{identity.owner}/{identity.app_type}/{identity.app_name}"
+
+
+async def read_logged_heartbeat(
+    logs: Any, prefix: str, *, log_group: str, now: datetime, lookback: timedelta = timedelta(days=1)
+) -> Heartbeat | None:
+    """The newest heartbeat line since ``now - lookback`` in the stream ``prefix`` and those below it
+    (``prefix/…``), or ``None``. Lines that are not a heartbeat are skipped, whatever they hold."""
     params: dict[str, Any] = {
         "logGroupName": log_group,
         "logStreamNamePrefix": prefix,
@@ -133,7 +149,7 @@ async def read_logged_heartbeat(
         for event in answer.get("events") or []:
             stream = str(event.get("logStreamName") or "")
             if stream != prefix and not stream.startswith(prefix + "/"):
-                continue  # another app whose name starts with this one's
+                continue  # another app or instance whose name starts with this one's
             beat = heartbeat_from_log_line(str(event.get("message") or ""))
             if beat is not None and (newest is None or beat.updated_at > newest.updated_at):
                 newest = beat
@@ -143,22 +159,32 @@ async def read_logged_heartbeat(
         params["nextToken"] = token
 
 
+async def logged_agent(
+    logs: Any, prefix: str, *, log_group: str, now: datetime, interval: timedelta
+) -> tuple[AgentState, Heartbeat | None, str]:
+    """The agent's state by its newest heartbeat line under ``prefix`` (see :func:`read_logged_heartbeat`)."""
+    try:
+        beat = await read_logged_heartbeat(logs, prefix, log_group=log_group, now=now)
+    except SageMakerCallFailed as exc:
+        if exc.code == "ResourceNotFoundException":
+            return AgentState.NO_AGENT, None, f"no log group {log_group}"
+        if exc.code in ACCESS_DENIED_CODES:
+            return AgentState.UNKNOWN, None, f"{exc} on {log_group}"
+        return AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300]
+    except LamplighterError as exc:
+        return AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300]
+    if beat is None:
+        return AgentState.NO_AGENT, None, f"no heartbeat line in {log_group}"
+    return judge(beat, now=now, interval=interval)
+
+
 async def _check_logged_app(
     app: StudioApp, *, logs: Any, log_group: str, now: datetime, interval: timedelta
 ) -> FleetEntry:
-    try:
-        beat = await read_logged_heartbeat(logs, app, log_group=log_group, now=now)
-    except SageMakerCallFailed as exc:
-        if exc.code == "ResourceNotFoundException":
-            return FleetEntry(app, AgentState.NO_AGENT, None, f"no log group {log_group}")
-        if exc.code in ACCESS_DENIED_CODES:
-            return FleetEntry(app, AgentState.UNKNOWN, None, f"{exc} on {log_group}")
-        return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
-    except LamplighterError as exc:
-        return FleetEntry(app, AgentState.UNKNOWN, None, " ".join(str(exc).split())[:300])
-    if beat is None:
-        return FleetEntry(app, AgentState.NO_AGENT, None, f"no heartbeat line in {log_group}")
-    return judge_heartbeat(app, beat, now=now, interval=interval)
+    state, beat, detail = await logged_agent(
+        logs, app_log_prefix(app), log_group=log_group, now=now, interval=interval
+    )
+    return FleetEntry(app, state, beat, detail)
 
 
 async def fleet_status(
@@ -249,10 +275,13 @@ async def _check_jupyter_app(
 
 def judge_heartbeat(app: StudioApp, beat: Heartbeat, *, now: datetime, interval: timedelta) -> FleetEntry:
     """Running or stale, by the agent's own heartbeat interval (``interval`` for agents that did not say)."""
+    return FleetEntry(app, *judge(beat, now=now, interval=interval))
+
+
+def judge(beat: Heartbeat, *, now: datetime, interval: timedelta) -> tuple[AgentState, Heartbeat, str]:
+    """:func:`judge_heartbeat` for any watched thing: the state, the heartbeat, why."""
     if beat.stale(now, interval):
         age = now - beat.updated_at
         every = format_duration(beat.interval or interval)
-        return FleetEntry(
-            app, AgentState.STALE, beat, f"last heartbeat {format_duration(age)} ago (written every {every})"
-        )
-    return FleetEntry(app, AgentState.RUNNING, beat, beat.reason)
+        return AgentState.STALE, beat, f"last heartbeat {format_duration(age)} ago (written every {every})"
+    return AgentState.RUNNING, beat, beat.reason

@@ -12,14 +12,19 @@ has no app running:
 - every app (:func:`lamplighter.sagemaker.fleet.fleet_status`): where one runs, the agent's heartbeat
   must be present and fresh by the agent's own interval (Jupyter apps through their contents API, Code
   Editor apps through their CloudWatch log);
-- every notebook instance (``ListNotebookInstances``): whether a lifecycle configuration is attached.
+- every notebook instance (``ListNotebookInstances``): whether a lifecycle configuration is attached and
+  is lamplighter's (its OnStart script, read with ``DescribeNotebookInstanceLifecycleConfig``), and for an
+  InService one whether its agent's heartbeat, logged to CloudWatch, is present and fresh
+  (:mod:`lamplighter.sagemaker.fleet_notebooks`).
 
 The default configuration of an app is looked up the way ``lamplighter lcc install`` sets it: the
 space's own ``SpaceSettings``, then (a private space) its owner's ``UserSettings``, then the domain's
 ``DefaultSpaceSettings`` (a shared space) and ``DefaultUserSettings``. An owner is *protected* when its
 default configuration is lamplighter's or the native idle shutdown is on; a problem is an owner with
-neither, an app whose expected agent is missing or stale, a notebook instance with no configuration,
-and anything that could not be read. :meth:`FleetReport.summary` is what the Lambda publishes to SNS.
+neither, an app whose expected agent is missing or stale, a notebook instance with no configuration or
+one that is not lamplighter's, an InService instance with lamplighter's configuration whose agent is
+missing or stale, and anything that could not be read. :meth:`FleetReport.summary` is what the Lambda
+publishes to SNS.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ from typing import Any
 from lamplighter.errors import LamplighterError, SageMakerCallFailed
 from lamplighter.sagemaker.client import call
 from lamplighter.sagemaker.fleet import AgentState, FleetEntry, fleet_status
+from lamplighter.sagemaker.fleet_notebooks import (
+    NOTEBOOK_INSTANCE_LOG_GROUP,
+    NotebookInstanceEntry,
+    list_notebook_instances,
+    notebook_instance_status,
+)
 
 __all__ = [
     "FleetReport",
@@ -123,20 +134,26 @@ class OwnerCheck:
 
 @dataclass(frozen=True)
 class NotebookInstanceCheck:
-    """One notebook instance and the lifecycle configuration attached to it."""
+    """One notebook instance: its agent, the lifecycle configuration attached, whether that is lamplighter's."""
 
-    name: str
-    status: str
-    lifecycle_config: str | None
+    entry: NotebookInstanceEntry
+    lamplighter: bool | None  # its OnStart runs lamplighter (False: none attached; None: unreadable)
     problems: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "lifecycle_config": self.lifecycle_config,
-            "problems": list(self.problems),
-        }
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def status(self) -> str:
+        return self.entry.status
+
+    @property
+    def lifecycle_config(self) -> str | None:
+        return self.entry.lifecycle_config
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        return {**self.entry.to_json(now), "lamplighter": self.lamplighter, "problems": list(self.problems)}
 
 
 @dataclass(frozen=True)
@@ -165,7 +182,7 @@ class FleetReport:
             "problems": self.problems(),
             "owners": [o.to_json() for o in self.owners],
             "apps": [a.to_json(self.checked_at) for a in self.apps],
-            "notebook_instances": [n.to_json() for n in self.notebook_instances],
+            "notebook_instances": [n.to_json(self.checked_at) for n in self.notebook_instances],
             "errors": list(self.errors),
         }
 
@@ -178,11 +195,13 @@ class FleetReport:
     def summary(self) -> str:
         """The SNS message: counts, then one line per problem (cut to fit SNS's size limit)."""
         running = sum(1 for a in self.apps if a.agent is AgentState.RUNNING)
+        watched = sum(1 for n in self.notebook_instances if n.entry.agent is AgentState.RUNNING)
         head = [
             f"lamplighter fleet check at {self.checked_at.isoformat()}",
             f"domains: {len(self.domains)}; user profiles and spaces: "
             f"{len({(o.domain_id, o.kind, o.name) for o in self.owners})}; apps: {len(self.apps)} "
-            f"({running} with a running agent); notebook instances: {len(self.notebook_instances)}",
+            f"({running} with a running agent); notebook instances: {len(self.notebook_instances)} "
+            f"({watched} with a running agent)",
         ]
         problems = self.problems()
         head.append(f"problems: {len(problems)}" if problems else "problems: none")
@@ -206,6 +225,7 @@ async def check_fleet(
     region: str | None = None,
     verify_tls: bool = True,
     notebook_instances: bool = True,
+    notebook_log_group: str = NOTEBOOK_INSTANCE_LOG_GROUP,
     concurrency: int = 4,
 ) -> FleetReport:
     """Check every domain (or those named), their owners and apps, and the notebook instances."""
@@ -238,12 +258,21 @@ async def check_fleet(
     instances: list[NotebookInstanceCheck] = []
     if notebook_instances:
         try:
-            instances = [
-                _notebook_instance(i)
-                for i in await _all(client, "ListNotebookInstances", "NotebookInstances")
-            ]
+            rows = await list_notebook_instances(client)
         except LamplighterError as exc:
             errors.append(f"notebook instances: cannot list: {exc}")
+            rows = []
+        checked = await notebook_instance_status(
+            client,
+            now=now,
+            logs_client=logs_client,
+            log_group=notebook_log_group,
+            heartbeat_interval=heartbeat_interval,
+            concurrency=concurrency,
+            instances=rows,
+        )
+        configs: dict[str, bool | str] = {}
+        instances = [await _notebook_instance(client, configs, entry) for entry in checked]
     return FleetReport(
         checked_at=now,
         domains=domain_ids,
@@ -389,12 +418,44 @@ def _app_problems(apps: Sequence[FleetEntry], owners: Sequence[OwnerCheck]) -> l
     return lines
 
 
-def _notebook_instance(item: Mapping[str, Any]) -> NotebookInstanceCheck:
-    name = str(item.get("NotebookInstanceName") or "")
-    status = str(item.get("NotebookInstanceStatus") or "")
-    config = item.get("NotebookInstanceLifecycleConfigName") or None
-    problems = () if config else ("no lifecycle configuration attached: nothing stops it when idle",)
-    return NotebookInstanceCheck(name, status, str(config) if config else None, problems)
+async def _notebook_instance(
+    client: Any, configs: dict[str, bool | str], entry: NotebookInstanceEntry
+) -> NotebookInstanceCheck:
+    """The instance's problems: its configuration, then (where lamplighter's agent is expected) its agent."""
+    config = entry.lifecycle_config
+    problems: list[str] = []
+    ours: bool | None = False
+    if config is None:
+        problems.append("no lifecycle configuration attached: nothing stops it when idle")
+    else:
+        found = await _is_ours_on_instance(client, configs, config)
+        ours = found if isinstance(found, bool) else None
+        if isinstance(found, str):
+            problems.append(f"cannot read lifecycle configuration {config}: {found}")
+        elif not found:
+            problems.append(f"lifecycle configuration {config} does not run lamplighter")
+    # An agent is expected only where lamplighter's script starts one (or that could not be told).
+    if entry.agent in (AgentState.NO_AGENT, AgentState.STALE) and ours is not False:
+        problems.append(f"agent {entry.agent.value}: {entry.detail}")
+    elif entry.agent is AgentState.UNKNOWN:
+        problems.append(f"cannot read its agent: {entry.detail}")
+    return NotebookInstanceCheck(entry, ours, tuple(problems))
+
+
+async def _is_ours_on_instance(client: Any, configs: dict[str, bool | str], name: str) -> bool | str:
+    """Whether the notebook-instance configuration ``name`` starts lamplighter, or why it cannot be read."""
+    if name not in configs:
+        try:
+            found = await call(
+                client, "DescribeNotebookInstanceLifecycleConfig", NotebookInstanceLifecycleConfigName=name
+            )
+            configs[name] = any(
+                isinstance(hook, Mapping) and is_lamplighter_script(str(hook.get("Content") or ""))
+                for hook in found.get("OnStart") or []
+            )
+        except SageMakerCallFailed as exc:
+            configs[name] = " ".join(str(exc).split())[:300]
+    return configs[name]
 
 
 async def list_domain_ids(client: Any) -> list[str]:

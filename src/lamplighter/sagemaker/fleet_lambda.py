@@ -56,6 +56,7 @@ async def run_fleet_check(settings: Settings, *, now: datetime) -> FleetReport:
         domains=settings.fleetcheck_domains,
         logs_client=aws_client("logs", region=settings.region),
         log_group=settings.fleetcheck_log_group,
+        notebook_log_group=settings.fleetcheck_notebook_instance_log_group,
         heartbeat_interval=settings.heartbeat_interval,
         login_as=settings.fleetcheck_login_as,
         region=settings.region,
