@@ -422,8 +422,8 @@ class Agent:
             write_heartbeat(path, self.target, decision, now, interval=interval)
         except OSError as exc:
             logger.warning("cannot write the heartbeat %s: %s", path, exc.strerror)
-        # On SageMaker the log is shipped to CloudWatch: the fleet check reads Code Editor and
-        # notebook-instance agents there (they have no Jupyter API to read the file through).
+        # On SageMaker the log is shipped to CloudWatch: the fleet check reads Code Editor agents there
+        # (no Jupyter API to read the file through), and notebook instances' (the file is outside the root).
         logged = self._heartbeat_logged_at
         if self.settings.platform in ("sagemaker", "sagemaker-notebook-instance") and (
             logged is None or now - logged >= interval
