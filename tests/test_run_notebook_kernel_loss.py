@@ -50,8 +50,10 @@ def api(server: LocalServer, what: str) -> Any:
 
 
 def nothing_left(server: LocalServer) -> None:
-    for what in ("kernels", "sessions"):
-        wait_until(lambda w=what: api(server, w) == [], timeout_s=15, what=f"no {what} left on the server")
+    def empty() -> bool:
+        return api(server, "kernels") == [] and api(server, "sessions") == []
+
+    wait_until(empty, timeout_s=15, what="no kernel or session left on the server")
 
 
 def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, Any], str]:
@@ -92,7 +94,7 @@ def busy_kernel(server: LocalServer, proc: subprocess.Popen[str]) -> str:
         kernels = api(server, "kernels")
         return kernels[0]["id"] if kernels and kernels[0]["execution_state"] == "busy" else None
 
-    return wait_until(busy, timeout_s=60, what="the run's kernel busy in its cell")
+    return str(wait_until(busy, timeout_s=60, what="the run's kernel busy in its cell"))
 
 
 # -- 1. a kernel restarted under the run --------------------------------------------------------
@@ -182,6 +184,21 @@ def test_json_counts_cells_as_the_input_notebook_does(
     assert rc == 1 and result["failed_cell"] == 1
     assert [c["index"] for c in result["cells"]] == [0, 1, 2]
     assert [c["execution_count"] for c in result["cells"]] == [1, 2, None]
+    nothing_left(server)
+
+
+def test_json_counts_a_note_left_by_an_earlier_run_as_a_cell(
+    server: LocalServer, cli_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Running an executed notebook again: the old red note is part of the input, this run's is not.
+    source = write_notebook(tmp_path / "nb.ipynb", "print(1)", "raise ValueError('x')", "print(3)")
+    nb = json.loads(source.read_text())
+    old_note = nbformat.v4.new_markdown_cell("an earlier run stopped here", metadata={"tags": [ERROR_TAG]})
+    nb["cells"].insert(0, json.loads(json.dumps(old_note)))
+    source.write_text(json.dumps(nb))
+    rc, result, _ = run_json(capsys, ["run", "notebook", "--upload", str(source), "--json", *cli_env])
+    assert rc == 1 and result["failed_cell"] == 2
+    assert [c["index"] for c in result["cells"]] == [1, 2, 3]
     nothing_left(server)
 
 

@@ -65,7 +65,8 @@ exit status:
   3    cannot connect to the server, or it refused the token/cookies
   4    --cell-timeout or --timeout ran out (the kernel was interrupted)
   5    the kernel died or restarted during the run
-  130  interrupted (Ctrl-C); the kernel and session are shut down either way"""
+  130  interrupted (Ctrl-C); the kernel and session are shut down either way
+  143  terminated (SIGTERM); the same"""
 
 _SHELL_EPILOG = f"""\
 The command words are joined with spaces and run by the terminal's shell, as ssh does:
@@ -386,6 +387,11 @@ def _run_notebook(args: argparse.Namespace) -> int:
         with _StreamFiles(args) as streams:
             return asyncio.run(_run_notebook_async(args, parameters, report, streams))
     except _Terminated:
+        report.emit(
+            _json_result(
+                {}, None, time.monotonic() - started, None, status="not started", exit_status=EXIT_TERMINATED
+            )
+        )
         print(
             "lamplighter: terminated (SIGTERM); the run's kernel and session were shut down", file=sys.stderr
         )
@@ -634,15 +640,12 @@ def _json_result(
     Cells are counted as in the notebook as run (the input, with papermill's injected cell when one
     was added), never counting lamplighter's red note; every text from the server is redacted.
     """
-    from lamplighter.remote.notebook import ERROR_TAG
-
     meta = (nb.get("metadata") or {}).get("lamplighter") or {}
     if status is not None:
         meta = {**meta, "status": status}
     cells = []
-    run_cells = [
-        c for c in nb.get("cells") or [] if ERROR_TAG not in ((c.get("metadata") or {}).get("tags") or [])
-    ]
+    note = meta.get("error_note_cell")  # this run's red note; one a previous run left is a cell as run
+    run_cells = [c for i, c in enumerate(nb.get("cells") or []) if i != note]
     for index, cell in enumerate(run_cells):
         if cell.get("cell_type") != "code":
             continue

@@ -967,6 +967,8 @@ def _mark(nb: dict[str, Any], cell: dict[str, Any], message: str) -> None:
     text = message.replace("<", "&lt;").replace(">", "&gt;")
     source = f'<span style="color:red; font-size:1.4em;">lamplighter: {text}</span>'
     cells.insert(position, _new_cell(nb, "markdown", source, tags=[ERROR_TAG, _PAPERMILL_ERROR_TAG]))
+    # Where this run's note went, so a report can count the cells as run (without it).
+    nb.setdefault("metadata", {}).setdefault("lamplighter", {})["error_note_cell"] = position
     cell.setdefault("metadata", {}).setdefault("lamplighter", {})["status"] = "failed"
 
 
