@@ -128,6 +128,13 @@ def test_sigterm_shuts_the_runs_kernel_down(server: LocalServer, tmp_path: Path)
     source = write_notebook(tmp_path / "sleep60.ipynb", "print('done')", "import time; time.sleep(60)")
     out = tmp_path / "out.ipynb"
     with background_run(server, "--upload", str(source), "-o", str(out), "--json") as proc:
+
+        def first_output() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return out.exists() and bool(json.loads(out.read_text())["cells"][0]["outputs"])  # atomic saves
+
+        # Cell 0 is saved finished: the run waits on cell 1 now.
+        wait_until(first_output, timeout_s=60, what="the first cell's output in the saved notebook")
         busy_kernel(server, proc)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)
