@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,16 @@ def background_run(server: LocalServer, *argv: str) -> subprocess.Popen[str]:
 
 
 def busy_kernel(server: LocalServer, proc: subprocess.Popen[str]) -> str:
-    """The run's kernel id, once it is busy in its cell."""
+    """The run's kernel id, once it is busy in a long cell: busy, and silent for half a second (the
+    run's setup requests and a short cell take milliseconds)."""
 
     def busy() -> str | None:
         assert proc.poll() is None, proc.communicate()
         kernels = api(server, "kernels")
-        return kernels[0]["id"] if kernels and kernels[0]["execution_state"] == "busy" else None
+        if not kernels or kernels[0]["execution_state"] != "busy":
+            return None
+        last = datetime.fromisoformat(kernels[0]["last_activity"].replace("Z", "+00:00"))
+        return kernels[0]["id"] if datetime.now(timezone.utc) - last > timedelta(seconds=0.5) else None
 
     return str(wait_until(busy, timeout_s=60, what="the run's kernel busy in its cell"))
 
