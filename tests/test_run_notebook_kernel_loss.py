@@ -129,6 +129,20 @@ def test_a_kernel_restarted_under_the_run_ends_it_with_exit_5(server: LocalServe
 
 
 @pytest.mark.slow
+def test_a_kernel_shut_down_under_the_run_ends_it_with_exit_5(server: LocalServer, tmp_path: Path) -> None:
+    source = write_notebook(tmp_path / "sleep60.ipynb", "import time; time.sleep(60)")
+    with background_run(server, "--upload", str(source), "--json") as proc:
+        kernel_id = busy_kernel(server, proc)
+        headers = {"Authorization": f"token {server.token}"}
+        assert httpx.delete(f"{server.url}api/kernels/{kernel_id}", headers=headers, timeout=60).is_success
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 5, stderr
+    result = json.loads(stdout)
+    assert result["status"] == "kernel died" and result["failed_cell"] == 0
+    nothing_left(server)
+
+
+@pytest.mark.slow
 def test_sigterm_shuts_the_runs_kernel_down(server: LocalServer, tmp_path: Path) -> None:
     source = write_notebook(tmp_path / "sleep60.ipynb", "print('done')", "import time; time.sleep(60)")
     out = tmp_path / "out.ipynb"

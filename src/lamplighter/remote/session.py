@@ -542,7 +542,7 @@ class KernelSession:
             return
         replaced = self._replaced(msg)
         if replaced is not None:
-            self._break(KernelDied(f"kernel {self.kernel_id} {replaced}; its state is lost", restarted=True))
+            self._break(replaced)
             return
         if msg.parent_id is not None:
             waiter = self._pending.get(msg.parent_id)
@@ -559,28 +559,32 @@ class KernelSession:
             if state in ("restarting", "dead"):
                 self._break(KernelDied(f"kernel {self.kernel_id} died ({state}); its state is lost"))
 
-    def _replaced(self, msg: Message) -> str | None:
-        """What ``msg`` shows happened to the kernel process, if it was restarted or shut down by
-        someone else (see the module docstring); None when it shows nothing of the kind."""
+    def _replaced(self, msg: Message) -> KernelDied | None:
+        """The error to end the session with when ``msg`` shows the kernel process was restarted or
+        shut down by someone else (see the module docstring); None when it shows nothing of the kind."""
         if self._broken is not None or self._closing:
             return None
-        restarted = "was restarted"
         if msg.parent_id is not None and msg.parent_id in self._pending and msg.session:
             # A message for one of our requests comes from the kernel itself.
             if not self._kernel_process:
                 self._kernel_process = msg.session
             elif msg.session != self._kernel_process:
-                return restarted
+                return self._restarted()
         if msg.channel != "iopub" or not self._kernel_process:
             return None
         if msg.msg_type == "shutdown_reply" and msg.parent_id not in self._pending:
             # Someone else's shutdown request, which a restart begins with.
-            return restarted if msg.content.get("restart") else "was shut down by someone else"
+            if msg.content.get("restart"):
+                return self._restarted()
+            return KernelDied(f"kernel {self.kernel_id} was shut down by someone else; its state is lost")
         if msg.msg_type == "status" and msg.content.get("execution_state") == "starting":
-            return restarted
+            return self._restarted()
         if msg.msg_type == "iopub_welcome" and msg.session and msg.session != self._kernel_process:
-            return restarted
+            return self._restarted()
         return None
+
+    def _restarted(self) -> KernelDied:
+        return KernelDied(f"kernel {self.kernel_id} was restarted; its state is lost", restarted=True)
 
     def _break(self, exc: RemoteError) -> None:
         if self._broken is None:
