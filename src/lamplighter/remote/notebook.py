@@ -104,9 +104,20 @@ _WIDGETS_MODULE = "ipywidgets"
 # Runs in a throwaway namespace (nothing lands in the user's), with silent=True (no history, no count).
 _GUARD_SOURCE = '''
 import ast
+import threading
 from IPython.core.error import InputRejected
 
 _failed = []
+
+def _drain_iopub():
+    # Let the IOPub thread send what is queued (the previous cell's idle, this cell's busy) before this
+    # cell runs: a cell that kills the kernel then does not take the previous cell's end with it.
+    try:
+        done = threading.Event()
+        get_ipython().kernel.iopub_thread.schedule(done.set)
+        done.wait(1.0)
+    except Exception:
+        pass
 
 class LamplighterStopAfterFailure(ast.NodeTransformer):
     """lamplighter: once a cell failed, refuse every later cell, so cells sent ahead never run."""
@@ -114,6 +125,7 @@ class LamplighterStopAfterFailure(ast.NodeTransformer):
     def visit(self, node):
         if _failed:
             raise InputRejected("not run: an earlier cell failed")
+        _drain_iopub()
         return node
 
 def _after(result):
