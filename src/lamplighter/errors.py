@@ -96,7 +96,15 @@ class MalformedAnswer(RemoteError):
 
 
 class KernelDied(RemoteError):
-    """Raised when the kernel running our code dies or is restarted under us."""
+    """Raised when the kernel running our code dies or is restarted under us.
+
+    ``restarted`` is True when someone restarted a live kernel (its process was replaced on request),
+    False when the kernel process died (the server may have started a fresh one since).
+    """
+
+    def __init__(self, message: str, *, restarted: bool = False) -> None:
+        super().__init__(message)
+        self.restarted = restarted
 
 
 class CellFailed(RemoteError):

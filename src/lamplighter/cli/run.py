@@ -12,9 +12,10 @@ import contextlib
 import json
 import logging
 import posixpath
+import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -34,7 +35,7 @@ from lamplighter.cli.common import (
 )
 from lamplighter.cli.options import add_option
 from lamplighter.errors import CellFailed, ConfigError, LamplighterError, RemoteTimeout
-from lamplighter.redaction import redact
+from lamplighter.redaction import redact, redact_data
 from lamplighter.settings import SAGEMAKER_APP_TYPES, parse_setting
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ exit status:
   3    cannot connect to the server, or it refused the token/cookies
   4    --cell-timeout or --timeout ran out (the kernel was interrupted)
   5    the kernel died or restarted during the run
-  130  interrupted (Ctrl-C); the kernel and session are shut down either way"""
+  130  interrupted (Ctrl-C); the kernel and session are shut down either way
+  143  terminated (SIGTERM); the same"""
 
 _SHELL_EPILOG = f"""\
 The command words are joined with spaces and run by the terminal's shell, as ssh does:
@@ -317,6 +319,36 @@ def _log_level(args: argparse.Namespace) -> str:
 
 
 _DEFAULT_ENGINE = "nbclient"
+EXIT_TERMINATED = 128 + signal.SIGTERM  # as shells report a process that SIGTERM ended
+
+
+class _Terminated(Exception):
+    """The run ended on SIGTERM (after its cleanup): exit with :data:`EXIT_TERMINATED`."""
+
+
+@contextlib.contextmanager
+def _sigterm_cancels_the_run() -> Iterator[Callable[[], bool]]:
+    """SIGTERM cancels the running task, as Ctrl-C does, so the runner's cleanup shuts its kernel and
+    session down (Python's default for SIGTERM ends the process at once, leaving the kernel running).
+    Yields a function telling whether SIGTERM arrived."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[bool] = []
+
+    def on_term() -> None:
+        received.append(True)
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(received)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 class _JsonReport:
@@ -354,6 +386,16 @@ def _run_notebook(args: argparse.Namespace) -> int:
         # its kernel starts (papermill finds out only at the first output).
         with _StreamFiles(args) as streams:
             return asyncio.run(_run_notebook_async(args, parameters, report, streams))
+    except _Terminated:
+        report.emit(
+            _json_result(
+                {}, None, time.monotonic() - started, None, status="not started", exit_status=EXIT_TERMINATED
+            )
+        )
+        print(
+            "lamplighter: terminated (SIGTERM); the run's kernel and session were shut down", file=sys.stderr
+        )
+        return EXIT_TERMINATED
     except LamplighterError as exc:
         # Bad arguments, a missing notebook or kernelspec, no connection: the run never began, and a
         # scheduler reading --json still gets its status and exit code.
@@ -450,6 +492,22 @@ class _StreamFiles:
 async def _run_notebook_async(
     args: argparse.Namespace, parameters: Mapping[str, Any], report: _JsonReport, streams: _StreamFiles
 ) -> int:
+    with _sigterm_cancels_the_run() as terminated:
+        try:
+            return await _run_notebook_connected(args, parameters, report, streams, terminated)
+        except asyncio.CancelledError:
+            if not terminated():
+                raise
+            raise _Terminated from None
+
+
+async def _run_notebook_connected(
+    args: argparse.Namespace,
+    parameters: Mapping[str, Any],
+    report: _JsonReport,
+    streams: _StreamFiles,
+    terminated: Callable[[], bool],
+) -> int:
     from lamplighter.remote.notebook import (
         LocalNotebookStore,
         MemoryNotebookStore,
@@ -525,17 +583,25 @@ async def _run_notebook_async(
             close_observer()
             raise
         finally:
+            # One figure for the line and --json: the run, from the kernel's start to its shutdown
+            # and the last save.
+            duration_s = time.monotonic() - started
             _print_memory(memory)
             _print_saved(runner.saved_to if output is not None else None)
             report.emit(
                 _json_result(
-                    nb, failure, time.monotonic() - started, runner.saved_to if output is not None else None
+                    nb,
+                    failure,
+                    duration_s,
+                    runner.saved_to if output is not None else None,
+                    exit_status=EXIT_TERMINATED if terminated() else None,
                 )
             )
         close_observer()
         allowed = f", {len(result.allowed_errors)} allowed errors" if result.allowed_errors else ""
+        cells = "cell" if result.cells_executed == 1 else "cells"
         print(
-            f"lamplighter: ran {result.cells_executed} cells in {result.duration_s:.1f} s{allowed}",
+            f"lamplighter: ran {result.cells_executed} {cells} in {round(duration_s, 3):.1f} s{allowed}",
             file=sys.stderr,
         )
         return EXIT_OK
@@ -567,13 +633,20 @@ def _json_result(
     output: str | None,
     *,
     status: str | None = None,
+    exit_status: int | None = None,
 ) -> dict[str, Any]:
-    """``--json``: what a scheduler needs to know about the run, one object."""
+    """``--json``: what a scheduler needs to know about the run, one object.
+
+    Cells are counted as in the notebook as run (the input, with papermill's injected cell when one
+    was added), never counting lamplighter's red note; every text from the server is redacted.
+    """
     meta = (nb.get("metadata") or {}).get("lamplighter") or {}
     if status is not None:
         meta = {**meta, "status": status}
     cells = []
-    for index, cell in enumerate(nb.get("cells") or []):
+    note = meta.get("error_note_cell")  # this run's red note; one a previous run left is a cell as run
+    run_cells = [c for i, c in enumerate(nb.get("cells") or []) if i != note]
+    for index, cell in enumerate(run_cells):
         if cell.get("cell_type") != "code":
             continue
         timing = (cell.get("metadata") or {}).get("execution") or {}
@@ -587,18 +660,22 @@ def _json_result(
     return {
         # No status yet: the run failed before its kernel started (a kernelspec the server lacks).
         "status": meta.get("status", "not started" if failure else "completed"),
-        "exit_status": exit_code_for(failure)
+        "exit_status": exit_status
+        if exit_status is not None
+        else exit_code_for(failure)
         if failure
         else (EXIT_OK if meta.get("status") == "completed" else EXIT_INTERRUPTED),
-        "failed_cell": getattr(failure, "cell_index", None),
+        "failed_cell": meta.get("failed_cell", getattr(failure, "cell_index", None)),
         "error": None
         if failure is None
-        else {
-            "type": type(failure).__name__,
-            "ename": getattr(failure, "ename", None),
-            "evalue": getattr(failure, "evalue", None),
-            "message": redact(str(failure)),
-        },
+        else redact_data(
+            {
+                "type": type(failure).__name__,
+                "ename": getattr(failure, "ename", None),
+                "evalue": getattr(failure, "evalue", None),
+                "message": str(failure),
+            }
+        ),
         "duration_s": round(duration_s, 3),
         "output": output,
         "cells": cells,
@@ -623,8 +700,15 @@ def _print_saved(where: str | None) -> None:
 
 
 def _print_traceback(lines: Sequence[str], stream: TextIO) -> None:
-    if lines:
-        print("\n".join(lines), file=stream)
+    """A cell's traceback, redacted; its colours only on a terminal (piped output is plain text)."""
+    if not lines:
+        return
+    text = redact("\n".join(lines))
+    if not stream.isatty():
+        from lamplighter.remote.terminal import strip_ansi
+
+        text = strip_ansi(text)
+    print(text, file=stream)
 
 
 def _console_observer(

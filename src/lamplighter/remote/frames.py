@@ -34,6 +34,8 @@ class Message:
     date: str
     buffers: tuple[bytes, ...] = ()
     """The message's binary buffers (a widget's ``buffer_paths`` values, e.g. an Image's bytes)."""
+    session: str = ""
+    """The sender's ``header.session``: a kernel process draws a new one each time it starts."""
 
 
 def new_header(msg_type: str, *, session_id: str, username: str) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def decode_frame(frame: str | bytes, v1: bool) -> Message:
         content=content,
         date=str(header.get("date", "")),
         buffers=buffers,
+        session=str(header.get("session", "")),
     )
 
 

@@ -104,9 +104,20 @@ _WIDGETS_MODULE = "ipywidgets"
 # Runs in a throwaway namespace (nothing lands in the user's), with silent=True (no history, no count).
 _GUARD_SOURCE = '''
 import ast
+import threading
 from IPython.core.error import InputRejected
 
 _failed = []
+
+def _drain_iopub():
+    # Let the IOPub thread send what is queued (the previous cell's idle, this cell's busy) before this
+    # cell runs: a cell that kills the kernel then does not take the previous cell's end with it.
+    try:
+        done = threading.Event()
+        get_ipython().kernel.iopub_thread.schedule(done.set)
+        done.wait(1.0)
+    except Exception:
+        pass
 
 class LamplighterStopAfterFailure(ast.NodeTransformer):
     """lamplighter: once a cell failed, refuse every later cell, so cells sent ahead never run."""
@@ -114,6 +125,7 @@ class LamplighterStopAfterFailure(ast.NodeTransformer):
     def visit(self, node):
         if _failed:
             raise InputRejected("not run: an earlier cell failed")
+        _drain_iopub()
         return node
 
 def _after(result):
@@ -700,8 +712,8 @@ class NotebookRunner:
         except RemoteTimeout:
             run_meta["status"] = "timed out"
             raise
-        except KernelDied:
-            run_meta["status"] = "kernel died"
+        except KernelDied as exc:
+            run_meta["status"] = "kernel restarted" if exc.restarted else "kernel died"
             raise
         except (RemoteError, asyncio.CancelledError, KeyboardInterrupt) as exc:
             run_meta["status"] = "interrupted" if not isinstance(exc, RemoteError) else "failed"
@@ -853,14 +865,21 @@ class NotebookRunner:
         allowed: list[CellFailed] = []
         queue = deque(indices)
         inflight: deque[_Step] = deque()
+        lost: KernelDied | None = None  # the kernel died before the next cell could be sent
         ticker = asyncio.create_task(self._autosave_ticker(saver), name="notebook-autosave-ticker")
         try:
             while queue or inflight:
                 if ks.widgets.has_output_widgets:
                     depth = 1  # see _WIDGETS_MODULE
-                while queue and len(inflight) < depth:
+                while queue and len(inflight) < depth and lost is None:
                     index = queue.popleft()
-                    inflight.append(await self._submit(ks, index, cells[index], may_fail[index]))
+                    try:
+                        inflight.append(await self._submit(ks, index, cells[index], may_fail[index]))
+                    except KernelDied as exc:
+                        # Waiting for the cells already sent blames the one that was running.
+                        lost = exc
+                if not inflight and lost is not None:
+                    raise lost  # it died between cells: none was running
                 step = inflight.popleft()
                 self.observer.cell_started(step.index, step.cell)
                 result = await self._wait(step, nb, deadline)
@@ -906,16 +925,14 @@ class NotebookRunner:
         try:
             return await step.execution.result(timeout_s=self.cell_timeout_s, deadline=deadline)
         except RemoteTimeout as exc:
-            _keep_what_ran(step)
-            _mark(nb, step.cell, f"Execution stopped: {exc}")
+            _stopped_at(nb, step, f"Execution stopped: {exc}")
             raise RemoteTimeout(f"cell {step.index}: {exc}") from exc
         except KernelDied as exc:
-            _keep_what_ran(step)
-            _mark(nb, step.cell, f"Execution stopped: the kernel died while this cell ran ({exc})")
-            raise
+            what = "was restarted" if exc.restarted else "died"
+            _stopped_at(nb, step, f"Execution stopped: the kernel {what} while this cell ran ({exc})")
+            raise KernelDied(f"cell {step.index}: {exc}", restarted=exc.restarted) from exc
         except asyncio.CancelledError:
-            _keep_what_ran(step)
-            _mark(nb, step.cell, "Execution stopped: interrupted while this cell ran")
+            _stopped_at(nb, step, "Execution stopped: interrupted (Ctrl-C or SIGTERM) while this cell ran")
             raise
 
     async def _autosave_ticker(self, saver: _Autosaver) -> None:
@@ -924,6 +941,13 @@ class NotebookRunner:
         while True:
             await asyncio.sleep(self.autosave_interval_s)
             saver.request()
+
+
+def _stopped_at(nb: dict[str, Any], step: _Step, message: str) -> None:
+    """The run stops in this cell: keep what it did, put the red note before it, record its index."""
+    _keep_what_ran(step)
+    _mark(nb, step.cell, message)
+    nb["metadata"]["lamplighter"]["failed_cell"] = step.index
 
 
 def _keep_what_ran(step: _Step) -> None:
@@ -955,6 +979,8 @@ def _mark(nb: dict[str, Any], cell: dict[str, Any], message: str) -> None:
     text = message.replace("<", "&lt;").replace(">", "&gt;")
     source = f'<span style="color:red; font-size:1.4em;">lamplighter: {text}</span>'
     cells.insert(position, _new_cell(nb, "markdown", source, tags=[ERROR_TAG, _PAPERMILL_ERROR_TAG]))
+    # Where this run's note went, so a report can count the cells as run (without it).
+    nb.setdefault("metadata", {}).setdefault("lamplighter", {})["error_note_cell"] = position
     cell.setdefault("metadata", {}).setdefault("lamplighter", {})["status"] = "failed"
 
 

@@ -14,6 +14,14 @@ Protocol facts this relies on (``research/remote.md`` §2):
   whole life of a :class:`KernelSession` and every reconnect reuses it.
 - The server itself sends ``status: restarting`` / ``status: dead`` (no parent) when the kernel process
   dies: the kernel's state is gone and every request in flight fails with :class:`KernelDied`.
+- A restart someone asks for (``POST /api/kernels/{id}/restart``, JupyterLab's button) gets no such
+  message: the old kernel broadcasts its ``shutdown_reply`` (``restart: true``), the running request's
+  ``execute_reply`` never comes, and the new process greets with ``iopub_welcome`` and ``status:
+  starting`` under a new ``header.session``. Any of these ends the session with :class:`KernelDied`.
+- When the kernel dies, the requests it had already finished are not failed with it: one whose reply
+  came, and any sent before the last one the kernel had started (it runs them in order, and IOPub is
+  ordered), keep their results even if their IOPub ``idle`` was lost with the process. Only the
+  request that was running, and those queued behind it, fail: the right cell is blamed.
 
 Each wait has a named budget, computed with ``time.monotonic()``: ``connect`` (opening or re-opening the
 websocket), ``kernel_start`` (until the kernel's first ``kernel_info_reply``), ``per_cell`` (one request,
@@ -142,6 +150,7 @@ class Execution(_Waiter):
         self.started_at: float | None = None
         self._wake_on_start = False
         self._drain_handle: asyncio.TimerHandle | None = None
+        self._survived = False  # finished by the kernel, which then died: see finish_before_death
 
     @property
     def started(self) -> bool:
@@ -267,14 +276,28 @@ class Execution(_Waiter):
         self._error = exc
         self._finish()
 
+    @property
+    def replied(self) -> bool:
+        return self._reply is not None
+
+    def finish_before_death(self) -> None:
+        """The kernel had finished this request when it died: end it with what arrived (the IOPub
+        ``idle``, maybe the reply, went with the process)."""
+        if not self._finished:
+            self._survived = True
+            self._finish()
+
     def discard(self) -> None:
         """Stop collecting this request's messages (the kernel may still run or abort it)."""
         self.fail(RemoteError(f"request {self.msg_id} was discarded"))
 
     def _result(self) -> ExecutionResult:
         reply = self._reply or {}
-        status = str(reply.get("status", "ok" if self._reply is not None else "error"))
         error = next((o for o in reversed(self.outputs) if o.get("output_type") == "error"), None)
+        if self._reply is None and self._survived:
+            status = "error" if error is not None else "ok"
+        else:
+            status = str(reply.get("status", "ok" if self._reply is not None else "error"))
         ename = evalue = None
         traceback: tuple[str, ...] = ()
         if status == "error":
@@ -390,6 +413,7 @@ class KernelSession:
         """Widget models seen on this kernel, and the Output widgets capturing requests."""
         self._comm_tasks: set[asyncio.Task[None]] = set()
         self._broken: RemoteError | None = None
+        self._kernel_process = ""  # header.session of the kernel's own replies: one per kernel process
         self._closing = False
         self._reader: asyncio.Task[None] | None = None
 
@@ -516,6 +540,10 @@ class KernelSession:
             # Widget traffic belongs to the kernel, not to one request: a model outlives its cell.
             self.widgets.handle(msg.msg_type, msg.content, msg.buffers)
             return
+        replaced = self._replaced(msg)
+        if replaced is not None:
+            self._break(replaced)
+            return
         if msg.parent_id is not None:
             waiter = self._pending.get(msg.parent_id)
             if waiter is not None:
@@ -531,12 +559,49 @@ class KernelSession:
             if state in ("restarting", "dead"):
                 self._break(KernelDied(f"kernel {self.kernel_id} died ({state}); its state is lost"))
 
+    def _replaced(self, msg: Message) -> KernelDied | None:
+        """The error to end the session with when ``msg`` shows the kernel process was restarted or
+        shut down by someone else (see the module docstring); None when it shows nothing of the kind."""
+        if self._broken is not None or self._closing:
+            return None
+        if msg.parent_id is not None and msg.parent_id in self._pending and msg.session:
+            # A message for one of our requests comes from the kernel itself.
+            if not self._kernel_process:
+                self._kernel_process = msg.session
+            elif msg.session != self._kernel_process:
+                return self._restarted()
+        if msg.channel != "iopub" or not self._kernel_process:
+            return None
+        if msg.msg_type == "shutdown_reply" and msg.parent_id not in self._pending:
+            # Someone else's shutdown request, which a restart begins with.
+            if msg.content.get("restart"):
+                return self._restarted()
+            return KernelDied(f"kernel {self.kernel_id} was shut down by someone else; its state is lost")
+        if msg.msg_type == "status" and msg.content.get("execution_state") == "starting":
+            return self._restarted()
+        if msg.msg_type == "iopub_welcome" and msg.session and msg.session != self._kernel_process:
+            return self._restarted()
+        return None
+
+    def _restarted(self) -> KernelDied:
+        return KernelDied(f"kernel {self.kernel_id} was restarted; its state is lost", restarted=True)
+
     def _break(self, exc: RemoteError) -> None:
         if self._broken is None:
             self._broken = exc
             logger.warning("%r: %s", self, exc)
         self._connected.set()  # wake senders so they see the error
+        if isinstance(exc, KernelDied):
+            self._spare_what_the_kernel_finished()
         self._fail_all(exc)
+
+    def _spare_what_the_kernel_finished(self) -> None:
+        executions = [w for w in self._pending.values() if isinstance(w, Execution)]
+        # In submission order; the kernel runs them in that order.
+        last_started = max((i for i, e in enumerate(executions) if e.started), default=-1)
+        for i, execution in enumerate(executions):
+            if i < last_started or execution.replied:
+                execution.finish_before_death()
 
     def _fail_all(self, exc: RemoteError) -> None:
         for waiter in list(self._pending.values()):
