@@ -547,56 +547,48 @@ def _fleet_check(args: argparse.Namespace) -> int:
 
 
 def _print_fleet(entries: list[Any], now: datetime) -> None:
-    from rich.table import Table
-
-    from lamplighter.model import format_duration, format_time
-
-    table = Table(title=f"{len(entries)} apps", title_justify="left")
-    for column in ("owner", "app", "status", "agent", "verdict", "idle for", "stop at", "detail"):
-        table.add_column(column, overflow="fold")
-    for entry in entries:
-        identity, beat = entry.app.identity, entry.heartbeat
-        idle = entry.idle_for(now)
-        table.add_row(
-            ("space " if identity.space_name else "user ") + identity.owner,
-            f"{identity.app_type}/{identity.app_name}",
-            entry.app.status,
-            entry.agent.value,
-            beat.verdict if beat else "",
-            format_duration(idle) if idle is not None else "",
-            format_time(beat.stop_at) if beat and beat.stop_at else "",
-            entry.detail,
-        )
-    out = console()
-    if not out.is_terminal:  # piped: no terminal width to fit, keep rows on one line each
-        out = console(width=200)
-    out.print(table)
+    _print_agents(
+        f"{len(entries)} apps",
+        ("owner", "app", "status"),
+        [
+            (
+                ("space " if e.app.identity.space_name else "user ") + e.app.identity.owner,
+                f"{e.app.identity.app_type}/{e.app.identity.app_name}",
+                e.app.status,
+            )
+            for e in entries
+        ],
+        entries,
+        now,
+    )
 
 
 def _print_notebook_instances(instances: list[Any], now: datetime) -> None:
+    _print_agents(
+        f"{len(instances)} notebook instances",
+        ("instance", "status", "lifecycle config"),
+        [(i.name, i.status, i.lifecycle_config or "") for i in instances],
+        instances,
+        now,
+    )
+
+
+def _print_agents(
+    title: str, columns: tuple[str, ...], cells: list[tuple[str, ...]], entries: list[Any], now: datetime
+) -> None:
+    """One table: each row's own ``cells``, then what its agent's heartbeat says."""
     from rich.table import Table
 
     from lamplighter.model import format_duration, format_time
 
-    table = Table(title=f"{len(instances)} notebook instances", title_justify="left")
-    for column in (
-        "instance",
-        "status",
-        "lifecycle config",
-        "agent",
-        "verdict",
-        "idle for",
-        "stop at",
-        "detail",
-    ):
+    table = Table(title=title, title_justify="left")
+    for column in (*columns, "agent", "verdict", "idle for", "stop at", "detail"):
         table.add_column(column, overflow="fold")
-    for entry in instances:
+    for own, entry in zip(cells, entries, strict=True):
         beat = entry.heartbeat
         idle = entry.idle_for(now)
         table.add_row(
-            entry.name,
-            entry.status,
-            entry.lifecycle_config or "",
+            *own,
             entry.agent.value,
             beat.verdict if beat else "",
             format_duration(idle) if idle is not None else "",

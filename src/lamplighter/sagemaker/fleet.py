@@ -43,6 +43,7 @@ __all__ = [
     "AgentState",
     "FleetEntry",
     "Heartbeat",
+    "agent_fields",
     "app_log_prefix",
     "fleet_status",
     "idle_for",
@@ -80,12 +81,6 @@ class FleetEntry:
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         identity = self.app.identity
-        beat = self.heartbeat
-        idle = self.idle_for(now)
-
-        def iso(moment: datetime | None) -> str | None:
-            return moment.isoformat() if moment else None
-
         return {
             "kind": "app",
             "domain_id": identity.domain_id,
@@ -94,15 +89,27 @@ class FleetEntry:
             "app_type": identity.app_type,
             "app_name": identity.app_name,
             "status": self.app.status,
-            "created_at": iso(self.app.created_at),
-            "agent": self.agent.value,
-            "verdict": beat.verdict if beat else None,
-            "heartbeat_at": iso(beat.updated_at) if beat else None,
-            "idle_since": iso(beat.idle_since) if beat else None,
-            "idle_seconds": round(idle.total_seconds()) if idle is not None else None,
-            "stop_at": iso(beat.stop_at) if beat else None,
-            "detail": self.detail,
+            "created_at": self.app.created_at.isoformat() if self.app.created_at else None,
+            **agent_fields(self.agent, self.heartbeat, self.detail, now),
         }
+
+
+def agent_fields(agent: AgentState, beat: Heartbeat | None, detail: str, now: datetime) -> dict[str, Any]:
+    """What an app's or a notebook instance's heartbeat says, as ``--json`` shows it."""
+
+    def iso(moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment else None
+
+    idle = idle_for(beat, now)
+    return {
+        "agent": agent.value,
+        "verdict": beat.verdict if beat else None,
+        "heartbeat_at": iso(beat.updated_at) if beat else None,
+        "idle_since": iso(beat.idle_since) if beat else None,
+        "idle_seconds": round(idle.total_seconds()) if idle is not None else None,
+        "stop_at": iso(beat.stop_at) if beat else None,
+        "detail": detail,
+    }
 
 
 async def read_heartbeat(conn: Connection, path: str = DEFAULT_HEARTBEAT_PATH) -> Heartbeat | None:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lamplighter.sagemaker.client import call
-from lamplighter.sagemaker.fleet import AgentState, Heartbeat, idle_for, logged_agent
+from lamplighter.sagemaker.fleet import AgentState, Heartbeat, agent_fields, idle_for, logged_agent
 
 __all__ = [
     "NOTEBOOK_INSTANCE_LOG_GROUP",
@@ -51,24 +51,12 @@ class NotebookInstanceEntry:
         return idle_for(self.heartbeat, now)
 
     def to_json(self, now: datetime) -> dict[str, Any]:
-        beat = self.heartbeat
-        idle = self.idle_for(now)
-
-        def iso(moment: datetime | None) -> str | None:
-            return moment.isoformat() if moment else None
-
         return {
             "kind": "notebook instance",
             "name": self.name,
             "status": self.status,
             "lifecycle_config": self.lifecycle_config,
-            "agent": self.agent.value,
-            "verdict": beat.verdict if beat else None,
-            "heartbeat_at": iso(beat.updated_at) if beat else None,
-            "idle_since": iso(beat.idle_since) if beat else None,
-            "idle_seconds": round(idle.total_seconds()) if idle is not None else None,
-            "stop_at": iso(beat.stop_at) if beat else None,
-            "detail": self.detail,
+            **agent_fields(self.agent, self.heartbeat, self.detail, now),
         }
 
 
