@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lamplighter.localserver import LocalServer, start_local_server
+from lamplighter.redaction import hidden_scope
 from tests.hub import hub, hub_users  # noqa: F401  # one real JupyterHub per session, for tests/test_hub_*.py
 
 ServerFactory = Callable[..., LocalServer]
@@ -35,6 +36,13 @@ def watch(server: LocalServer, *args: str) -> int:
     from lamplighter.cli import main
 
     return main(["watch", "--url", server.url, "--token", server.token, *args])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_secrets() -> Iterator[None]:
+    """What one test registers as a secret (a random one from a property test) masks no later test's output."""
+    with hidden_scope():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -156,6 +156,22 @@ def test_usage_errors_hide_the_secrets_given(
     assert "***" in result.stderr, result.stderr
 
 
+def test_a_flag_is_read_as_argparse_reads_it() -> None:
+    # `--hub` is a flag of its own, not a prefix of --hub-token: what follows it is no secret.
+    from lamplighter.cli import _option_strings, build_parser
+    from lamplighter.redaction import hidden_scope, hidden_values
+    from lamplighter.settings import hide_given_secrets
+
+    options = _option_strings(build_parser())
+    assert {"--hub", "--hub-url", "--hub-token", "--cookies", "--to"} <= options
+    argv = ["status", "--hub", "--hub-url", "http://h/", "--to", "/tmp/w", "--cook", "c=cookie-val-1"]
+    with hidden_scope():
+        hide_given_secrets(argv, {}, options)
+        assert hidden_values() >= {"c=cookie-val-1", "cookie-val-1"}
+        assert not hidden_values() & {"--hub-url", "/tmp/w"}
+    assert "cookie-val-1" not in hidden_values()  # forgotten after the scope
+
+
 def test_a_url_username_is_not_masked_in_the_error_text(tmp_path: Path) -> None:
     bad = cli("status", "--url", "http://user:pw-secret-9@127.0.0.1:1/", env=dict(os.environ))
     assert bad.returncode == 2

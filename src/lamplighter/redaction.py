@@ -19,10 +19,11 @@ minus any variable whose value holds a registered secret.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "SECRET_VARIABLES",
     "RedactingFilter",
     "guard_handlers",
+    "hidden_scope",
     "hide",
     "redact",
     "redact_data",
@@ -107,6 +109,19 @@ def hide(*values: str | None) -> None:
         # Longest first, so a secret containing another is masked whole.
         ordered = sorted(_hidden, key=len, reverse=True)
         _by_value = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+@contextlib.contextmanager
+def hidden_scope() -> Iterator[None]:
+    """Credentials registered inside are forgotten after it. The registry is process-wide, so tests,
+    which share one process, would otherwise mask each other's output."""
+    global _hidden, _by_value
+    saved = _hidden, _by_value
+    try:
+        yield
+    finally:
+        with _lock:
+            _hidden, _by_value = saved
 
 
 def hidden_values() -> frozenset[str]:

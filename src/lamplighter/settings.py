@@ -14,7 +14,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -949,11 +949,23 @@ def secret_variables() -> frozenset[str]:
     )
 
 
-def hide_given_secrets(argv: Sequence[str], env: Mapping[str, str]) -> None:
+def hide_given_secrets(argv: Sequence[str], env: Mapping[str, str], options: Collection[str] = ()) -> None:
     """Register every credential the command line, the environment and the config file carry, before
     anything is parsed: a usage error (a mistyped flag followed by the token) is printed before the
-    settings are read, and must not show it either. Best effort: nothing here fails."""
+    settings are read, and must not show it either. Best effort: nothing here fails.
+
+    ``options`` are every option string the parser knows: a flag is taken as argparse takes it, itself
+    when it is one (``--hub`` is not ``--hub-token``), else the options it is an unambiguous prefix of.
+    """
     secret = [spec for spec in fields(Settings) if spec.metadata["secret"]]
+    known = set(options) | {_flag_name(spec.name) for spec in fields(Settings)}
+
+    def means(name: str, flag: str) -> bool:
+        if name in known:
+            return name == flag
+        matches = {option for option in known if option.startswith(name)}
+        return matches == {flag}
+
     values: list[str | None] = [env.get(name) for spec in secret for name in _env_names(spec)]
     files = {"token_file": [env.get("LAMPLIGHTER_TOKEN_FILE")], "config": [env.get("LAMPLIGHTER_CONFIG")]}
     for i, arg in enumerate(argv):
@@ -963,11 +975,10 @@ def hide_given_secrets(argv: Sequence[str], env: Mapping[str, str]) -> None:
             values.extend(url_credentials(inline if arg.startswith("--") and eq else arg))
         if not name.startswith("--") or len(name) < 4:
             continue
-        # argparse takes an unambiguous prefix (--tok for --token): so does this, erring towards hiding.
-        if any(_flag_name(spec.name).startswith(name) for spec in secret):
+        if any(means(name, _flag_name(spec.name)) for spec in secret):
             values.append(value)
         for key in files:
-            if _flag_name(key).startswith(name) and not _flag_name("token").startswith(name):
+            if means(name, _flag_name(key)):
                 files[key].append(value)
     # Regular files only: a pipe (--token-file /dev/stdin) read here would be empty for the settings.
     for path in files["token_file"]:

@@ -110,11 +110,22 @@ def _complete(parser: argparse.ArgumentParser) -> None:
         argcomplete.autocomplete(parser)
 
 
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of the parser and its commands' parsers, at any depth."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                found |= _option_strings(sub)
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     _complete(parser)
     verbosity = 0
-    hide_given_secrets(sys.argv[1:] if argv is None else argv, os.environ)
+    hide_given_secrets(sys.argv[1:] if argv is None else argv, os.environ, _option_strings(parser))
     try:
         # Inside the try: a flag's type raises ConfigError (one line) for a bad duration.
         args = parser.parse_args(argv)
