@@ -985,7 +985,7 @@ def hide_given_secrets(argv: Sequence[str], env: Mapping[str, str], options: Col
         with contextlib.suppress(OSError, IndexError, UnicodeDecodeError, ValueError):
             if path is not None and _regular_file(path):
                 values.append(Path(path).read_text().strip().splitlines()[0].strip())
-    configs = [*files["config"], os.path.expanduser("~/.config/lamplighter/config.toml")]
+    configs = [*files["config"], str(_home_config())]
     for path in configs:
         with contextlib.suppress(ConfigError, ValueError):
             if path is None or not _regular_file(path):
@@ -997,6 +997,10 @@ def hide_given_secrets(argv: Sequence[str], env: Mapping[str, str], options: Col
                 values.extend(url_credentials(text) if isinstance(text, str) and "://" in text else ())
     for value in filter(None, values):
         hide(value, *(part.partition("=")[2].strip() for part in value.split(";")))
+
+
+def _home_config() -> Path:
+    return Path(os.path.expanduser("~/.config/lamplighter/config.toml"))
 
 
 def _regular_file(path: str | None) -> bool:
@@ -1105,7 +1109,7 @@ def load_settings(
 
     path = config_path or (Path(env["LAMPLIGHTER_CONFIG"]) if env.get("LAMPLIGHTER_CONFIG") else None)
     if path is None:
-        home_config = Path(os.path.expanduser("~/.config/lamplighter/config.toml"))
+        home_config = _home_config()
         path = home_config if home_config.is_file() else None
     if path is not None:
         for key, raw in _read_toml(path).items():

@@ -660,11 +660,7 @@ def _json_result(
     return {
         # No status yet: the run failed before its kernel started (a kernelspec the server lacks).
         "status": meta.get("status", "not started" if failure else "completed"),
-        "exit_status": exit_status
-        if exit_status is not None
-        else exit_code_for(failure)
-        if failure
-        else (EXIT_OK if meta.get("status") == "completed" else EXIT_INTERRUPTED),
+        "exit_status": exit_status if exit_status is not None else _exit_status(failure, meta),
         "failed_cell": meta.get("failed_cell", getattr(failure, "cell_index", None)),
         "error": None
         if failure is None
@@ -692,6 +688,12 @@ def _span_s(start: str | None, end: str | None) -> float | None:
     except ValueError:
         return None
     return round(span.total_seconds(), 6)
+
+
+def _exit_status(failure: LamplighterError | None, meta: Mapping[str, Any]) -> int:
+    if failure is not None:
+        return exit_code_for(failure)
+    return EXIT_OK if meta.get("status") == "completed" else EXIT_INTERRUPTED
 
 
 def _print_saved(where: str | None) -> None:
